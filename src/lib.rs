@@ -1,0 +1,6 @@
+//! siphook: a passive SIP tap that turns call signalling into signed webhooks.
+//!
+//! Data flows one way: socket ([`ingest`]) → parse ([`sip`]) → call tracker
+//! ([`call`]) → event sink. Each module talks to the next through small typed values.
+
+pub mod sip;

@@ -1,0 +1,13 @@
+//! SIP: framing a stream into messages, normalizing what rsip cannot read, and the
+//! small typed view of a message that the call tracker consumes.
+
+pub mod addr;
+pub mod framer;
+pub mod message;
+pub mod normalize;
+pub mod stir;
+
+pub use addr::{NameAddr, Reason, ReferTo, Replaces};
+pub use framer::{FrameError, Framer};
+pub use message::{Method, ParseError, ParseOptions, SipMessage, StartLine, parse, sniff_call_id};
+pub use stir::StirShaken;
