@@ -3,4 +3,5 @@
 //! Data flows one way: socket ([`ingest`]) → parse ([`sip`]) → call tracker
 //! ([`call`]) → event sink. Each module talks to the next through small typed values.
 
+pub mod config;
 pub mod sip;

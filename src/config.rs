@@ -1,0 +1,484 @@
+//! Loads and validates `siphook.toml`.
+//!
+//! The file is read into a raw, all-strings shape first and then checked field by
+//! field, so an operator sees every problem at once, each with its key path, instead
+//! of fixing one typo per restart.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The validated configuration the process runs on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// SIP listeners, limits and call timers.
+    pub sip: SipConfig,
+}
+
+/// `[sip]`: where SIP arrives and how calls are tracked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SipConfig {
+    /// UDP listen addresses (zero or more).
+    pub udp: Vec<SocketAddr>,
+    /// TCP listen addresses (zero or more).
+    pub tcp: Vec<SocketAddr>,
+    /// Largest message accepted on any transport.
+    pub max_message_bytes: usize,
+    /// SO_RCVBUF asked of the kernel for UDP sockets; bursts beyond it are lost by the kernel.
+    pub udp_receive_buffer: usize,
+    /// A TCP connection silent this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// Connections past this many are refused.
+    pub max_tcp_connections: usize,
+    /// No final response by then: the call completes as `no_answer`.
+    pub invite_timeout: Duration,
+    /// Answered, no BYE by then: the call completes.
+    pub max_call_duration: Duration,
+    /// After a 401/407 (or 3xx, 422, 491) how long to wait for the caller's retry.
+    pub challenge_window: Duration,
+    /// Upper bound of the call table.
+    pub max_active_calls: usize,
+    /// Headers whose first present value becomes `call.correlation_id`.
+    pub correlation_headers: Vec<String>,
+    /// Parsed messages waiting for the tracker; past it messages are shed and counted.
+    pub queue_capacity: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sip: SipConfig {
+                udp: vec![SocketAddr::from(([127, 0, 0, 1], 5060))],
+                tcp: vec![SocketAddr::from(([127, 0, 0, 1], 5060))],
+                max_message_bytes: 64 * 1024,
+                udp_receive_buffer: 4 * 1024 * 1024,
+                tcp_idle_timeout: Duration::from_secs(600),
+                max_tcp_connections: 1024,
+                invite_timeout: Duration::from_secs(180),
+                max_call_duration: Duration::from_secs(4 * 3600),
+                challenge_window: Duration::from_secs(32),
+                max_active_calls: 200_000,
+                correlation_headers: vec!["Session-ID".into(), "X-CID".into()],
+                queue_capacity: 65_536,
+            },
+        }
+    }
+}
+
+/// One thing wrong with the file, with the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, e.g. `sip.udp[0]`; empty for file-level problems.
+    pub path: String,
+    /// What is wrong, quoting the offending value (never a secret).
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid configuration.
+    #[error("{}", display_problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn display_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(Problem::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Validates configuration text; every problem found is reported.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            ConfigError::Invalid(vec![Problem {
+                path: String::new(),
+                message: format!("invalid TOML: {}", e.message()),
+            }])
+        })?;
+        let mut unknown = Vec::new();
+        let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(format_path(&path));
+        let ignored = serde_ignored::Deserializer::new(de, &mut on_unknown);
+        let parsed: Result<RawConfig, _> = serde_path_to_error::deserialize(ignored);
+        let raw = match parsed {
+            Ok(raw) => raw,
+            Err(e) => {
+                let path = e.path().to_string();
+                let message = e.into_inner().message().to_owned();
+                return Err(ConfigError::Invalid(vec![Problem {
+                    path: if path == "." { String::new() } else { path },
+                    message,
+                }]));
+            }
+        };
+        unknown.sort();
+        for key in unknown {
+            problems.push(Problem {
+                path: key,
+                message: "unknown key".into(),
+            });
+        }
+        let config = raw.validate(&mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+fn format_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path as P;
+    match path {
+        P::Root => String::new(),
+        P::Seq { parent, index } => format!("{}[{index}]", format_path(parent)),
+        P::Map { parent, key } => match format_path(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            format_path(parent)
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawConfig {
+    sip: RawSip,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawSip {
+    udp: Option<Vec<String>>,
+    tcp: Option<Vec<String>>,
+    max_message_bytes: Option<String>,
+    udp_receive_buffer: Option<String>,
+    tcp_idle_timeout: Option<String>,
+    max_tcp_connections: Option<i64>,
+    invite_timeout: Option<String>,
+    max_call_duration: Option<String>,
+    challenge_window: Option<String>,
+    max_active_calls: Option<i64>,
+    correlation_headers: Option<Vec<String>>,
+    queue_capacity: Option<i64>,
+}
+
+/// Collects problems while turning raw strings into typed values.
+struct Checker<'a> {
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, path: impl Into<String>, message: String) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message,
+        });
+    }
+
+    fn addrs(
+        &mut self,
+        path: &str,
+        raw: Option<Vec<String>>,
+        default: Vec<SocketAddr>,
+    ) -> Vec<SocketAddr> {
+        let Some(raw) = raw else { return default };
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, s) in raw.iter().enumerate() {
+            match s.parse::<SocketAddr>() {
+                Ok(a) if out.contains(&a) => {
+                    self.problem(format!("{path}[{i}]"), format!("duplicate address \"{s}\""))
+                }
+                Ok(a) => out.push(a),
+                Err(_) => self.problem(
+                    format!("{path}[{i}]"),
+                    format!("invalid socket address \"{s}\""),
+                ),
+            }
+        }
+        out
+    }
+
+    fn duration(
+        &mut self,
+        path: &str,
+        raw: Option<String>,
+        default: Duration,
+        min: Duration,
+    ) -> Duration {
+        let Some(s) = raw else { return default };
+        match humantime::parse_duration(s.trim()) {
+            Ok(d) if d < min => {
+                self.problem(
+                    path,
+                    format!(
+                        "\"{s}\" is shorter than the minimum {}",
+                        humantime::format_duration(min)
+                    ),
+                );
+                default
+            }
+            Ok(d) => d,
+            Err(_) => {
+                self.problem(
+                    path,
+                    format!(
+                        "invalid duration \"{s}\" (use e.g. \"250ms\", \"32s\", \"3m\", \"4h\")"
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn size(
+        &mut self,
+        path: &str,
+        raw: Option<String>,
+        default: usize,
+        range: (usize, usize),
+    ) -> usize {
+        let Some(s) = raw else { return default };
+        match parse_size(&s) {
+            Some(n) if n >= range.0 && n <= range.1 => n,
+            Some(_) => {
+                self.problem(
+                    path,
+                    format!("\"{s}\" is outside {} to {} bytes", range.0, range.1),
+                );
+                default
+            }
+            None => {
+                self.problem(
+                    path,
+                    format!("invalid size \"{s}\" (use e.g. \"64KiB\", \"4MiB\")"),
+                );
+                default
+            }
+        }
+    }
+
+    fn count(
+        &mut self,
+        path: &str,
+        raw: Option<i64>,
+        default: usize,
+        range: (usize, usize),
+    ) -> usize {
+        let Some(n) = raw else { return default };
+        match usize::try_from(n) {
+            Ok(n) if n >= range.0 && n <= range.1 => n,
+            _ => {
+                self.problem(path, format!("{n} is outside {} to {}", range.0, range.1));
+                default
+            }
+        }
+    }
+}
+
+impl RawConfig {
+    fn validate(self, problems: &mut Vec<Problem>) -> Config {
+        let d = Config::default().sip;
+        let mut c = Checker { problems };
+        let s = self.sip;
+        let ms = Duration::from_millis;
+        let sip = SipConfig {
+            udp: c.addrs("sip.udp", s.udp, d.udp),
+            tcp: c.addrs("sip.tcp", s.tcp, d.tcp),
+            max_message_bytes: c.size(
+                "sip.max_message_bytes",
+                s.max_message_bytes,
+                d.max_message_bytes,
+                (1024, 16 << 20),
+            ),
+            udp_receive_buffer: c.size(
+                "sip.udp_receive_buffer",
+                s.udp_receive_buffer,
+                d.udp_receive_buffer,
+                (64 << 10, 1 << 30),
+            ),
+            tcp_idle_timeout: c.duration(
+                "sip.tcp_idle_timeout",
+                s.tcp_idle_timeout,
+                d.tcp_idle_timeout,
+                ms(10),
+            ),
+            max_tcp_connections: c.count(
+                "sip.max_tcp_connections",
+                s.max_tcp_connections,
+                d.max_tcp_connections,
+                (1, 1 << 20),
+            ),
+            invite_timeout: c.duration(
+                "sip.invite_timeout",
+                s.invite_timeout,
+                d.invite_timeout,
+                ms(10),
+            ),
+            max_call_duration: c.duration(
+                "sip.max_call_duration",
+                s.max_call_duration,
+                d.max_call_duration,
+                ms(10),
+            ),
+            challenge_window: c.duration(
+                "sip.challenge_window",
+                s.challenge_window,
+                d.challenge_window,
+                ms(10),
+            ),
+            max_active_calls: c.count(
+                "sip.max_active_calls",
+                s.max_active_calls,
+                d.max_active_calls,
+                (1, 100_000_000),
+            ),
+            correlation_headers: s.correlation_headers.unwrap_or(d.correlation_headers),
+            queue_capacity: c.count(
+                "sip.queue_capacity",
+                s.queue_capacity,
+                d.queue_capacity,
+                (16, 1 << 24),
+            ),
+        };
+        for (i, h) in sip.correlation_headers.iter().enumerate() {
+            if h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.!%*+`'~".contains(&b))
+            {
+                c.problem(
+                    format!("sip.correlation_headers[{i}]"),
+                    format!("invalid header name \"{h}\""),
+                );
+            }
+        }
+        Config { sip }
+    }
+}
+
+/// Parses `"64KiB"`, `"4 MiB"`, `"1GB"` or a plain byte count.
+pub fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return None,
+    };
+    usize::try_from(n.checked_mul(mult)?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(text) {
+            Ok(_) => vec![],
+            Err(ConfigError::Invalid(p)) => p.iter().map(ToString::to_string).collect(),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_path() {
+        let got = problems(
+            r#"
+            [sip]
+            udp = ["127.0.0.1:99999", "[::1]:5060"]
+            max_message_bytes = "64 parsecs"
+            invite_timeout = "soon"
+            max_active_calls = 0
+            colour = "blue"
+            [other]
+            x = 1
+            "#,
+        );
+        assert_eq!(
+            got,
+            vec![
+                "other: unknown key",
+                "sip.colour: unknown key",
+                "sip.udp[0]: invalid socket address \"127.0.0.1:99999\"",
+                "sip.max_message_bytes: invalid size \"64 parsecs\" (use e.g. \"64KiB\", \"4MiB\")",
+                "sip.invite_timeout: invalid duration \"soon\" (use e.g. \"250ms\", \"32s\", \"3m\", \"4h\")",
+                "sip.max_active_calls: 0 is outside 1 to 100000000",
+            ]
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        let got = problems("[sip]\nmax_tcp_connections = \"many\"\n");
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].starts_with("sip.max_tcp_connections: invalid type"),
+            "{got:?}"
+        );
+        let got = problems("[sip\n");
+        assert!(got[0].starts_with("invalid TOML"), "{got:?}");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("64KiB"), Some(65536));
+        assert_eq!(parse_size("1 GiB"), Some(1 << 30));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("99999999999999999999KiB"), None);
+        let c = Config::parse("[sip]\ninvite_timeout = \"250ms\"\nmax_call_duration = \"4h\"\n")
+            .unwrap();
+        assert_eq!(c.sip.invite_timeout, Duration::from_millis(250));
+        assert_eq!(c.sip.max_call_duration, Duration::from_secs(4 * 3600));
+    }
+}
