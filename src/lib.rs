@@ -3,5 +3,9 @@
 //! Data flows one way: socket ([`ingest`]) → parse ([`sip`]) → call tracker
 //! ([`call`]) → event sink. Each module talks to the next through small typed values.
 
+pub mod admin;
+pub mod call;
 pub mod config;
+pub mod gateway;
+pub mod ingest;
 pub mod sip;

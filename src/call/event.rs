@@ -1,0 +1,398 @@
+//! The event contract (version 1), documented in `docs/events.md` and
+//! `docs/events.schema.json`. An event is serialized once and stored and signed as
+//! those exact bytes, so every field here is part of a public API.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+use crate::sip::{NameAddr, StirShaken};
+
+/// Version of the JSON contract; bumped only on breaking changes.
+pub const EVENT_VERSION: u32 = 1;
+
+/// Milliseconds since the Unix epoch, serialized as RFC 3339 UTC with milliseconds.
+/// Integer milliseconds keep durations exact and replays deterministic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// The wall clock now; what live ingest stamps on each message.
+    pub fn now() -> Timestamp {
+        Timestamp::from(SystemTime::now())
+    }
+
+    /// Milliseconds since the epoch.
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    /// This instant plus a duration (saturating).
+    pub fn plus(self, d: Duration) -> Timestamp {
+        Timestamp(
+            self.0
+                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
+    }
+
+    /// Milliseconds from `earlier` to `self`, never negative (mirrors can reorder).
+    pub fn since(self, earlier: Timestamp) -> u64 {
+        u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0)
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Self {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timestamp(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            Err(_) => Timestamp(0),
+        }
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = u64::try_from(self.0.max(0)).unwrap_or(0);
+        let t = UNIX_EPOCH + Duration::from_millis(ms);
+        write!(f, "{}", humantime::format_rfc3339_millis(t))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The five kinds of call event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum EventType {
+    /// First INVITE of a call.
+    #[serde(rename = "call.initiated")]
+    Initiated,
+    /// First 180 or 183.
+    #[serde(rename = "call.ringing")]
+    Ringing,
+    /// First 2xx to the initial INVITE.
+    #[serde(rename = "call.answered")]
+    Answered,
+    /// A successful transfer (REFER or Replaces).
+    #[serde(rename = "call.transferred")]
+    Transferred,
+    /// The call is over; exactly once per call.
+    #[serde(rename = "call.completed")]
+    Completed,
+}
+
+impl EventType {
+    /// The wire name, also a bounded metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Initiated => "call.initiated",
+            EventType::Ringing => "call.ringing",
+            EventType::Answered => "call.answered",
+            EventType::Transferred => "call.transferred",
+            EventType::Completed => "call.completed",
+        }
+    }
+}
+
+/// Transport the call's initial INVITE arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// SIP over UDP.
+    Udp,
+    /// SIP over TCP.
+    Tcp,
+}
+
+impl Transport {
+    /// Lower-case name, also a bounded metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+/// Where the initial INVITE was seen travelling.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Signaling {
+    /// Transport of the initial INVITE.
+    pub transport: Transport,
+    /// Sender of the initial INVITE.
+    pub source: SocketAddr,
+    /// Receiver of the initial INVITE (our socket for a plain mirror).
+    pub destination: SocketAddr,
+}
+
+/// The call as known when the event was emitted; repeated in every event so a
+/// receiver never needs to join events to make sense of one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallInfo {
+    /// `call_` + hex SHA-256 of Call-ID and the caller's From tag.
+    pub id: String,
+    /// The SIP Call-ID.
+    pub sip_call_id: String,
+    /// First configured correlation header of the initial INVITE.
+    pub correlation_id: Option<String>,
+    /// The caller, from the initial INVITE.
+    pub from: NameAddr,
+    /// The callee; `tag` is the answering (or latest early) dialog's.
+    pub to: NameAddr,
+    /// Calling number: P-Asserted-Identity user, else From user.
+    pub ani: Option<String>,
+    /// Called number: To user.
+    pub dnis: Option<String>,
+    /// Initial INVITE received.
+    pub started_at: Timestamp,
+    /// First 180/183 received.
+    pub ringing_at: Option<Timestamp>,
+    /// First 2xx to the INVITE received.
+    pub answered_at: Option<Timestamp>,
+    /// The call ended (set in `call.completed` only).
+    pub ended_at: Option<Timestamp>,
+    /// How the initial INVITE travelled.
+    pub signaling: Signaling,
+}
+
+/// `data` of `call.initiated`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InitiatedData {
+    /// Request-URI of the initial INVITE.
+    pub request_uri: String,
+    /// User-Agent of the caller.
+    pub user_agent: Option<String>,
+    /// PASSporT claims of the Identity header, decoded and unverified.
+    pub stir_shaken: Option<StirShaken>,
+}
+
+/// `data` of `call.ringing`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RingingData {
+    /// 180 or 183.
+    pub sip_status: u16,
+    /// A 183, or an 18x carrying SDP.
+    pub early_media: bool,
+}
+
+/// `data` of `call.answered`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AnsweredData {
+    /// The 2xx status.
+    pub sip_status: u16,
+    /// `answered_at - started_at`.
+    pub ring_ms: u64,
+}
+
+/// Blind (Refer-To without Replaces) or attended (with Replaces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferKind {
+    /// The transferee is sent to a new target.
+    Blind,
+    /// The transferee replaces an existing dialog (RFC 3891).
+    Attended,
+}
+
+/// `data` of `call.transferred`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TransferredData {
+    /// Blind or attended.
+    pub kind: TransferKind,
+    /// Refer-To URI (without headers), or the replacing INVITE's To URI.
+    pub target: String,
+    /// Referred-By URI.
+    pub referred_by: Option<String>,
+    /// siphook id of the replaced call, when siphook saw that call.
+    pub replaced_call_id: Option<String>,
+    /// SIP Call-ID named by Replaces.
+    pub replaced_sip_call_id: Option<String>,
+}
+
+/// How a call ended, from the caller's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Disposition {
+    /// Answered, then ended.
+    Answered,
+    /// 486 or 600.
+    Busy,
+    /// 408, 480, or no final response within `invite_timeout`.
+    NoAnswer,
+    /// Caller cancelled before an answer (CANCEL, 487).
+    Cancelled,
+    /// 403 or 603.
+    Rejected,
+    /// Any other final failure.
+    Failed,
+}
+
+impl Disposition {
+    /// The final status code's meaning for an unanswered call.
+    pub fn for_status(status: u16) -> Disposition {
+        match status {
+            486 | 600 => Disposition::Busy,
+            408 | 480 => Disposition::NoAnswer,
+            487 => Disposition::Cancelled,
+            403 | 603 => Disposition::Rejected,
+            _ => Disposition::Failed,
+        }
+    }
+
+    /// Wire name, also a bounded metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Answered => "answered",
+            Disposition::Busy => "busy",
+            Disposition::NoAnswer => "no_answer",
+            Disposition::Cancelled => "cancelled",
+            Disposition::Rejected => "rejected",
+            Disposition::Failed => "failed",
+        }
+    }
+}
+
+/// Which side ended the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndedBy {
+    /// BYE or CANCEL from the caller.
+    Caller,
+    /// BYE from the callee, or a final failure response.
+    Callee,
+    /// A siphook timer: `invite_timeout`, `max_call_duration`, Session-Expires, `challenge_window`.
+    Timeout,
+    /// Not known.
+    Unknown,
+}
+
+/// `data` of `call.completed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CompletedData {
+    /// Outcome of the call.
+    pub disposition: Disposition,
+    /// Final status of the INVITE, if one was seen.
+    pub sip_status: Option<u16>,
+    /// Reason header text, or which timer ended the call.
+    pub reason: Option<String>,
+    /// Q.850 cause of the Reason header.
+    pub q850_cause: Option<u16>,
+    /// Which side ended it.
+    pub ended_by: EndedBy,
+    /// Answer (or end, if unanswered) minus start.
+    pub ring_ms: u64,
+    /// End minus answer; 0 when unanswered.
+    pub talk_ms: u64,
+    /// End minus start.
+    pub duration_ms: u64,
+}
+
+/// Per-type payload; serialized without a tag since `type` already says which.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum EventData {
+    /// For `call.initiated`.
+    Initiated(InitiatedData),
+    /// For `call.ringing`.
+    Ringing(RingingData),
+    /// For `call.answered`.
+    Answered(AnsweredData),
+    /// For `call.transferred`.
+    Transferred(TransferredData),
+    /// For `call.completed`.
+    Completed(CompletedData),
+}
+
+impl EventData {
+    /// The event type this payload belongs to.
+    pub fn event_type(&self) -> EventType {
+        match self {
+            EventData::Initiated(_) => EventType::Initiated,
+            EventData::Ringing(_) => EventType::Ringing,
+            EventData::Answered(_) => EventType::Answered,
+            EventData::Transferred(_) => EventType::Transferred,
+            EventData::Completed(_) => EventType::Completed,
+        }
+    }
+}
+
+/// One call event, the unit that is stored, signed and delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// `evt_` + hex SHA-256 of (call id, type, discriminator): the same traffic seen
+    /// twice yields the same id, so receivers can deduplicate.
+    pub id: String,
+    /// Event type.
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// Contract version, [`EVENT_VERSION`].
+    pub version: u32,
+    /// When the triggering SIP message was received (or the timer's instant).
+    pub timestamp: Timestamp,
+    /// Per call: 1, 2, 3 … without gaps.
+    pub sequence: u32,
+    /// The call as known at this event.
+    pub call: CallInfo,
+    /// Per-type payload.
+    pub data: EventData,
+}
+
+impl Event {
+    /// The JSON bytes that are stored, signed and sent.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing plain structs with string keys cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Deterministic id: `prefix` + hex SHA-256 of the parts joined by newlines.
+pub fn stable_id(prefix: &str, parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            h.update(b"\n");
+        }
+        h.update(p.as_bytes());
+    }
+    let digest = h.finalize();
+    let mut out = String::with_capacity(prefix.len() + 64);
+    out.push_str(prefix);
+    for b in digest.iter() {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_format() {
+        assert_eq!(
+            Timestamp(1_795_330_803_512).to_string(),
+            "2026-11-22T07:00:03.512Z"
+        );
+        assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(Timestamp(5).since(Timestamp(9)), 0);
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let a = stable_id("call_", &["abc@h", "tag1"]);
+        assert_eq!(a, stable_id("call_", &["abc@h", "tag1"]));
+        assert_ne!(a, stable_id("call_", &["abc@h", "tag2"]));
+        assert_eq!(a.len(), 5 + 64);
+        // Known vector: SHA-256("abc") = ba7816bf...
+        assert!(stable_id("", &["abc"]).starts_with("ba7816bf8f01cfea"));
+    }
+}

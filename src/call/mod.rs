@@ -1,0 +1,10 @@
+//! Calls: the dialog state machine and the events it emits.
+
+pub mod event;
+pub mod tracker;
+
+pub use event::{
+    CallInfo, Disposition, EndedBy, Event, EventData, EventType, Signaling, Timestamp,
+    TransferKind, Transport,
+};
+pub use tracker::{Ignored, Meta, Tracker, TrackerConfig};

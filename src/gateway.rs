@@ -1,0 +1,250 @@
+//! Wires the pipeline together: listeners → tracker task → event stream. Tests and
+//! the binary start siphook the same way, through [`Gateway::start`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{Metrics, RateLog};
+use crate::call::{Event, EventData, Ignored, Timestamp, Tracker, TrackerConfig};
+use crate::config::Config;
+use crate::ingest::tcp::TcpLimits;
+use crate::ingest::{self, Inbound, IngestContext};
+use crate::sip::ParseOptions;
+
+/// Events waiting for their consumer; the tracker waits when it is full.
+const EVENT_QUEUE: usize = 65_536;
+
+/// Why siphook could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listen address could not be bound.
+    #[error("cannot listen on {transport} {addr}: {source}")]
+    Bind {
+        /// "udp" or "tcp".
+        transport: &'static str,
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A running siphook.
+pub struct Gateway {
+    /// Bound UDP addresses, in config order (port 0 resolved).
+    pub udp_addrs: Vec<SocketAddr>,
+    /// Bound TCP addresses, in config order (port 0 resolved).
+    pub tcp_addrs: Vec<SocketAddr>,
+    /// Every call event, in emission order. Must be consumed, or the tracker stalls
+    /// and ingest sheds load.
+    pub events: mpsc::Receiver<Event>,
+    /// The process's metrics.
+    pub metrics: Metrics,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Gateway {
+    /// Binds every listener and starts the tracker. Fails before anything runs if any
+    /// address cannot be bound.
+    pub async fn start(config: &Config, metrics: Metrics) -> Result<Gateway, StartError> {
+        let sip = &config.sip;
+        let mut udp = Vec::new();
+        for addr in &sip.udp {
+            let socket = ingest::udp::bind(*addr, sip.udp_receive_buffer).map_err(|source| {
+                StartError::Bind {
+                    transport: "udp",
+                    addr: *addr,
+                    source,
+                }
+            })?;
+            udp.push(socket);
+        }
+        let mut tcp = Vec::new();
+        for addr in &sip.tcp {
+            let listener = ingest::tcp::bind(*addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    transport: "tcp",
+                    addr: *addr,
+                    source,
+                })?;
+            tcp.push(listener);
+        }
+        let udp_addrs = udp.iter().filter_map(|s| s.local_addr().ok()).collect();
+        let tcp_addrs = tcp.iter().filter_map(|s| s.local_addr().ok()).collect();
+
+        let shutdown = CancellationToken::new();
+        let (in_tx, in_rx) = mpsc::channel(sip.queue_capacity);
+        let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+        let ctx = IngestContext::new(
+            in_tx,
+            ParseOptions {
+                correlation_headers: sip.correlation_headers.clone(),
+                max_message_bytes: sip.max_message_bytes,
+            },
+            metrics.clone(),
+        );
+        let limits = TcpLimits {
+            max_message_bytes: sip.max_message_bytes,
+            idle_timeout: sip.tcp_idle_timeout,
+            max_connections: sip.max_tcp_connections,
+        };
+        let mut tasks = JoinSet::new();
+        for socket in udp {
+            tasks.spawn(ingest::udp::serve(socket, ctx.clone(), shutdown.clone()));
+        }
+        for listener in tcp {
+            tasks.spawn(ingest::tcp::serve(
+                listener,
+                ctx.clone(),
+                limits,
+                shutdown.clone(),
+            ));
+        }
+        // The tracker ends when every sender of `in_tx` is gone: listeners first,
+        // then the tracker drains what they queued.
+        drop(ctx);
+        let tracker = Tracker::new(TrackerConfig::from(sip));
+        tasks.spawn(run_tracker(tracker, in_rx, ev_tx, metrics.clone()));
+        Ok(Gateway {
+            udp_addrs,
+            tcp_addrs,
+            events: ev_rx,
+            metrics,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// A token that stops the gateway when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops listening, lets the tracker finish what was queued, and waits for
+    /// every task. Events still queued remain readable from `events`.
+    pub async fn shutdown(mut self) -> mpsc::Receiver<Event> {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self.events
+    }
+}
+
+/// The tracker task: applies messages in arrival order and fires timers.
+async fn run_tracker(
+    mut tracker: Tracker,
+    mut rx: mpsc::Receiver<Inbound>,
+    tx: mpsc::Sender<Event>,
+    metrics: Metrics,
+) {
+    let mut out = Vec::with_capacity(8);
+    let mut full_log = RateLog::new(Duration::from_secs(10));
+    loop {
+        let sleep = tracker.next_deadline().map(|d| {
+            Duration::from_millis(
+                u64::try_from(d.millis() - Timestamp::now().millis()).unwrap_or(0),
+            )
+        });
+        let inbound = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => Some(m),
+                None => break,
+            },
+            _ = tokio::time::sleep(sleep.unwrap_or(Duration::from_secs(3600))) => None,
+        };
+        match inbound {
+            Some(Inbound { msg, meta }) => {
+                if let Err(why) = tracker.on_message(&msg, &meta, &mut out) {
+                    metrics.sip_ignored.with_label_values(&[why.as_str()]).inc();
+                    if why == Ignored::TableFull {
+                        metrics
+                            .calls_dropped
+                            .with_label_values(&["table_full"])
+                            .inc();
+                        if let Some(suppressed) = full_log.allow() {
+                            tracing::warn!(call_id = %msg.call_id, suppressed, "call table full (sip.max_active_calls): new call not tracked");
+                        }
+                    }
+                }
+            }
+            None => tracker.on_time(Timestamp::now(), &mut out),
+        }
+        // Timers that fell due while messages kept the task busy.
+        if tracker
+            .next_deadline()
+            .is_some_and(|d| d <= Timestamp::now())
+        {
+            tracker.on_time(Timestamp::now(), &mut out);
+        }
+        metrics
+            .calls_active
+            .set(i64::try_from(tracker.active_calls()).unwrap_or(i64::MAX));
+        for event in out.drain(..) {
+            metrics
+                .events_total
+                .with_label_values(&[event.event_type.as_str()])
+                .inc();
+            if let EventData::Completed(c) = &event.data {
+                metrics
+                    .calls_total
+                    .with_label_values(&[c.disposition.as_str()])
+                    .inc();
+            }
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Where events go while no delivery is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutput {
+    /// One JSON object per line on stdout (`--print-events`).
+    JsonLines,
+    /// Logged at debug level only.
+    Discard,
+}
+
+/// Runs siphook until `stop` resolves, then shuts down cleanly.
+pub async fn serve(
+    config: &Config,
+    output: EventOutput,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
+    let mut gateway = Gateway::start(config, Metrics::new()).await?;
+    tracing::info!(udp = ?gateway.udp_addrs, tcp = ?gateway.tcp_addrs, "siphook listening");
+    let mut events = std::mem::replace(&mut gateway.events, mpsc::channel(1).1);
+    let consumer = tokio::spawn(async move {
+        use std::io::Write;
+        while let Some(event) = events.recv().await {
+            match output {
+                EventOutput::JsonLines => {
+                    let mut line = event.to_json();
+                    line.push(b'\n');
+                    let mut stdout = std::io::stdout().lock();
+                    if stdout
+                        .write_all(&line)
+                        .and_then(|_| stdout.flush())
+                        .is_err()
+                    {
+                        tracing::warn!("stdout closed; events are no longer printed");
+                    }
+                }
+                EventOutput::Discard => {
+                    tracing::debug!(id = %event.id, r#type = event.event_type.as_str(), "event")
+                }
+            }
+        }
+    });
+    stop.await;
+    tracing::info!("shutting down");
+    drop(gateway.shutdown().await);
+    let _ = consumer.await;
+    Ok(())
+}
