@@ -297,9 +297,8 @@ impl Tracker {
             },
         };
         let replacing = msg.replaces.as_ref().and_then(|r| {
-            let replaced = self.find_live(&r.call_id, &r.to_tag, &r.from_tag)?;
             Some(Box::new(ReplacingInvite {
-                replaced_call_id: replaced.info.id.clone(),
+                replaced_call_id: self.known_call_id(&r.call_id, &r.to_tag, &r.from_tag)?,
                 replaced_sip_call_id: r.call_id.clone(),
                 referred_by: msg.referred_by.clone(),
             }))
@@ -334,14 +333,13 @@ impl Tracker {
         Ok(())
     }
 
-    /// A live call by dialog identifiers, in either orientation.
-    fn find_live(&self, call_id: &str, tag_a: &str, tag_b: &str) -> Option<&Call> {
-        [tag_a, tag_b].iter().find_map(|tag| {
-            match self.calls.get(call_key(call_id, tag).as_str()) {
-                Some(Slot::Live(c)) => Some(&**c),
-                _ => None,
-            }
-        })
+    /// The id of a call siphook tracks or recently completed, found by its dialog
+    /// identifiers in either orientation (Replaces names tags, not roles).
+    fn known_call_id(&self, call_id: &str, tag_a: &str, tag_b: &str) -> Option<String> {
+        [tag_a, tag_b]
+            .into_iter()
+            .find(|tag| self.calls.contains_key(call_key(call_id, tag).as_str()))
+            .map(|tag| stable_id("call_", &[call_id, tag]))
     }
 
     fn apply(
@@ -381,10 +379,10 @@ impl Tracker {
                 Ok(())
             }
             Step::Transferred(refer) => {
-                let replaced_call_id = refer.replaces.as_ref().and_then(|r| {
-                    self.find_live(&r.call_id, &r.to_tag, &r.from_tag)
-                        .map(|c| c.info.id.clone())
-                });
+                let replaced_call_id = refer
+                    .replaces
+                    .as_ref()
+                    .and_then(|r| self.known_call_id(&r.call_id, &r.to_tag, &r.from_tag));
                 if let Some(Slot::Live(call)) = self.calls.get_mut(key) {
                     let data = TransferredData {
                         kind: if refer.replaces.is_some() {
@@ -608,6 +606,16 @@ impl Call {
                 Step::Nothing
             }
             Method::Bye => {
+                // Only the answered dialog ends the call: a caller hangs up the stray
+                // dialog of a second fork's 2xx with a BYE of its own.
+                let peer_tag = if by_caller {
+                    &msg.to.tag
+                } else {
+                    &msg.from.tag
+                };
+                if answered && peer_tag.is_some() && *peer_tag != self.info.to.tag {
+                    return Step::Nothing;
+                }
                 let ended_by = if by_caller {
                     EndedBy::Caller
                 } else {

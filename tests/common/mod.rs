@@ -1,0 +1,412 @@
+//! Shared test harness: starts siphook in-process on loopback port 0, speaks SIP to
+//! it over real sockets, and collects events, validating each against the
+//! published JSON Schema.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+use siphook::admin::Metrics;
+use siphook::config::Config;
+use siphook::gateway::Gateway;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UdpSocket};
+
+/// Longest any single wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+fn schema() -> &'static jsonschema::Validator {
+    static SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/events.schema.json"
+        ))
+        .expect("docs/events.schema.json is readable");
+        let json: Value = serde_json::from_str(&text).expect("schema is JSON");
+        jsonschema::validator_for(&json).expect("schema compiles")
+    })
+}
+
+/// Asserts an event's JSON matches `docs/events.schema.json`.
+pub fn assert_valid(event: &Value) {
+    let errors: Vec<String> = schema()
+        .iter_errors(event)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "event violates schema: {errors:?}\n{event:#}"
+    );
+}
+
+/// Config for tests: loopback port 0 on both transports, short timers.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.sip.udp = vec!["127.0.0.1:0".parse().unwrap()];
+    c.sip.tcp = vec!["127.0.0.1:0".parse().unwrap()];
+    c
+}
+
+/// A running siphook plus a client socket aimed at it.
+pub struct Harness {
+    pub gw: Gateway,
+    pub udp: UdpSocket,
+    pub udp_target: SocketAddr,
+    pub tcp_target: SocketAddr,
+    marker: u32,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Harness::with_config(test_config()).await
+    }
+
+    pub async fn with_config(config: Config) -> Harness {
+        let gw = Gateway::start(&config, Metrics::new())
+            .await
+            .expect("gateway starts");
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let udp_target = gw.udp_addrs[0];
+        let tcp_target = gw.tcp_addrs.first().copied().unwrap_or(udp_target);
+        Harness {
+            gw,
+            udp,
+            udp_target,
+            tcp_target,
+            marker: 0,
+        }
+    }
+
+    pub async fn send(&self, msg: &str) {
+        self.udp
+            .send_to(msg.as_bytes(), self.udp_target)
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_all(&self, msgs: &[String]) {
+        for m in msgs {
+            self.send(m).await;
+        }
+    }
+
+    pub async fn tcp(&self) -> TcpStream {
+        TcpStream::connect(self.tcp_target).await.unwrap()
+    }
+
+    /// The next event, schema-checked, as JSON.
+    pub async fn next_event(&mut self) -> Value {
+        let event = tokio::time::timeout(DEADLINE, self.gw.events.recv())
+            .await
+            .expect("an event within the deadline")
+            .expect("event stream open");
+        let json: Value = serde_json::from_slice(&event.to_json()).unwrap();
+        assert_valid(&json);
+        json
+    }
+
+    /// The next `n` events.
+    pub async fn events(&mut self, n: usize) -> Vec<Value> {
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(self.next_event().await);
+        }
+        v
+    }
+
+    /// Sends a fresh INVITE on UDP and returns every event that arrived before its
+    /// `call.initiated`. UDP messages from one socket are handled in order, so this
+    /// proves what earlier messages did, and did not, emit.
+    pub async fn barrier(&mut self) -> Vec<Value> {
+        self.marker += 1;
+        let call = CallSpec::new(&format!("barrier-{}", self.marker));
+        self.send(&call.invite(1)).await;
+        self.collect_until_marker(&call.call_id).await
+    }
+
+    /// Like [`Harness::barrier`] but the marker travels on `stream`.
+    pub async fn barrier_tcp(&mut self, stream: &mut TcpStream) -> Vec<Value> {
+        self.marker += 1;
+        let call = CallSpec::new(&format!("barrier-tcp-{}", self.marker));
+        stream.write_all(call.invite(1).as_bytes()).await.unwrap();
+        self.collect_until_marker(&call.call_id).await
+    }
+
+    async fn collect_until_marker(&mut self, call_id: &str) -> Vec<Value> {
+        let mut before = Vec::new();
+        loop {
+            let e = self.next_event().await;
+            if e["call"]["sip_call_id"] == call_id {
+                return before;
+            }
+            before.push(e);
+        }
+    }
+
+    /// Value of a counter or gauge sample, summed over samples whose labels
+    /// include every pair in `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.gw.metrics, name, labels)
+    }
+
+    /// Polls a metric until it reaches `at_least` or the deadline passes.
+    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], at_least: f64) {
+        let start = tokio::time::Instant::now();
+        loop {
+            let v = self.metric(name, labels);
+            if v >= at_least {
+                return;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{name}{labels:?} stayed at {v}, wanted {at_least}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+pub fn metric_value(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut total = 0.0;
+    for family in metrics.registry.gather() {
+        if family.name() != name {
+            continue;
+        }
+        let is_counter = family.get_field_type() == prometheus::proto::MetricType::COUNTER;
+        for m in family.get_metric() {
+            let pairs: Vec<(&str, &str)> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.iter().all(|want| pairs.contains(want)) {
+                total += if is_counter {
+                    m.get_counter().get_value()
+                } else {
+                    m.get_gauge().get_value()
+                };
+            }
+        }
+    }
+    total
+}
+
+/// Event types of a list, in order.
+pub fn types(events: &[Value]) -> Vec<&str> {
+    events.iter().map(|e| e["type"].as_str().unwrap()).collect()
+}
+
+/// Milliseconds since the epoch of an RFC 3339 timestamp field.
+pub fn ms(v: &Value) -> i64 {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("timestamp expected, got {v}"));
+    let t = humantime::parse_rfc3339(s).unwrap();
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// One call's identifiers, and builders for the messages of its dialog.
+#[derive(Clone)]
+pub struct CallSpec {
+    pub call_id: String,
+    pub from_tag: String,
+    pub from: String,
+    pub to: String,
+    pub ruri: String,
+}
+
+impl CallSpec {
+    pub fn new(call_id: &str) -> CallSpec {
+        CallSpec {
+            call_id: call_id.to_string(),
+            from_tag: format!("ft-{call_id}"),
+            from: "\"Alice\" <sip:+15557654321@10.0.0.1>".into(),
+            to: "<sip:+15551234567@10.0.0.2>".into(),
+            ruri: "sip:+15551234567@10.0.0.2".into(),
+        }
+    }
+
+    /// A request from the caller with a given branch and optional To tag.
+    pub fn request(
+        &self,
+        method: &str,
+        cseq: u32,
+        cseq_method: &str,
+        to_tag: Option<&str>,
+        branch: &str,
+        extra: &[&str],
+        body: &str,
+    ) -> String {
+        let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+        let mut m = format!(
+            "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\nFrom: {from};tag={ft}\r\nTo: {to}{to_tag}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {cseq_method}\r\nContact: <sip:alice@10.0.0.1:5060>\r\nUser-Agent: siphook-test\r\n",
+            ruri = self.ruri,
+            from = self.from,
+            ft = self.from_tag,
+            to = self.to,
+            cid = self.call_id,
+        );
+        for h in extra {
+            m.push_str(h);
+            m.push_str("\r\n");
+        }
+        m.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        m
+    }
+
+    /// A request from the callee (To and From swapped) inside the dialog.
+    pub fn callee_request(
+        &self,
+        method: &str,
+        cseq: u32,
+        to_tag: &str,
+        extra: &[&str],
+        body: &str,
+    ) -> String {
+        let mut m = format!(
+            "{method} sip:alice@10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bKcallee{cseq}{method}\r\nFrom: {to};tag={to_tag}\r\nTo: {from};tag={ft}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\n",
+            from = self.from,
+            ft = self.from_tag,
+            to = self.to,
+            cid = self.call_id,
+        );
+        for h in extra {
+            m.push_str(h);
+            m.push_str("\r\n");
+        }
+        m.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        m
+    }
+
+    pub fn invite(&self, cseq: u32) -> String {
+        self.request(
+            "INVITE",
+            cseq,
+            "INVITE",
+            None,
+            &format!("inv{cseq}"),
+            &[],
+            "",
+        )
+    }
+
+    pub fn invite_with(&self, cseq: u32, extra: &[&str]) -> String {
+        self.request(
+            "INVITE",
+            cseq,
+            "INVITE",
+            None,
+            &format!("inv{cseq}"),
+            extra,
+            "",
+        )
+    }
+
+    pub fn ack(&self, cseq: u32, to_tag: &str) -> String {
+        self.request(
+            "ACK",
+            cseq,
+            "ACK",
+            Some(to_tag),
+            &format!("ack{cseq}"),
+            &[],
+            "",
+        )
+    }
+
+    pub fn bye(&self, cseq: u32, to_tag: &str) -> String {
+        self.request(
+            "BYE",
+            cseq,
+            "BYE",
+            Some(to_tag),
+            &format!("bye{cseq}"),
+            &[],
+            "",
+        )
+    }
+
+    pub fn cancel(&self, cseq: u32) -> String {
+        self.request(
+            "CANCEL",
+            cseq,
+            "CANCEL",
+            None,
+            &format!("inv{cseq}"),
+            &[],
+            "",
+        )
+    }
+
+    /// A response to one of the caller's requests.
+    pub fn response(
+        &self,
+        status: u16,
+        reason: &str,
+        cseq: u32,
+        method: &str,
+        to_tag: Option<&str>,
+        extra: &[&str],
+        body: &str,
+    ) -> String {
+        let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+        let mut m = format!(
+            "SIP/2.0 {status} {reason}\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKresp{cseq}\r\nFrom: {from};tag={ft}\r\nTo: {to}{to_tag}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\n",
+            from = self.from,
+            ft = self.from_tag,
+            to = self.to,
+            cid = self.call_id,
+        );
+        for h in extra {
+            m.push_str(h);
+            m.push_str("\r\n");
+        }
+        m.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        m
+    }
+
+    pub fn resp(&self, status: u16, cseq: u32, method: &str, to_tag: Option<&str>) -> String {
+        self.response(status, "Reason", cseq, method, to_tag, &[], "")
+    }
+
+    /// A response to one of the callee's requests (From is the callee).
+    pub fn callee_response(
+        &self,
+        status: u16,
+        cseq: u32,
+        method: &str,
+        to_tag: &str,
+        extra: &[&str],
+    ) -> String {
+        let mut m = format!(
+            "SIP/2.0 {status} OK\r\nVia: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bKcallee{cseq}{method}\r\nFrom: {to};tag={to_tag}\r\nTo: {from};tag={ft}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\n",
+            from = self.from,
+            ft = self.from_tag,
+            to = self.to,
+            cid = self.call_id,
+        );
+        for h in extra {
+            m.push_str(h);
+            m.push_str("\r\n");
+        }
+        m.push_str("Content-Length: 0\r\n\r\n");
+        m
+    }
+
+    /// The whole of a basic answered call: INVITE, 100, 180, 200, ACK, BYE, 200.
+    pub fn answered_flow(&self) -> Vec<String> {
+        vec![
+            self.invite(1),
+            self.resp(100, 1, "INVITE", None),
+            self.resp(180, 1, "INVITE", Some("callee")),
+            self.resp(200, 1, "INVITE", Some("callee")),
+            self.ack(1, "callee"),
+            self.bye(2, "callee"),
+            self.resp(200, 2, "BYE", Some("callee")),
+        ]
+    }
+}

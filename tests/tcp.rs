@@ -1,0 +1,195 @@
+//! SIP over TCP: framing by Content-Length, and bad peers that must not hurt
+//! anyone else.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{CallSpec, DEADLINE, Harness, test_config, types};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Waits until siphook closes the connection (read returns EOF or reset).
+async fn closed_by_peer(stream: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(DEADLINE, stream.read(&mut buf))
+        .await
+        .expect("siphook closes the connection");
+    assert!(matches!(r, Ok(0) | Err(_)), "expected close, read {r:?}");
+}
+
+async fn a_valid_call_still_works(h: &mut Harness, id: &str) {
+    let mut s = h.tcp().await;
+    let call = CallSpec::new(id);
+    s.write_all(call.answered_flow().concat().as_bytes())
+        .await
+        .unwrap();
+    let ev = h.events(4).await;
+    assert_eq!(
+        types(&ev),
+        [
+            "call.initiated",
+            "call.ringing",
+            "call.answered",
+            "call.completed"
+        ]
+    );
+    assert_eq!(ev[0]["call"]["signaling"]["transport"], "tcp");
+    assert_eq!(ev[0]["call"]["sip_call_id"], id);
+}
+
+#[tokio::test]
+async fn whole_call_in_one_write_with_keepalives() {
+    let mut h = Harness::start().await;
+    let call = CallSpec::new("tcp-one-write");
+    let mut bytes = String::from("\r\n\r\n");
+    for m in call.answered_flow() {
+        bytes.push_str(&m);
+        bytes.push_str("\r\n"); // RFC 5626 CRLF keep-alive between messages
+    }
+    let mut s = h.tcp().await;
+    s.write_all(bytes.as_bytes()).await.unwrap();
+    let ev = h.events(4).await;
+    assert_eq!(
+        types(&ev),
+        [
+            "call.initiated",
+            "call.ringing",
+            "call.answered",
+            "call.completed"
+        ]
+    );
+    assert!(h.barrier_tcp(&mut s).await.is_empty());
+    assert_eq!(
+        h.metric("siphook_sip_messages_total", &[("transport", "tcp")]),
+        8.0
+    );
+}
+
+#[tokio::test]
+async fn one_message_byte_by_byte() {
+    let mut h = Harness::start().await;
+    let call = CallSpec::new("tcp-bytewise");
+    let mut s = h.tcp().await;
+    s.set_nodelay(true).unwrap();
+    for b in call
+        .invite_with(1, &["Content-Type: application/sdp"])
+        .as_bytes()
+    {
+        s.write_all(&[*b]).await.unwrap();
+    }
+    let e = h.next_event().await;
+    assert_eq!(e["type"], "call.initiated");
+    assert_eq!(e["call"]["sip_call_id"], "tcp-bytewise");
+}
+
+#[tokio::test]
+async fn oversized_message_closes_only_that_connection() {
+    let mut config = test_config();
+    config.sip.max_message_bytes = 4096;
+    let mut h = Harness::with_config(config).await;
+    let mut bystander = h.tcp().await;
+    let mut bad = h.tcp().await;
+    let call = CallSpec::new("tcp-big");
+    let big = call.request("INVITE", 1, "INVITE", None, "big", &[], &"x".repeat(5000));
+    bad.write_all(big.as_bytes()).await.unwrap();
+    closed_by_peer(&mut bad).await;
+    assert_eq!(
+        h.metric(
+            "siphook_tcp_connections_closed_total",
+            &[("reason", "too_large")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        h.metric(
+            "siphook_sip_parse_errors_total",
+            &[("transport", "tcp"), ("reason", "too_large")]
+        ),
+        1.0
+    );
+    // A header block that never ends is bounded by the same limit.
+    let mut endless = h.tcp().await;
+    let _ = endless
+        .write_all(format!("INVITE sip:a@b SIP/2.0\r\nX-Pad: {}\r\n", "y".repeat(8000)).as_bytes())
+        .await;
+    closed_by_peer(&mut endless).await;
+    // The other connection is unaffected.
+    assert!(h.barrier_tcp(&mut bystander).await.is_empty());
+    a_valid_call_still_works(&mut h, "tcp-after-big").await;
+}
+
+#[tokio::test]
+async fn garbage_and_missing_content_length_close_the_connection() {
+    let mut h = Harness::start().await;
+    let mut s = h.tcp().await;
+    s.write_all(b"\x16\x03\x01\x02\x00 this is not SIP\r\n\r\n")
+        .await
+        .unwrap();
+    closed_by_peer(&mut s).await;
+    assert_eq!(
+        h.metric(
+            "siphook_tcp_connections_closed_total",
+            &[("reason", "missing_content_length")]
+        ),
+        1.0
+    );
+
+    let mut s = h.tcp().await;
+    s.write_all(b"BYE sip:a@b SIP/2.0\r\nCall-ID: x\r\nContent-Length: twelve\r\n\r\n")
+        .await
+        .unwrap();
+    closed_by_peer(&mut s).await;
+    assert_eq!(
+        h.metric(
+            "siphook_tcp_connections_closed_total",
+            &[("reason", "bad_content_length")]
+        ),
+        1.0
+    );
+
+    // Framed but unparseable: counted, and the connection stays usable.
+    let mut s = h.tcp().await;
+    s.write_all(b"NOT A SIP LINE\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(h.barrier_tcp(&mut s).await.is_empty());
+    assert_eq!(
+        h.metric(
+            "siphook_sip_parse_errors_total",
+            &[("transport", "tcp"), ("reason", "malformed")]
+        ),
+        1.0
+    );
+    a_valid_call_still_works(&mut h, "tcp-after-garbage").await;
+}
+
+#[tokio::test]
+async fn idle_connections_close_and_the_connection_cap_refuses() {
+    let mut config = test_config();
+    config.sip.tcp_idle_timeout = Duration::from_millis(200);
+    config.sip.max_tcp_connections = 2;
+    let mut h = Harness::with_config(config).await;
+    let mut a = h.tcp().await;
+    let mut b = h.tcp().await;
+    h.wait_metric("siphook_tcp_connections", &[], 2.0).await;
+    let mut refused = h.tcp().await;
+    closed_by_peer(&mut refused).await;
+    assert_eq!(
+        h.metric(
+            "siphook_tcp_connections_closed_total",
+            &[("reason", "refused_max_connections")]
+        ),
+        1.0
+    );
+    closed_by_peer(&mut a).await;
+    closed_by_peer(&mut b).await;
+    assert_eq!(
+        h.metric(
+            "siphook_tcp_connections_closed_total",
+            &[("reason", "idle_timeout")]
+        ),
+        2.0
+    );
+    a_valid_call_still_works(&mut h, "tcp-after-idle").await;
+}

@@ -1,0 +1,216 @@
+//! The tracker driven directly with chosen receive times: exact durations,
+//! deterministic ids, and timers, without sockets or wall-clock waits.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{CallSpec, assert_valid};
+use serde_json::{Value, json};
+use siphook::call::{Event, Meta, Timestamp, Tracker, TrackerConfig, Transport};
+use siphook::sip::{ParseOptions, parse};
+
+const T0: i64 = 1_795_330_800_000; // 2026-11-22T07:00:00.000Z
+
+fn tracker() -> Tracker {
+    Tracker::new(TrackerConfig {
+        invite_timeout: Duration::from_secs(180),
+        max_call_duration: Duration::from_secs(4 * 3600),
+        challenge_window: Duration::from_secs(32),
+        max_active_calls: 1000,
+    })
+}
+
+/// Feeds `(ms after T0, message)` pairs and returns the events as JSON.
+fn feed(t: &mut Tracker, msgs: &[(i64, String)]) -> Vec<Value> {
+    let opts = ParseOptions {
+        correlation_headers: vec!["X-CID".into()],
+        max_message_bytes: 65536,
+    };
+    let mut out: Vec<Event> = Vec::new();
+    for (at, raw) in msgs {
+        let msg = parse(raw.as_bytes(), &opts).expect("test message parses");
+        let meta = Meta {
+            transport: Transport::Udp,
+            source: "10.0.0.1:5060".parse().unwrap(),
+            destination: "10.0.0.2:5060".parse().unwrap(),
+            received_at: Timestamp(T0 + at),
+        };
+        let _ = t.on_message(&msg, &meta, &mut out);
+    }
+    to_json(out)
+}
+
+fn to_json(events: Vec<Event>) -> Vec<Value> {
+    events
+        .iter()
+        .map(|e| {
+            let v: Value = serde_json::from_slice(&e.to_json()).unwrap();
+            assert_valid(&v);
+            v
+        })
+        .collect()
+}
+
+fn timeline(call: &CallSpec) -> Vec<(i64, String)> {
+    vec![
+        (0, call.invite(1)),
+        (40, call.resp(100, 1, "INVITE", None)),
+        (1_500, call.resp(180, 1, "INVITE", Some("b"))),
+        (4_000, call.resp(200, 1, "INVITE", Some("b"))),
+        (4_050, call.ack(1, "b")),
+        (64_000, call.bye(2, "b")),
+        (64_020, call.resp(200, 2, "BYE", Some("b"))),
+    ]
+}
+
+#[test]
+fn answered_call_durations_are_exact() {
+    let mut t = tracker();
+    let ev = feed(&mut t, &timeline(&CallSpec::new("exact-1")));
+    assert_eq!(ev.len(), 4);
+    let done = &ev[3];
+    assert_eq!(done["timestamp"], "2026-11-22T07:01:04.000Z");
+    assert_eq!(done["call"]["started_at"], "2026-11-22T07:00:00.000Z");
+    assert_eq!(done["call"]["ringing_at"], "2026-11-22T07:00:01.500Z");
+    assert_eq!(done["call"]["answered_at"], "2026-11-22T07:00:04.000Z");
+    assert_eq!(done["call"]["ended_at"], "2026-11-22T07:01:04.000Z");
+    assert_eq!(ev[2]["data"], json!({"sip_status": 200, "ring_ms": 4000}));
+    assert_eq!(
+        done["data"],
+        json!({"disposition": "answered", "sip_status": 200, "reason": null, "q850_cause": null,
+               "ended_by": "caller", "ring_ms": 4000, "talk_ms": 60000, "duration_ms": 64000})
+    );
+    assert_eq!(t.active_calls(), 0);
+}
+
+#[test]
+fn the_same_traffic_twice_yields_the_same_events() {
+    let call = CallSpec::new("det-1");
+    let a = feed(&mut tracker(), &timeline(&call));
+    let b = feed(&mut tracker(), &timeline(&call));
+    assert_eq!(a, b);
+    let other = feed(&mut tracker(), &timeline(&CallSpec::new("det-2")));
+    assert_ne!(a[0]["id"], other[0]["id"]);
+    assert_ne!(a[0]["call"]["id"], other[0]["call"]["id"]);
+}
+
+#[test]
+fn timers_fire_on_the_callers_clock() {
+    let mut t = tracker();
+    let call = CallSpec::new("timer-1");
+    let ev = feed(
+        &mut t,
+        &[
+            (0, call.invite(1)),
+            (500, call.resp(180, 1, "INVITE", Some("b"))),
+        ],
+    );
+    assert_eq!(ev.len(), 2);
+    assert_eq!(t.next_deadline(), Some(Timestamp(T0 + 180_000)));
+    let mut out = Vec::new();
+    t.on_time(Timestamp(T0 + 179_999), &mut out);
+    assert!(out.is_empty(), "nothing before the deadline");
+    t.on_time(Timestamp(T0 + 200_000), &mut out);
+    let ev = to_json(out);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0]["timestamp"], "2026-11-22T07:03:00.000Z");
+    assert_eq!(ev[0]["data"]["duration_ms"], 180_000);
+    assert_eq!(ev[0]["data"]["disposition"], "no_answer");
+    assert_eq!(t.active_calls(), 0);
+}
+
+#[test]
+fn reason_header_and_pai_and_stir_shaken_reach_the_events() {
+    use base64::Engine;
+    let mut t = tracker();
+    let call = CallSpec::new("rich-1");
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(br#"{"attest":"B","dest":{"tn":["15551234567"]},"iat":1,"orig":{"tn":"15557654321"},"origid":"0f3e"}"#);
+    let identity = format!(
+        "Identity: eyJhbGciOiJFUzI1NiJ9.{payload}.c2ln;info=<https://cr.example/c.pem>;alg=ES256;ppt=shaken"
+    );
+    let ev = feed(
+        &mut t,
+        &[
+            (
+                0,
+                call.invite_with(
+                    1,
+                    &[
+                        "P-Asserted-Identity: \"Alice Corp\" <sip:+15550001111@10.0.0.1>",
+                        &identity,
+                        "X-CID: abc-123",
+                    ],
+                ),
+            ),
+            (100, call.resp(200, 1, "INVITE", Some("b"))),
+            (
+                2_100,
+                call.request(
+                    "BYE",
+                    2,
+                    "BYE",
+                    Some("b"),
+                    "bye2",
+                    &["Reason: Q.850;cause=16;text=\"Normal call clearing\""],
+                    "",
+                ),
+            ),
+        ],
+    );
+    assert_eq!(ev[0]["call"]["ani"], "+15550001111");
+    assert_eq!(ev[0]["call"]["correlation_id"], "abc-123");
+    assert_eq!(
+        ev[0]["data"]["stir_shaken"],
+        json!({"attest": "B", "origid": "0f3e", "orig_tn": "15557654321", "dest_tn": "15551234567", "verified": false})
+    );
+    assert_eq!(ev[2]["data"]["q850_cause"], 16);
+    assert_eq!(ev[2]["data"]["reason"], "Normal call clearing");
+    assert_eq!(ev[2]["data"]["talk_ms"], 2000);
+}
+
+#[test]
+fn every_started_call_completes_exactly_once() {
+    // A mix of endings, each call interleaved with the others, then every timer.
+    let mut t = tracker();
+    let mut msgs = Vec::new();
+    let calls: Vec<CallSpec> = (0..40)
+        .map(|i| CallSpec::new(&format!("mix-{i}")))
+        .collect();
+    for (i, c) in calls.iter().enumerate() {
+        msgs.push((i as i64, c.invite(1)));
+    }
+    for (i, c) in calls.iter().enumerate() {
+        let at = 1_000 + i as i64;
+        match i % 5 {
+            0 => msgs.push((at, c.resp(486, 1, "INVITE", Some("b")))),
+            1 => msgs.push((at, c.cancel(1))),
+            2 => {
+                msgs.push((at, c.resp(200, 1, "INVITE", Some("b"))));
+                msgs.push((at + 1, c.bye(2, "b")));
+            }
+            3 => msgs.push((at, c.resp(407, 1, "INVITE", Some("p")))),
+            _ => msgs.push((at, c.resp(200, 1, "INVITE", Some("b")))),
+        }
+    }
+    let mut ev = feed(&mut t, &msgs);
+    let mut out = Vec::new();
+    t.on_time(Timestamp(T0 + 5 * 3600 * 1000), &mut out);
+    ev.extend(to_json(out));
+    assert_eq!(t.active_calls(), 0);
+    for c in &calls {
+        let completed = ev
+            .iter()
+            .filter(|e| {
+                e["call"]["sip_call_id"] == c.call_id.as_str() && e["type"] == "call.completed"
+            })
+            .count();
+        assert_eq!(completed, 1, "{}", c.call_id);
+    }
+    let by = |d: &str| ev.iter().filter(|e| e["data"]["disposition"] == d).count();
+    assert_eq!(
+        (by("busy"), by("cancelled"), by("answered"), by("failed")),
+        (8, 8, 16, 8)
+    );
+}
