@@ -82,6 +82,13 @@ fn answered_call_durations_are_exact() {
                "ended_by": "caller", "ring_ms": 4000, "talk_ms": 60000, "duration_ms": 64000})
     );
     assert_eq!(t.active_calls(), 0);
+    // The 4-hour max_call_duration timer went with the call; only the tombstone's
+    // purge (challenge_window after the end) remains, then nothing.
+    assert_eq!(t.next_deadline(), Some(Timestamp(T0 + 64_000 + 32_000)));
+    let mut out = Vec::new();
+    t.on_time(Timestamp(T0 + 96_000), &mut out);
+    assert!(out.is_empty());
+    assert_eq!(t.next_deadline(), None);
 }
 
 #[test]

@@ -4,9 +4,8 @@
 //! receive times, replay passes capture times, tests pass whatever they like. That
 //! keeps every duration exact and every run reproducible.
 
-use std::cmp::Reverse;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -129,6 +128,8 @@ struct Call {
     /// Last sequence number used.
     seq: u32,
     deadline: Timestamp,
+    /// The timer entry scheduled for `deadline`, if any.
+    armed: Option<TimerKey>,
     /// Session-Expires interval negotiated, for refreshes (RFC 4028).
     session_expires: Option<Duration>,
     /// The deadline is the Session-Expires lapse, not `max_call_duration`.
@@ -143,22 +144,26 @@ struct Call {
 }
 
 const SEEN: usize = 16;
+
+/// Orders timers by instant, then by creation.
+type TimerKey = (Timestamp, u64);
 const MAX_PENDING_REFERS: usize = 4;
 
 enum Slot {
     Live(Box<Call>),
     /// Kept for `challenge_window` after completion so late retransmissions are
     /// recognised instead of starting a new call.
-    Ended {
-        purge_at: Timestamp,
-    },
+    Ended,
 }
 
 /// The call table and its timers.
 pub struct Tracker {
     cfg: TrackerConfig,
     calls: HashMap<Arc<str>, Slot>,
-    timers: BinaryHeap<Reverse<(Timestamp, Arc<str>)>>,
+    /// Exactly one entry per slot (live call or tombstone): a call that ends
+    /// early leaves nothing behind to wait for its hours-away deadline.
+    timers: BTreeMap<TimerKey, Arc<str>>,
+    next_timer: u64,
     live: usize,
 }
 
@@ -168,7 +173,8 @@ impl Tracker {
         Tracker {
             cfg,
             calls: HashMap::new(),
-            timers: BinaryHeap::new(),
+            timers: BTreeMap::new(),
+            next_timer: 0,
             live: 0,
         }
     }
@@ -180,7 +186,7 @@ impl Tracker {
 
     /// Earliest instant at which [`Tracker::on_time`] has work; lets the driver sleep.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        self.timers.first_key_value().map(|((t, _), _)| *t)
     }
 
     /// Feeds one message; events it causes are appended to `out`.
@@ -229,22 +235,22 @@ impl Tracker {
 
     /// Fires every timer due at or before `now`.
     pub fn on_time(&mut self, now: Timestamp, out: &mut Vec<Event>) {
-        while let Some(Reverse((at, _))) = self.timers.peek() {
-            if *at > now {
+        while let Some(entry) = self.timers.first_entry() {
+            let at = entry.key().0;
+            if at > now {
                 break;
             }
-            let Some(Reverse((at, key))) = self.timers.pop() else {
-                break;
-            };
-            match self.calls.get(&key) {
-                Some(Slot::Ended { purge_at }) if *purge_at == at => {
+            let key = entry.remove();
+            match self.calls.get_mut(&key) {
+                Some(Slot::Ended) => {
                     self.calls.remove(&key);
                 }
-                Some(Slot::Live(call)) if call.deadline == at => {
+                Some(Slot::Live(call)) => {
+                    call.armed = None;
                     let end = call.on_deadline();
                     self.complete(&key, end, at, out);
                 }
-                _ => {} // superseded timer
+                None => {}
             }
         }
     }
@@ -318,6 +324,7 @@ impl Tracker {
             replacing,
             seen: [0; SEEN],
             seen_next: 0,
+            armed: None,
         });
         call.remember(msg);
         let data = EventData::Initiated(InitiatedData {
@@ -327,9 +334,9 @@ impl Tracker {
         });
         out.push(call.event(data, now, ""));
         let key: Arc<str> = Arc::from(key);
-        self.timers.push(Reverse((call.deadline, key.clone())));
-        self.calls.insert(key, Slot::Live(call));
+        self.calls.insert(key.clone(), Slot::Live(call));
         self.live += 1;
+        self.rearm(&key);
         Ok(())
     }
 
@@ -411,11 +418,29 @@ impl Tracker {
         }
     }
 
-    /// Schedules the call's (possibly new) deadline.
+    /// Moves the call's timer to its current deadline.
     fn rearm(&mut self, key: &str) {
-        if let Some((k, Slot::Live(call))) = self.calls.get_key_value(key) {
-            self.timers.push(Reverse((call.deadline, k.clone())));
+        let Some((k, Slot::Live(call))) = self.calls.get_key_value(key) else {
+            return;
+        };
+        if call.armed.is_some_and(|(at, _)| at == call.deadline) {
+            return;
         }
+        let (k, deadline, old) = (k.clone(), call.deadline, call.armed);
+        if let Some(old) = old {
+            self.timers.remove(&old);
+        }
+        let timer = self.add_timer(deadline, k.clone());
+        if let Some(Slot::Live(call)) = self.calls.get_mut(&k) {
+            call.armed = Some(timer);
+        }
+    }
+
+    fn add_timer(&mut self, at: Timestamp, key: Arc<str>) -> TimerKey {
+        self.next_timer += 1;
+        let timer = (at, self.next_timer);
+        self.timers.insert(timer, key);
+        timer
     }
 
     fn complete(&mut self, key: &str, end: End, at: Timestamp, out: &mut Vec<Event>) {
@@ -426,6 +451,9 @@ impl Tracker {
             self.calls.insert(k, slot);
             return;
         };
+        if let Some(timer) = call.armed.take() {
+            self.timers.remove(&timer);
+        }
         let ended_at = end.ended_at.unwrap_or(at);
         call.info.ended_at = Some(ended_at);
         let started = call.info.started_at;
@@ -443,8 +471,8 @@ impl Tracker {
         out.push(call.event(EventData::Completed(data), ended_at, ""));
         self.live -= 1;
         let purge_at = at.plus(self.cfg.challenge_window);
-        self.timers.push(Reverse((purge_at, k.clone())));
-        self.calls.insert(k, Slot::Ended { purge_at });
+        self.add_timer(purge_at, k.clone());
+        self.calls.insert(k, Slot::Ended);
     }
 }
 

@@ -134,7 +134,8 @@ fn content_length(head: &[u8]) -> Result<usize, FrameError> {
         }
         let n = value
             .iter()
-            .fold(0usize, |acc, d| acc * 10 + usize::from(d - b'0'));
+            .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
+        let n = usize::try_from(n).map_err(|_| FrameError::TooLarge)?;
         match found {
             Some(prev) if prev != n => return Err(FrameError::BadContentLength),
             _ => found = Some(n),

@@ -334,16 +334,12 @@ impl View {
                 rsip::Header::CSeq(_) => {
                     cseq.get_or_insert(parse_cseq(value));
                 }
-                rsip::Header::Via(_) => {
-                    if via_branch.is_none() {
-                        let first = split_outside_quotes(value, ',').next().unwrap_or("");
-                        via_branch = Some(super::addr::param(first, "branch").map(str::to_owned));
-                    }
+                rsip::Header::Via(_) if via_branch.is_none() => {
+                    let first = split_outside_quotes(value, ',').next().unwrap_or("");
+                    via_branch = Some(super::addr::param(first, "branch").map(str::to_owned));
                 }
-                rsip::Header::Contact(_) => {
-                    if contact.is_none() {
-                        contact = NameAddr::parse(value).map(|c| c.uri);
-                    }
+                rsip::Header::Contact(_) if contact.is_none() => {
+                    contact = NameAddr::parse(value).map(|c| c.uri);
                 }
                 rsip::Header::UserAgent(_) | rsip::Header::Server(_) => {
                     user_agent.get_or_insert_with(|| value.to_owned());
