@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod call;
 pub mod config;
+pub mod deliver;
 pub mod gateway;
 pub mod ingest;
 pub mod sip;
