@@ -11,11 +11,19 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod delivery;
+
+pub use delivery::{Auth, Encoding, EndpointConfig, Format, OutboxConfig, Redacted, glob_match};
+
 /// The validated configuration the process runs on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// SIP listeners, limits and call timers.
     pub sip: SipConfig,
+    /// The durable event store.
+    pub outbox: OutboxConfig,
+    /// Where events are delivered; none means events are only stored and printed.
+    pub endpoints: Vec<EndpointConfig>,
 }
 
 /// `[sip]`: where SIP arrives and how calls are tracked.
@@ -64,6 +72,8 @@ impl Default for Config {
                 correlation_headers: vec!["Session-ID".into(), "X-CID".into()],
                 queue_capacity: 65_536,
             },
+            outbox: OutboxConfig::default(),
+            endpoints: Vec::new(),
         }
     }
 }
@@ -180,6 +190,8 @@ fn format_path(path: &serde_ignored::Path<'_>) -> String {
 #[serde(default)]
 struct RawConfig {
     sip: RawSip,
+    outbox: delivery::RawOutbox,
+    endpoints: Vec<delivery::RawEndpoint>,
 }
 
 #[derive(Deserialize, Default)]
@@ -205,7 +217,7 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn problem(&mut self, path: impl Into<String>, message: String) {
+    pub(crate) fn problem(&mut self, path: impl Into<String>, message: String) {
         self.problems.push(Problem {
             path: path.into(),
             message,
@@ -235,7 +247,7 @@ impl Checker<'_> {
         out
     }
 
-    fn duration(
+    pub(crate) fn duration(
         &mut self,
         path: &str,
         raw: Option<String>,
@@ -267,7 +279,7 @@ impl Checker<'_> {
         }
     }
 
-    fn size(
+    pub(crate) fn size(
         &mut self,
         path: &str,
         raw: Option<String>,
@@ -294,7 +306,7 @@ impl Checker<'_> {
         }
     }
 
-    fn count(
+    pub(crate) fn count(
         &mut self,
         path: &str,
         raw: Option<i64>,
@@ -389,7 +401,13 @@ impl RawConfig {
                 );
             }
         }
-        Config { sip }
+        let outbox = self.outbox.validate(&mut c);
+        let endpoints = delivery::validate_endpoints(self.endpoints, &mut c);
+        Config {
+            sip,
+            outbox,
+            endpoints,
+        }
     }
 }
 
