@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{CallSpec, assert_valid};
+use common::{CallSpec, assert_valid, schema_errors};
 use serde_json::{Value, json};
 use siphook::call::{Event, Meta, Timestamp, Tracker, TrackerConfig, Transport};
 use siphook::sip::{ParseOptions, parse};
@@ -220,4 +220,33 @@ fn every_started_call_completes_exactly_once() {
         (by("busy"), by("cancelled"), by("answered"), by("failed")),
         (8, 8, 16, 8)
     );
+}
+
+#[test]
+fn the_schema_rejects_what_the_contract_forbids() {
+    let ev = feed(&mut tracker(), &timeline(&CallSpec::new("schema-1")));
+    let completed = ev[3].clone();
+    let broken = |f: &dyn Fn(&mut Value)| {
+        let mut v = completed.clone();
+        f(&mut v);
+        schema_errors(&v)
+    };
+    assert!(schema_errors(&completed).is_empty());
+    assert!(
+        !broken(&|v| v["call"]
+            .as_object_mut()
+            .unwrap()
+            .remove("started_at")
+            .map(drop)
+            .unwrap_or(()))
+        .is_empty()
+    );
+    assert!(
+        !broken(&|v| v["type"] = json!("call.ringing")).is_empty(),
+        "completed data under another type"
+    );
+    assert!(!broken(&|v| v["data"]["disposition"] = json!("hung_up")).is_empty());
+    assert!(!broken(&|v| v["call"]["ended_at"] = Value::Null).is_empty());
+    assert!(!broken(&|v| v["id"] = json!("evt_123")).is_empty());
+    assert!(!broken(&|v| v["surprise"] = json!(1)).is_empty());
 }

@@ -31,6 +31,14 @@ fn schema() -> &'static jsonschema::Validator {
     })
 }
 
+/// Every way an event's JSON violates `docs/events.schema.json`.
+pub fn schema_errors(event: &Value) -> Vec<String> {
+    schema()
+        .iter_errors(event)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
+}
+
 /// Asserts an event's JSON matches `docs/events.schema.json`.
 pub fn assert_valid(event: &Value) {
     let errors: Vec<String> = schema()
