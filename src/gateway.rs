@@ -202,49 +202,67 @@ async fn run_tracker(
     }
 }
 
-/// Where events go while no delivery is configured.
+/// Whether events are also printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventOutput {
-    /// One JSON object per line on stdout (`--print-events`).
+    /// One JSON object per line on stdout (`--print-events`), after its commit.
     JsonLines,
-    /// Logged at debug level only.
-    Discard,
+    /// Not printed.
+    Quiet,
 }
 
-/// Runs siphook until `stop` resolves, then shuts down cleanly.
+/// Why `serve` stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Listeners could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The outbox or an endpoint client could not start.
+    #[error(transparent)]
+    Delivery(#[from] crate::deliver::DeliveryError),
+}
+
+/// Runs siphook until `stop` resolves, then shuts down cleanly: listeners stop,
+/// the tracker drains, every queued event is committed, dispatchers stop.
 pub async fn serve(
     config: &Config,
     output: EventOutput,
     stop: impl std::future::Future<Output = ()>,
-) -> Result<(), StartError> {
-    let mut gateway = Gateway::start(config, Metrics::new()).await?;
-    tracing::info!(udp = ?gateway.udp_addrs, tcp = ?gateway.tcp_addrs, "siphook listening");
-    let mut events = std::mem::replace(&mut gateway.events, mpsc::channel(1).1);
-    let consumer = tokio::spawn(async move {
-        use std::io::Write;
-        while let Some(event) = events.recv().await {
-            match output {
-                EventOutput::JsonLines => {
-                    let mut line = event.to_json();
-                    line.push(b'\n');
-                    let mut stdout = std::io::stdout().lock();
-                    if stdout
-                        .write_all(&line)
-                        .and_then(|_| stdout.flush())
-                        .is_err()
-                    {
-                        tracing::warn!("stdout closed; events are no longer printed");
-                    }
-                }
-                EventOutput::Discard => {
-                    tracing::debug!(id = %event.id, r#type = event.event_type.as_str(), "event")
-                }
+) -> Result<(), ServeError> {
+    let metrics = Metrics::new();
+    let mut gateway = Gateway::start(config, metrics.clone()).await?;
+    let events = std::mem::replace(&mut gateway.events, mpsc::channel(1).1);
+    let echo: Option<crate::outbox::writer::Echo> = match output {
+        EventOutput::JsonLines => Some(Box::new(|json: &[u8]| {
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            let written = stdout
+                .write_all(json)
+                .and_then(|_| stdout.write_all(b"\n"))
+                .and_then(|_| stdout.flush());
+            if written.is_err() {
+                tracing::warn!("stdout closed; events are no longer printed");
             }
+        })),
+        EventOutput::Quiet => None,
+    };
+    let delivery = match crate::deliver::Delivery::start(config, events, echo, metrics) {
+        Ok(d) => d,
+        Err(e) => {
+            drop(gateway.shutdown().await);
+            return Err(e.into());
         }
-    });
+    };
+    tracing::info!(
+        udp = ?gateway.udp_addrs,
+        tcp = ?gateway.tcp_addrs,
+        endpoints = config.endpoints.len(),
+        outbox = %config.outbox.path.display(),
+        "siphook running"
+    );
     stop.await;
     tracing::info!("shutting down");
     drop(gateway.shutdown().await);
-    let _ = consumer.await;
+    delivery.shutdown().await;
     Ok(())
 }

@@ -9,4 +9,5 @@ pub mod config;
 pub mod deliver;
 pub mod gateway;
 pub mod ingest;
+pub mod outbox;
 pub mod sip;

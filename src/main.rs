@@ -75,7 +75,7 @@ fn run(path: &std::path::Path, print_events: bool) -> anyhow::Result<()> {
     let output = if print_events {
         EventOutput::JsonLines
     } else {
-        EventOutput::Discard
+        EventOutput::Quiet
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(gateway::serve(&config, output, shutdown_signal()))?;

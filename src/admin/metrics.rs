@@ -1,7 +1,9 @@
 //! Every metric siphook exports, registered once in one registry. Labels are bounded
 //! sets (transports, methods, reasons): never Call-IDs, numbers or addresses.
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// The process's metrics; cheap to clone handles, shared by every task.
 #[derive(Clone)]
@@ -30,6 +32,24 @@ pub struct Metrics {
     pub calls_dropped: IntCounterVec,
     /// Events emitted by type.
     pub events_total: IntCounterVec,
+    /// Events the outbox could not take, by reason (`outbox_full`, `storage_error`).
+    pub events_refused: IntCounterVec,
+    /// Outbox size on disk.
+    pub outbox_size_bytes: IntGauge,
+    /// Time of one group commit (fsync).
+    pub outbox_commit_duration: Histogram,
+    /// Deliveries waiting, per endpoint.
+    pub outbox_pending: IntGaugeVec,
+    /// Delivery attempts by endpoint, outcome and status code.
+    pub deliveries: IntCounterVec,
+    /// Time of one attempt, per endpoint.
+    pub delivery_attempt_duration: HistogramVec,
+    /// SIP message received → endpoint's 2xx, per endpoint.
+    pub event_delivery_latency: HistogramVec,
+    /// Dead letters per endpoint.
+    pub deadletters: IntGaugeVec,
+    /// 1 for the state each endpoint is in (healthy, circuit_open, paused).
+    pub endpoint_state: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -48,6 +68,33 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
         .register(Box::new(g.clone()))
         .unwrap_or_else(|e| unreachable!("metric {name} registered twice: {e}"));
     g
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+    registry
+        .register(Box::new(g.clone()))
+        .unwrap_or_else(|e| unreachable!("metric {name} registered twice: {e}"));
+    g
+}
+
+/// Buckets from 0.5 ms to 60 s: commits, attempts and SIP-to-2xx latency all fit.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+        labels,
+    )
+    .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+    registry
+        .register(Box::new(h.clone()))
+        .unwrap_or_else(|e| unreachable!("metric {name} registered twice: {e}"));
+    h
 }
 
 impl Metrics {
@@ -111,6 +158,56 @@ impl Metrics {
                 "siphook_events_total",
                 "Call events emitted.",
                 &["type"],
+            ),
+            events_refused: counter(
+                &r,
+                "siphook_events_refused_total",
+                "Events the outbox refused.",
+                &["reason"],
+            ),
+            outbox_size_bytes: gauge(&r, "siphook_outbox_size_bytes", "Outbox size on disk."),
+            outbox_commit_duration: histogram(
+                &r,
+                "siphook_outbox_commit_duration_seconds",
+                "Duration of one outbox group commit (fsync).",
+                &[],
+            )
+            .with_label_values::<&str>(&[]),
+            outbox_pending: gauge_vec(
+                &r,
+                "siphook_outbox_pending",
+                "Deliveries waiting per endpoint.",
+                &["endpoint"],
+            ),
+            deliveries: counter(
+                &r,
+                "siphook_deliveries_total",
+                "Delivery attempts.",
+                &["endpoint", "outcome", "code"],
+            ),
+            delivery_attempt_duration: histogram(
+                &r,
+                "siphook_delivery_attempt_duration_seconds",
+                "Duration of one delivery attempt.",
+                &["endpoint"],
+            ),
+            event_delivery_latency: histogram(
+                &r,
+                "siphook_event_delivery_latency_seconds",
+                "SIP message received to endpoint 2xx.",
+                &["endpoint"],
+            ),
+            deadletters: gauge_vec(
+                &r,
+                "siphook_deadletters",
+                "Dead letters per endpoint.",
+                &["endpoint"],
+            ),
+            endpoint_state: gauge_vec(
+                &r,
+                "siphook_endpoint_state",
+                "1 for the current state of each endpoint.",
+                &["endpoint", "state"],
             ),
             registry: r,
         }

@@ -1,4 +1,106 @@
-//! Delivery to webhook endpoints. So far: Standard Webhooks signing; the HTTP
-//! dispatcher, retry policy and dead letters build on it.
+//! Delivery to webhook endpoints: signing, the HTTP attempt, and the per-endpoint
+//! dispatcher with its retry policy, ordering and dead letters.
 
+pub mod client;
+pub mod dispatch;
+pub mod format;
 pub mod sign;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Metrics;
+use crate::call::Event;
+use crate::config::Config;
+use crate::outbox::writer::{self, Sinks};
+use crate::outbox::{Outbox, OutboxError};
+
+/// Why delivery could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The outbox could not be opened.
+    #[error("cannot open outbox {path}: {source}")]
+    Outbox {
+        /// Configured path.
+        path: String,
+        /// The storage error.
+        source: OutboxError,
+    },
+    /// An endpoint's TLS material is unusable.
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+}
+
+/// The running outbox writer and endpoint dispatchers.
+pub struct Delivery {
+    /// The store, shared with the admin API and the CLI.
+    pub outbox: Arc<Outbox>,
+    writer: tokio::task::JoinHandle<()>,
+    dispatchers: JoinSet<()>,
+    shutdown: CancellationToken,
+}
+
+impl Delivery {
+    /// Opens the outbox, resumes every endpoint's pending deliveries, and starts
+    /// committing `events`. `echo` sees each event's JSON after its commit.
+    pub fn start(
+        config: &Config,
+        events: mpsc::Receiver<Event>,
+        echo: Option<crate::outbox::writer::Echo>,
+        metrics: Metrics,
+    ) -> Result<Delivery, DeliveryError> {
+        let outbox =
+            Outbox::open(&config.outbox.path, config.outbox.max_bytes).map_err(|source| {
+                DeliveryError::Outbox {
+                    path: config.outbox.path.display().to_string(),
+                    source,
+                }
+            })?;
+        let outbox = Arc::new(outbox);
+        let shutdown = CancellationToken::new();
+        let mut dispatchers = JoinSet::new();
+        let mut senders = HashMap::new();
+        for ep in &config.endpoints {
+            let client = client::HttpClient::new(ep)?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            senders.insert(ep.name.clone(), tx);
+            dispatchers.spawn(dispatch::run(
+                ep.clone(),
+                client,
+                outbox.clone(),
+                rx,
+                metrics.clone(),
+                shutdown.clone(),
+            ));
+        }
+        let endpoints: Arc<[_]> = config.endpoints.clone().into();
+        let writer = tokio::spawn(writer::run(
+            outbox.clone(),
+            endpoints,
+            events,
+            Sinks {
+                endpoints: senders,
+                echo,
+            },
+            metrics,
+        ));
+        Ok(Delivery {
+            outbox,
+            writer,
+            dispatchers,
+            shutdown,
+        })
+    }
+
+    /// Waits for the writer to commit everything its input held (the input must be
+    /// closed first), then stops the dispatchers. Unfinished deliveries stay pending.
+    pub async fn shutdown(mut self) {
+        let _ = (&mut self.writer).await;
+        self.shutdown.cancel();
+        while self.dispatchers.join_next().await.is_some() {}
+    }
+}

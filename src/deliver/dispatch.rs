@@ -1,0 +1,400 @@
+//! The dispatcher of one endpoint: per-call ordering, concurrency across calls,
+//! the retry schedule, the circuit breaker, 410 pausing and dead letters.
+//!
+//! For one call, event N+1 is not attempted until N succeeded or was dead-lettered;
+//! different calls proceed concurrently up to `max_in_flight`, so a slow call never
+//! blocks the others. All state that must survive a restart lives in the outbox.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{self, HttpClient, Outcome};
+use crate::admin::Metrics;
+use crate::call::Timestamp;
+use crate::config::EndpointConfig;
+use crate::outbox::writer::Committed;
+use crate::outbox::{DeliveryState, Outbox};
+
+/// Consecutive failures that open the circuit.
+const BREAKER_THRESHOLD: u32 = 10;
+/// While open, one probe attempt per this interval.
+const PROBE_INTERVAL: Duration = Duration::from_secs(30);
+/// The most a `Retry-After` may push an attempt out.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// The endpoint's state, as `/v1/endpoints` and `siphook_endpoint_state` report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointState {
+    /// Sending normally.
+    Healthy,
+    /// Too many consecutive failures: probing once per interval.
+    CircuitOpen,
+    /// A 410 Gone: nothing is sent until an operator resumes the endpoint.
+    Paused,
+}
+
+impl EndpointState {
+    /// Metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointState::Healthy => "healthy",
+            EndpointState::CircuitOpen => "circuit_open",
+            EndpointState::Paused => "paused",
+        }
+    }
+}
+
+struct Attempted {
+    offset: u64,
+    call_key: u64,
+    received_ms: i64,
+    outcome: Outcome,
+    elapsed: Duration,
+}
+
+/// Runs the dispatcher until `shutdown`.
+pub async fn run(
+    ep: EndpointConfig,
+    client: HttpClient,
+    outbox: Arc<Outbox>,
+    mut rx: mpsc::UnboundedReceiver<Committed>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let mut d = Dispatcher::new(Arc::new(ep), client, outbox, metrics);
+    if let Err(e) = d.load() {
+        tracing::error!(endpoint = %d.ep.name, error = %e, "cannot load pending deliveries");
+    }
+    loop {
+        d.dispatch_due();
+        let wake = d.next_wake();
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            c = rx.recv() => match c {
+                Some(c) => d.enqueue(c.offset, c.call_key, DeliveryState { next_at_ms: now_ms(), ..Default::default() }),
+                None => break,
+            },
+            Some(done) = d.in_flight.join_next(), if !d.in_flight.is_empty() => {
+                if let Ok(done) = done {
+                    d.finish(done);
+                }
+            }
+            _ = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600))), if wake.is_some() => {}
+        }
+    }
+}
+
+struct Dispatcher {
+    ep: Arc<EndpointConfig>,
+    client: HttpClient,
+    outbox: Arc<Outbox>,
+    metrics: Metrics,
+    /// Per call, its pending offsets in order; the head is the only one that may run.
+    queues: HashMap<u64, VecDeque<u64>>,
+    /// Delivery state of each queue head.
+    heads: HashMap<u64, DeliveryState>,
+    /// Heads waiting for their time: (next attempt, offset, call key).
+    ready: BTreeSet<(i64, u64, u64)>,
+    in_flight: JoinSet<Attempted>,
+    pending: usize,
+    dead: usize,
+    consecutive_failures: u32,
+    next_probe: Option<Instant>,
+    paused: bool,
+    rng: u64,
+}
+
+fn now_ms() -> i64 {
+    Timestamp::now().millis()
+}
+
+impl Dispatcher {
+    fn new(
+        ep: Arc<EndpointConfig>,
+        client: HttpClient,
+        outbox: Arc<Outbox>,
+        metrics: Metrics,
+    ) -> Dispatcher {
+        let seed = u64::try_from(now_ms()).unwrap_or(1) ^ 0x9e37_79b9_7f4a_7c15;
+        let d = Dispatcher {
+            ep,
+            client,
+            outbox,
+            metrics,
+            queues: HashMap::new(),
+            heads: HashMap::new(),
+            ready: BTreeSet::new(),
+            in_flight: JoinSet::new(),
+            pending: 0,
+            dead: 0,
+            consecutive_failures: 0,
+            next_probe: None,
+            paused: false,
+            rng: seed | 1,
+        };
+        d.publish_state();
+        d
+    }
+
+    /// Rebuilds the queues from the outbox after a start.
+    fn load(&mut self) -> Result<(), crate::outbox::OutboxError> {
+        self.dead = self.outbox.dead_letters(Some(&self.ep.name))?.len();
+        for (offset, state) in self.outbox.pending(&self.ep.name)? {
+            match self.outbox.event(offset)? {
+                Some(ev) => self.enqueue(offset, ev.call_key, state),
+                // The event is gone (a crash between its removal and this entry's):
+                // nothing left to send.
+                None => self.outbox.delivered(&self.ep.name, offset)?,
+            }
+        }
+        self.publish_counts();
+        Ok(())
+    }
+
+    fn enqueue(&mut self, offset: u64, call_key: u64, state: DeliveryState) {
+        let q = self.queues.entry(call_key).or_default();
+        q.push_back(offset);
+        self.pending += 1;
+        if q.len() == 1 {
+            self.ready.insert((state.next_at_ms, offset, call_key));
+            self.heads.insert(offset, state);
+        } else {
+            // Not a head yet; its stored state is read again when it becomes one.
+            self.heads.remove(&offset);
+        }
+        self.publish_counts();
+    }
+
+    fn state(&self) -> EndpointState {
+        if self.paused {
+            EndpointState::Paused
+        } else if self.consecutive_failures >= BREAKER_THRESHOLD {
+            EndpointState::CircuitOpen
+        } else {
+            EndpointState::Healthy
+        }
+    }
+
+    fn publish_state(&self) {
+        let current = self.state();
+        for s in [
+            EndpointState::Healthy,
+            EndpointState::CircuitOpen,
+            EndpointState::Paused,
+        ] {
+            self.metrics
+                .endpoint_state
+                .with_label_values(&[self.ep.name.as_str(), s.as_str()])
+                .set(i64::from(s == current));
+        }
+    }
+
+    fn publish_counts(&self) {
+        let name = self.ep.name.as_str();
+        self.metrics
+            .outbox_pending
+            .with_label_values(&[name])
+            .set(i64::try_from(self.pending).unwrap_or(i64::MAX));
+        self.metrics
+            .deadletters
+            .with_label_values(&[name])
+            .set(i64::try_from(self.dead).unwrap_or(i64::MAX));
+    }
+
+    /// Starts every due head the limits allow.
+    fn dispatch_due(&mut self) {
+        if self.paused {
+            return;
+        }
+        let now = now_ms();
+        while self.in_flight.len() < self.ep.max_in_flight {
+            let Some(&(at, offset, call_key)) = self.ready.first() else {
+                return;
+            };
+            if at > now {
+                return;
+            }
+            if self.state() == EndpointState::CircuitOpen {
+                // One probe at a time, once per interval.
+                let due = self.next_probe.is_none_or(|t| Instant::now() >= t);
+                if !due || !self.in_flight.is_empty() {
+                    return;
+                }
+                self.next_probe = Some(Instant::now() + PROBE_INTERVAL);
+            }
+            self.ready.pop_first();
+            self.start(offset, call_key);
+        }
+    }
+
+    fn start(&mut self, offset: u64, call_key: u64) {
+        let event = match self.outbox.event(offset) {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                tracing::warn!(endpoint = %self.ep.name, offset, "pending delivery without its event; dropping the entry");
+                let _ = self.outbox.delivered(&self.ep.name, offset);
+                self.advance(call_key, offset);
+                return;
+            }
+            Err(e) => {
+                tracing::error!(endpoint = %self.ep.name, offset, error = %e, "cannot read event; retrying later");
+                self.ready.insert((now_ms() + 1000, offset, call_key));
+                return;
+            }
+        };
+        let (ep, client) = (self.ep.clone(), self.client.clone());
+        self.in_flight.spawn(async move {
+            let unix = Timestamp::now().millis() / 1000;
+            let (outcome, elapsed) =
+                client::attempt(&client, &ep, &event.id, &event.body, unix).await;
+            Attempted {
+                offset,
+                call_key,
+                received_ms: event.received_ms,
+                outcome,
+                elapsed,
+            }
+        });
+    }
+
+    /// When the dispatcher next has something to do (a due head or probe).
+    fn next_wake(&self) -> Option<Duration> {
+        if self.paused || self.in_flight.len() >= self.ep.max_in_flight {
+            return None;
+        }
+        let &(at, _, _) = self.ready.first()?;
+        let mut wait = Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0));
+        if self.state() == EndpointState::CircuitOpen
+            && let Some(t) = self.next_probe
+        {
+            wait = wait.max(t.saturating_duration_since(Instant::now()));
+        }
+        Some(wait)
+    }
+
+    fn finish(&mut self, done: Attempted) {
+        let name = self.ep.name.clone();
+        let Attempted {
+            offset,
+            call_key,
+            received_ms,
+            outcome,
+            elapsed,
+        } = done;
+        self.metrics
+            .deliveries
+            .with_label_values(&[name.as_str(), outcome.label(), &outcome.code()])
+            .inc();
+        self.metrics
+            .delivery_attempt_duration
+            .with_label_values(&[name.as_str()])
+            .observe(elapsed.as_secs_f64());
+        let mut state = self.heads.remove(&offset).unwrap_or_default();
+        state.attempts += 1;
+        match outcome {
+            Outcome::Delivered { .. } => {
+                let latency = (now_ms() - received_ms).max(0) as f64 / 1000.0;
+                self.metrics
+                    .event_delivery_latency
+                    .with_label_values(&[name.as_str()])
+                    .observe(latency);
+                self.consecutive_failures = 0;
+                self.next_probe = None;
+                if let Err(e) = self.outbox.delivered(&name, offset) {
+                    tracing::error!(endpoint = %name, offset, error = %e, "cannot record delivery");
+                }
+                self.advance(call_key, offset);
+            }
+            Outcome::Retry {
+                status,
+                error,
+                retry_after,
+            } => {
+                self.consecutive_failures += 1;
+                state.last_status = status;
+                state.last_error = Some(error);
+                match self.ep.retry_schedule.get(state.attempts as usize).copied() {
+                    Some(delay) => {
+                        let delay = self
+                            .jitter(delay)
+                            .max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER));
+                        state.next_at_ms =
+                            now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+                        if let Err(e) = self.outbox.record_attempt(&name, offset, &state) {
+                            tracing::error!(endpoint = %name, offset, error = %e, "cannot record attempt");
+                        }
+                        self.ready.insert((state.next_at_ms, offset, call_key));
+                        self.heads.insert(offset, state);
+                    }
+                    None => self.give_up(offset, call_key, state, "retry schedule exhausted"),
+                }
+            }
+            Outcome::Gone => {
+                state.last_status = Some(410);
+                state.last_error = Some("HTTP 410 Gone".into());
+                state.attempts -= 1; // the event itself was not refused
+                tracing::error!(endpoint = %name, "endpoint answered 410 Gone: paused until resumed; events keep queuing");
+                self.paused = true;
+                self.ready.insert((now_ms(), offset, call_key));
+                self.heads.insert(offset, state);
+            }
+            Outcome::Rejected { status, error } => {
+                state.last_status = (status > 0).then_some(status);
+                state.last_error = Some(error);
+                self.give_up(offset, call_key, state, "rejected by the endpoint");
+            }
+        }
+        self.publish_state();
+        self.publish_counts();
+    }
+
+    fn give_up(&mut self, offset: u64, call_key: u64, state: DeliveryState, why: &str) {
+        tracing::warn!(endpoint = %self.ep.name, offset, attempts = state.attempts, last_status = ?state.last_status, last_error = ?state.last_error, "dead letter: {why}");
+        if let Err(e) = self.outbox.dead_letter(&self.ep.name, offset, &state) {
+            tracing::error!(endpoint = %self.ep.name, offset, error = %e, "cannot record dead letter");
+        }
+        self.dead += 1;
+        self.advance(call_key, offset);
+    }
+
+    /// The head is done (delivered or dead): the call's next event may go.
+    fn advance(&mut self, call_key: u64, offset: u64) {
+        self.pending = self.pending.saturating_sub(1);
+        let Some(q) = self.queues.get_mut(&call_key) else {
+            return;
+        };
+        if q.front() == Some(&offset) {
+            q.pop_front();
+        }
+        match q.front().copied() {
+            Some(next) => {
+                let state = self
+                    .outbox
+                    .pending_state(&self.ep.name, next)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                let at = state.next_at_ms.min(now_ms());
+                self.ready.insert((at, next, call_key));
+                self.heads.insert(next, state);
+            }
+            None => {
+                self.queues.remove(&call_key);
+            }
+        }
+    }
+
+    /// ±20% so retries of many events do not arrive in lockstep.
+    fn jitter(&mut self, d: Duration) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let factor = 0.8 + (self.rng % 4001) as f64 / 10_000.0;
+        d.mul_f64(factor)
+    }
+}

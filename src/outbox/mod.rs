@@ -1,0 +1,351 @@
+//! The durable outbox (sled). Every event is written here, and flushed to disk,
+//! before any delivery attempt; what is committed survives crashes and restarts.
+//!
+//! Trees:
+//! - `events`: offset → record (references left, call key, sequence, receive time,
+//!   event id, the exact JSON bytes that are signed and sent).
+//! - `pending`: endpoint NUL offset → delivery state (attempts, next attempt, last result).
+//! - `dead`: endpoint NUL offset → dead-letter state (same shape, kept for replay).
+//!
+//! An event record is deleted when no endpoint still needs it (its reference count
+//! reaches zero); a dead letter keeps its reference until it is replayed and delivered.
+
+pub mod writer;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::call::Event;
+
+/// Why the outbox could not do what was asked. Carries no event content.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// sled reported an I/O or corruption error.
+    #[error("outbox storage error: {0}")]
+    Storage(#[from] sled::Error),
+    /// The store is past `outbox.max_bytes`.
+    #[error("outbox is full ({size} bytes on disk, max_bytes {max})")]
+    Full {
+        /// Current size on disk.
+        size: u64,
+        /// Configured limit.
+        max: u64,
+    },
+    /// A record did not decode: the store was written by something else.
+    #[error("corrupt outbox record at offset {0}")]
+    Corrupt(u64),
+}
+
+/// What a stored event carries for its delivery.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Position in the outbox; increases with commit order.
+    pub offset: u64,
+    /// Stable hash of the call id: per-call ordering without holding the id.
+    pub call_key: u64,
+    /// The event's per-call sequence.
+    pub sequence: u32,
+    /// When the SIP message that caused it was received (ms since the epoch).
+    pub received_ms: i64,
+    /// The event id, sent as `webhook-id`.
+    pub id: String,
+    /// The exact JSON bytes of the event.
+    pub body: bytes::Bytes,
+}
+
+/// Where one event stands with one endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryState {
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Earliest time of the next attempt (ms since the epoch).
+    pub next_at_ms: i64,
+    /// HTTP status of the last attempt, if it got one.
+    pub last_status: Option<u16>,
+    /// Error of the last attempt (connect error, timeout …), never a secret.
+    pub last_error: Option<String>,
+}
+
+/// A dead letter as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    /// Endpoint it was meant for.
+    pub endpoint: String,
+    /// Outbox offset, the handle for replay.
+    pub offset: u64,
+    /// The event id.
+    pub event_id: String,
+    /// The delivery state when it was given up.
+    pub state: DeliveryState,
+}
+
+/// The store.
+pub struct Outbox {
+    db: sled::Db,
+    events: sled::Tree,
+    pending: sled::Tree,
+    dead: sled::Tree,
+    next_offset: AtomicU64,
+    max_bytes: u64,
+}
+
+const HEADER: usize = 2 + 8 + 4 + 8 + 1;
+
+fn pending_key(endpoint: &str, offset: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(endpoint.len() + 9);
+    k.extend_from_slice(endpoint.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+fn prefix(endpoint: &str) -> Vec<u8> {
+    let mut k = endpoint.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn offset_of(key: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
+}
+
+/// Stable 64-bit key of a call id (`call_<hex>`): its first 16 hex digits.
+pub fn call_key(call_id: &str) -> u64 {
+    call_id
+        .strip_prefix("call_")
+        .and_then(|h| h.get(..16))
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .unwrap_or(0)
+}
+
+impl Outbox {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path, max_bytes: u64) -> Result<Outbox, OutboxError> {
+        let db = sled::Config::new().path(path).open()?;
+        let events = db.open_tree("events")?;
+        let pending = db.open_tree("pending")?;
+        let dead = db.open_tree("dead")?;
+        let next = match events.last()? {
+            Some((k, _)) => offset_of(&k).map_or(0, |o| o + 1),
+            None => 0,
+        };
+        Ok(Outbox {
+            db,
+            events,
+            pending,
+            dead,
+            next_offset: AtomicU64::new(next),
+            max_bytes,
+        })
+    }
+
+    /// Bytes the store takes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Refuses new events past `max_bytes`.
+    pub fn check_space(&self) -> Result<(), OutboxError> {
+        let size = self.size_on_disk();
+        if size > self.max_bytes {
+            return Err(OutboxError::Full {
+                size,
+                max: self.max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes an event for `endpoints`; durable only after [`Outbox::commit`].
+    pub fn append(
+        &self,
+        event: &Event,
+        body: &[u8],
+        endpoints: &[&str],
+        now_ms: i64,
+    ) -> Result<u64, OutboxError> {
+        let offset = self.next_offset.fetch_add(1, Ordering::Relaxed);
+        let id = event.id.as_bytes();
+        let id_len = u8::try_from(id.len()).map_err(|_| OutboxError::Corrupt(offset))?;
+        let refs = u16::try_from(endpoints.len()).unwrap_or(u16::MAX);
+        let mut rec = Vec::with_capacity(HEADER + id.len() + body.len());
+        rec.extend_from_slice(&refs.to_be_bytes());
+        rec.extend_from_slice(&call_key(&event.call.id).to_be_bytes());
+        rec.extend_from_slice(&event.sequence.to_be_bytes());
+        rec.extend_from_slice(&event.timestamp.millis().to_be_bytes());
+        rec.push(id_len);
+        rec.extend_from_slice(id);
+        rec.extend_from_slice(body);
+        // The record goes first: sled's log keeps write order, so a crash never
+        // leaves a pending entry without its event.
+        self.events.insert(offset.to_be_bytes(), rec)?;
+        let state = DeliveryState {
+            next_at_ms: now_ms,
+            ..DeliveryState::default()
+        };
+        let state = serde_json::to_vec(&state).unwrap_or_default();
+        for e in endpoints {
+            self.pending.insert(pending_key(e, offset), state.clone())?;
+        }
+        Ok(offset)
+    }
+
+    /// Flushes everything written so far to disk (fsync). Callers group many
+    /// appends under one commit.
+    pub async fn commit(&self) -> Result<(), OutboxError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Reads an event record.
+    pub fn event(&self, offset: u64) -> Result<Option<StoredEvent>, OutboxError> {
+        let Some(rec) = self.events.get(offset.to_be_bytes())? else {
+            return Ok(None);
+        };
+        decode(offset, &rec)
+            .map(Some)
+            .ok_or(OutboxError::Corrupt(offset))
+    }
+
+    /// Every pending delivery of an endpoint, in offset order.
+    pub fn pending(&self, endpoint: &str) -> Result<Vec<(u64, DeliveryState)>, OutboxError> {
+        let mut out = Vec::new();
+        for kv in self.pending.scan_prefix(prefix(endpoint)) {
+            let (k, v) = kv?;
+            let offset = offset_of(&k).ok_or(OutboxError::Corrupt(0))?;
+            out.push((offset, serde_json::from_slice(&v).unwrap_or_default()));
+        }
+        Ok(out)
+    }
+
+    /// The state of one pending delivery.
+    pub fn pending_state(
+        &self,
+        endpoint: &str,
+        offset: u64,
+    ) -> Result<Option<DeliveryState>, OutboxError> {
+        let v = self.pending.get(pending_key(endpoint, offset))?;
+        Ok(v.map(|v| serde_json::from_slice(&v).unwrap_or_default()))
+    }
+
+    /// Number of pending deliveries of an endpoint.
+    pub fn pending_count(&self, endpoint: &str) -> usize {
+        self.pending.scan_prefix(prefix(endpoint)).count()
+    }
+
+    /// Records a failed attempt so a restart resumes the schedule where it was.
+    pub fn record_attempt(
+        &self,
+        endpoint: &str,
+        offset: u64,
+        state: &DeliveryState,
+    ) -> Result<(), OutboxError> {
+        self.pending.insert(
+            pending_key(endpoint, offset),
+            serde_json::to_vec(state).unwrap_or_default(),
+        )?;
+        Ok(())
+    }
+
+    /// The endpoint has the event: forget the delivery, and the event once no
+    /// endpoint needs it.
+    pub fn delivered(&self, endpoint: &str, offset: u64) -> Result<(), OutboxError> {
+        if self
+            .pending
+            .remove(pending_key(endpoint, offset))?
+            .is_some()
+        {
+            self.release(offset)?;
+        }
+        Ok(())
+    }
+
+    /// Gives up on a delivery: it moves to the dead letters, keeping its event.
+    pub fn dead_letter(
+        &self,
+        endpoint: &str,
+        offset: u64,
+        state: &DeliveryState,
+    ) -> Result<(), OutboxError> {
+        let key = pending_key(endpoint, offset);
+        self.dead
+            .insert(&key, serde_json::to_vec(state).unwrap_or_default())?;
+        self.pending.remove(key)?;
+        Ok(())
+    }
+
+    /// Dead letters, optionally of one endpoint, in offset order.
+    pub fn dead_letters(&self, endpoint: Option<&str>) -> Result<Vec<DeadLetter>, OutboxError> {
+        let iter = match endpoint {
+            Some(e) => self.dead.scan_prefix(prefix(e)),
+            None => self.dead.iter(),
+        };
+        let mut out = Vec::new();
+        for kv in iter {
+            let (k, v) = kv?;
+            let offset = offset_of(&k).ok_or(OutboxError::Corrupt(0))?;
+            let endpoint = String::from_utf8_lossy(&k[..k.len() - 9]).into_owned();
+            let event_id = self.event(offset)?.map(|e| e.id).unwrap_or_default();
+            out.push(DeadLetter {
+                endpoint,
+                offset,
+                event_id,
+                state: serde_json::from_slice(&v).unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Moves a dead letter back to pending with a fresh schedule; the running
+    /// dispatcher (or the next start) picks it up.
+    pub fn replay(&self, endpoint: &str, offset: u64, now_ms: i64) -> Result<bool, OutboxError> {
+        let key = pending_key(endpoint, offset);
+        if self.dead.remove(&key)?.is_none() {
+            return Ok(false);
+        }
+        let state = DeliveryState {
+            next_at_ms: now_ms,
+            ..DeliveryState::default()
+        };
+        self.pending
+            .insert(key, serde_json::to_vec(&state).unwrap_or_default())?;
+        Ok(true)
+    }
+
+    fn release(&self, offset: u64) -> Result<(), OutboxError> {
+        let left = self.events.update_and_fetch(offset.to_be_bytes(), |old| {
+            let rec = old?;
+            let refs = u16::from_be_bytes([*rec.first()?, *rec.get(1)?]);
+            if refs <= 1 {
+                return None;
+            }
+            let mut rec = rec.to_vec();
+            rec[..2].copy_from_slice(&(refs - 1).to_be_bytes());
+            Some(rec)
+        })?;
+        let _ = left;
+        Ok(())
+    }
+}
+
+fn decode(offset: u64, rec: &[u8]) -> Option<StoredEvent> {
+    let call_key = u64::from_be_bytes(rec.get(2..10)?.try_into().ok()?);
+    let sequence = u32::from_be_bytes(rec.get(10..14)?.try_into().ok()?);
+    let received_ms = i64::from_be_bytes(rec.get(14..22)?.try_into().ok()?);
+    let id_len = usize::from(*rec.get(22)?);
+    let id = std::str::from_utf8(rec.get(HEADER..HEADER + id_len)?)
+        .ok()?
+        .to_owned();
+    let body = bytes::Bytes::copy_from_slice(rec.get(HEADER + id_len..)?);
+    Some(StoredEvent {
+        offset,
+        call_key,
+        sequence,
+        received_ms,
+        id,
+        body,
+    })
+}

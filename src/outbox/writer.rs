@@ -1,0 +1,146 @@
+//! Group commit: events that arrive while a flush runs are written together and
+//! made durable by the next single flush, so durability costs one fsync per batch
+//! rather than per event, and an idle system flushes at once without a timer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::{Outbox, OutboxError, call_key};
+use crate::admin::{Metrics, RateLog};
+use crate::call::{Event, Timestamp};
+use crate::config::EndpointConfig;
+
+/// Largest number of events grouped into one commit.
+const MAX_BATCH: usize = 4096;
+
+/// A durable event, announced to the dispatcher of each endpoint that wants it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// Outbox offset.
+    pub offset: u64,
+    /// Per-call ordering key.
+    pub call_key: u64,
+}
+
+/// Sees each committed event's JSON (`--print-events`).
+pub type Echo = Box<dyn FnMut(&[u8]) + Send>;
+
+/// Sinks for committed events.
+pub struct Sinks {
+    /// Per endpoint name, its dispatcher's queue.
+    pub endpoints: HashMap<String, mpsc::UnboundedSender<Committed>>,
+    /// Called with every event's JSON after its commit (`--print-events`).
+    pub echo: Option<Echo>,
+}
+
+/// Stores and commits events from `rx` until it closes.
+pub async fn run(
+    outbox: Arc<Outbox>,
+    endpoints: Arc<[EndpointConfig]>,
+    mut rx: mpsc::Receiver<Event>,
+    mut sinks: Sinks,
+    metrics: Metrics,
+) {
+    let mut batch: Vec<Event> = Vec::with_capacity(64);
+    let mut stored: Vec<(Vec<u8>, u64, u64, Vec<usize>)> = Vec::with_capacity(64);
+    let mut errors = RateLog::new(Duration::from_secs(10));
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        let now = Timestamp::now().millis();
+        let space = outbox.check_space();
+        for event in batch.drain(..) {
+            let body = event.to_json();
+            let targets: Vec<usize> = endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| {
+                    e.wants(
+                        event.event_type.as_str(),
+                        event.call.dnis.as_deref(),
+                        event.call.ani.as_deref(),
+                    )
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if targets.is_empty() {
+                stored.push((body, u64::MAX, call_key(&event.call.id), targets));
+                continue;
+            }
+            let names: Vec<&str> = targets
+                .iter()
+                .map(|&i| endpoints[i].name.as_str())
+                .collect();
+            let result = match &space {
+                Err(OutboxError::Full { size, max }) => Err(OutboxError::Full {
+                    size: *size,
+                    max: *max,
+                }),
+                _ => outbox.append(&event, &body, &names, now),
+            };
+            match result {
+                Ok(offset) => stored.push((body, offset, call_key(&event.call.id), targets)),
+                Err(e) => {
+                    let reason = if matches!(e, OutboxError::Full { .. }) {
+                        "outbox_full"
+                    } else {
+                        "storage_error"
+                    };
+                    metrics.events_refused.with_label_values(&[reason]).inc();
+                    if let Some(suppressed) = errors.allow() {
+                        tracing::error!(error = %e, event_id = %event.id, suppressed, "event refused by the outbox");
+                    }
+                }
+            }
+        }
+        commit(&outbox, &metrics, &mut errors).await;
+        metrics
+            .outbox_size_bytes
+            .set(i64::try_from(outbox.size_on_disk()).unwrap_or(i64::MAX));
+        for (body, offset, key, targets) in stored.drain(..) {
+            if let Some(echo) = sinks.echo.as_mut() {
+                echo(&body);
+            }
+            for i in targets {
+                if let Some(tx) = sinks.endpoints.get(&endpoints[i].name) {
+                    let _ = tx.send(Committed {
+                        offset,
+                        call_key: key,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Flushes until it succeeds: a failing disk stalls the pipeline (ingest then sheds,
+/// counted) instead of announcing events that are not durable.
+async fn commit(outbox: &Outbox, metrics: &Metrics, errors: &mut RateLog) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let started = Instant::now();
+        match outbox.commit().await {
+            Ok(()) => {
+                metrics
+                    .outbox_commit_duration
+                    .observe(started.elapsed().as_secs_f64());
+                return;
+            }
+            Err(e) => {
+                if let Some(suppressed) = errors.allow() {
+                    tracing::error!(error = %e, suppressed, "outbox commit failed; retrying");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
