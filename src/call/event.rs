@@ -266,7 +266,9 @@ pub enum EndedBy {
     Caller,
     /// BYE from the callee, or a final failure response.
     Callee,
-    /// A siphook timer: `invite_timeout`, `max_call_duration`, Session-Expires, `challenge_window`.
+    /// A siphook timer: `invite_timeout`, `max_call_duration` or Session-Expires.
+    /// (A challenge or CANCEL whose outcome `challenge_window` decided keeps the
+    /// side that acted: callee for the challenge, caller for the CANCEL.)
     Timeout,
     /// Not known.
     Unknown,
