@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Metrics, RateLog};
-use crate::call::{Event, EventData, Ignored, Timestamp, Tracker, TrackerConfig};
+use crate::call::{CallSnapshot, Event, EventData, Ignored, Timestamp, Tracker, TrackerConfig};
 use crate::config::Config;
 use crate::ingest::tcp::TcpLimits;
 use crate::ingest::{self, Inbound, IngestContext};
@@ -52,6 +52,16 @@ impl Gateway {
     /// Binds every listener and starts the tracker. Fails before anything runs if any
     /// address cannot be bound.
     pub async fn start(config: &Config, metrics: Metrics) -> Result<Gateway, StartError> {
+        Gateway::start_with(config, metrics, Vec::new()).await
+    }
+
+    /// Like [`Gateway::start`], continuing the calls that were live when the previous
+    /// process stopped (from the outbox).
+    pub async fn start_with(
+        config: &Config,
+        metrics: Metrics,
+        restore: Vec<CallSnapshot>,
+    ) -> Result<Gateway, StartError> {
         let sip = &config.sip;
         let mut udp = Vec::new();
         for addr in &sip.udp {
@@ -109,7 +119,14 @@ impl Gateway {
         // The tracker ends when every sender of `in_tx` is gone: listeners first,
         // then the tracker drains what they queued.
         drop(ctx);
-        let tracker = Tracker::new(TrackerConfig::from(sip));
+        let mut tracker = Tracker::new(TrackerConfig::from(sip));
+        if !restore.is_empty() {
+            tracing::info!(
+                calls = restore.len(),
+                "resuming calls that were active at the last stop"
+            );
+            tracker.restore(restore, Timestamp::now());
+        }
         tasks.spawn(run_tracker(tracker, in_rx, ev_tx, metrics.clone()));
         Ok(Gateway {
             udp_addrs,
@@ -230,7 +247,15 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let metrics = Metrics::new();
-    let mut gateway = Gateway::start(config, metrics.clone()).await?;
+    let outbox = crate::deliver::open_outbox(config)?;
+    let restore =
+        outbox
+            .active_calls()
+            .map_err(|source| crate::deliver::DeliveryError::Outbox {
+                path: config.outbox.path.display().to_string(),
+                source,
+            })?;
+    let mut gateway = Gateway::start_with(config, metrics.clone(), restore).await?;
     let events = std::mem::replace(&mut gateway.events, mpsc::channel(1).1);
     let echo: Option<crate::outbox::writer::Echo> = match output {
         EventOutput::JsonLines => Some(Box::new(|json: &[u8]| {
@@ -246,7 +271,7 @@ pub async fn serve(
         })),
         EventOutput::Quiet => None,
     };
-    let delivery = match crate::deliver::Delivery::start(config, events, echo, metrics) {
+    let delivery = match crate::deliver::Delivery::start(config, outbox, events, echo, metrics) {
         Ok(d) => d,
         Err(e) => {
             drop(gateway.shutdown().await);

@@ -26,7 +26,8 @@ async fn start(endpoints: &str) -> (Harness, Delivery, tempfile::TempDir) {
     let config = Config::parse(&text).unwrap();
     let mut h = Harness::with_config(config.clone()).await;
     let events = std::mem::replace(&mut h.gw.events, mpsc::channel(1).1);
-    let delivery = Delivery::start(&config, events, None, h.gw.metrics.clone()).unwrap();
+    let outbox = siphook::deliver::open_outbox(&config).unwrap();
+    let delivery = Delivery::start(&config, outbox, events, None, h.gw.metrics.clone()).unwrap();
     (h, delivery, dir)
 }
 

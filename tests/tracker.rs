@@ -250,3 +250,90 @@ fn the_schema_rejects_what_the_contract_forbids() {
     assert!(!broken(&|v| v["id"] = json!("evt_123")).is_empty());
     assert!(!broken(&|v| v["surprise"] = json!(1)).is_empty());
 }
+
+#[test]
+fn a_restored_call_completes_with_the_right_sequence_and_durations() {
+    let call = CallSpec::new("restore-1");
+    let opts = ParseOptions {
+        correlation_headers: vec![],
+        max_message_bytes: 65536,
+    };
+    let mut before = tracker();
+    let mut events = Vec::new();
+    let meta = |at: i64| Meta {
+        transport: Transport::Udp,
+        source: "10.0.0.1:5060".parse().unwrap(),
+        destination: "10.0.0.2:5060".parse().unwrap(),
+        received_at: Timestamp(T0 + at),
+    };
+    for (at, m) in [
+        (0, call.invite(1)),
+        (1_000, call.resp(180, 1, "INVITE", Some("b"))),
+        (3_000, call.resp(200, 1, "INVITE", Some("b"))),
+    ] {
+        let _ = before.on_message(&parse(m.as_bytes(), &opts).unwrap(), &meta(at), &mut events);
+    }
+    let snapshot = events.last().unwrap().snapshot();
+    // A new process: only the snapshot survives.
+    let mut after = tracker();
+    after.restore(vec![snapshot], Timestamp(T0 + 30_000));
+    assert_eq!(after.active_calls(), 1);
+    let mut out = Vec::new();
+    let _ = after.on_message(
+        &parse(call.bye(2, "b").as_bytes(), &opts).unwrap(),
+        &meta(63_000),
+        &mut out,
+    );
+    let ev = to_json(out);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0]["sequence"], 4);
+    assert_eq!(
+        ev[0]["id"],
+        feed(
+            &mut tracker(),
+            &[
+                (0, call.invite(1)),
+                (1, call.resp(200, 1, "INVITE", Some("b"))),
+                (2, call.bye(2, "b"))
+            ]
+        )[2]["id"],
+        "same id as without the restart"
+    );
+    assert_eq!(ev[0]["call"]["answered_at"], "2026-11-22T07:00:03.000Z");
+    assert_eq!(ev[0]["data"]["talk_ms"], 60_000);
+    assert_eq!(ev[0]["data"]["ring_ms"], 3_000);
+}
+
+#[test]
+fn a_restored_unanswered_call_times_out_at_its_original_deadline() {
+    let call = CallSpec::new("restore-2");
+    let mut before = tracker();
+    let ev = feed(&mut before, &[(0, call.invite(1))]);
+    assert_eq!(ev.len(), 1);
+    let opts = ParseOptions {
+        correlation_headers: vec![],
+        max_message_bytes: 65536,
+    };
+    let mut raw = Vec::new();
+    let meta = Meta {
+        transport: Transport::Udp,
+        source: "10.0.0.1:5060".parse().unwrap(),
+        destination: "10.0.0.2:5060".parse().unwrap(),
+        received_at: Timestamp(T0),
+    };
+    let _ = tracker().on_message(
+        &parse(call.invite(1).as_bytes(), &opts).unwrap(),
+        &meta,
+        &mut raw,
+    );
+    let mut after = tracker();
+    // siphook was down for ten minutes, longer than invite_timeout.
+    after.restore(vec![raw[0].snapshot()], Timestamp(T0 + 600_000));
+    let mut out = Vec::new();
+    after.on_time(Timestamp(T0 + 600_000), &mut out);
+    let ev = to_json(out);
+    assert_eq!(ev[0]["type"], "call.completed");
+    assert_eq!(ev[0]["sequence"], 2);
+    assert_eq!(ev[0]["data"]["duration_ms"], 180_000);
+    assert_eq!(ev[0]["data"]["reason"], "invite_timeout");
+}

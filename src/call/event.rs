@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 use crate::sip::{NameAddr, StirShaken};
@@ -67,6 +67,15 @@ impl Serialize for Timestamp {
     }
 }
 
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_rfc3339(&s)
+            .map(Timestamp::from)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// The five kinds of call event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum EventType {
@@ -101,7 +110,7 @@ impl EventType {
 }
 
 /// Transport the call's initial INVITE arrived on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// SIP over UDP.
@@ -121,7 +130,7 @@ impl Transport {
 }
 
 /// Where the initial INVITE was seen travelling.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Signaling {
     /// Transport of the initial INVITE.
     pub transport: Transport,
@@ -133,7 +142,7 @@ pub struct Signaling {
 
 /// The call as known when the event was emitted; repeated in every event so a
 /// receiver never needs to join events to make sense of one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallInfo {
     /// `call_` + hex SHA-256 of Call-ID and the caller's From tag.
     pub id: String,
@@ -343,9 +352,43 @@ pub struct Event {
     pub call: CallInfo,
     /// Per-type payload.
     pub data: EventData,
+    /// What the tracker needs, beyond the event itself, to resume this call after a
+    /// restart; stored with the event, never sent.
+    #[serde(skip)]
+    pub resume: Resume,
+}
+
+/// Tracker state of a call that its events do not carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Resume {
+    /// CSeq of the current initial INVITE.
+    pub invite_cseq: u32,
+    /// Negotiated Session-Expires, seconds.
+    pub session_expires: Option<u32>,
+}
+
+/// A live call as persisted in the outbox: enough to continue it after a restart
+/// with the right sequence numbers and timestamps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallSnapshot {
+    /// The call as of its last event.
+    pub info: CallInfo,
+    /// Sequence of its last event.
+    pub sequence: u32,
+    /// State the events do not carry.
+    pub resume: Resume,
 }
 
 impl Event {
+    /// The state to persist for this event's call.
+    pub fn snapshot(&self) -> CallSnapshot {
+        CallSnapshot {
+            info: self.call.clone(),
+            sequence: self.sequence,
+            resume: self.resume,
+        }
+    }
+
     /// The JSON bytes that are stored, signed and sent.
     pub fn to_json(&self) -> Vec<u8> {
         // Serializing plain structs with string keys cannot fail.

@@ -4,7 +4,7 @@ pub mod event;
 pub mod tracker;
 
 pub use event::{
-    CallInfo, Disposition, EndedBy, Event, EventData, EventType, Signaling, Timestamp,
-    TransferKind, Transport,
+    CallInfo, CallSnapshot, Disposition, EndedBy, Event, EventData, EventType, Signaling,
+    Timestamp, TransferKind, Transport,
 };
 pub use tracker::{Ignored, Meta, Tracker, TrackerConfig};

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::event::{
-    AnsweredData, CallInfo, CompletedData, Disposition, EVENT_VERSION, EndedBy, Event, EventData,
-    InitiatedData, RingingData, Signaling, Timestamp, TransferKind, TransferredData, Transport,
-    stable_id,
+    AnsweredData, CallInfo, CallSnapshot, CompletedData, Disposition, EVENT_VERSION, EndedBy,
+    Event, EventData, InitiatedData, Resume, RingingData, Signaling, Timestamp, TransferKind,
+    TransferredData, Transport, stable_id,
 };
 use crate::sip::{Method, SipMessage, StartLine};
 
@@ -182,6 +182,47 @@ impl Tracker {
     /// Calls started and not yet completed.
     pub fn active_calls(&self) -> usize {
         self.live
+    }
+
+    /// Puts back the calls that were live when the process stopped. Their timers are
+    /// recomputed from their own timestamps, so a call whose deadline passed while
+    /// siphook was down completes at that deadline on the first [`Tracker::on_time`].
+    pub fn restore(&mut self, snapshots: Vec<CallSnapshot>, now: Timestamp) {
+        for snap in snapshots {
+            let tag = snap.info.from.tag.clone().unwrap_or_default();
+            let key: Arc<str> = Arc::from(call_key(&snap.info.sip_call_id, &tag));
+            if self.calls.contains_key(&key) || self.live >= self.cfg.max_active_calls {
+                continue;
+            }
+            let mut call = Box::new(Call {
+                phase: if snap.info.answered_at.is_some() {
+                    Phase::Answered
+                } else {
+                    Phase::Proceeding
+                },
+                invite_cseq: snap.resume.invite_cseq,
+                seq: snap.sequence,
+                deadline: snap.info.started_at.plus(self.cfg.invite_timeout),
+                armed: None,
+                session_expires: snap
+                    .resume
+                    .session_expires
+                    .map(|s| Duration::from_secs(u64::from(s))),
+                session_limited: false,
+                answer_status: snap.info.answered_at.map(|_| 200),
+                refers: Vec::new(),
+                replacing: None,
+                seen: [0; SEEN],
+                seen_next: 0,
+                info: snap.info,
+            });
+            if call.phase == Phase::Answered {
+                call.arm_answered(now, &self.cfg);
+            }
+            self.calls.insert(key.clone(), Slot::Live(call));
+            self.live += 1;
+            self.rearm(&key);
+        }
     }
 
     /// Earliest instant at which [`Tracker::on_time`] has work; lets the driver sleep.
@@ -582,6 +623,12 @@ impl Call {
             sequence: self.seq,
             call: self.info.clone(),
             data,
+            resume: Resume {
+                invite_cseq: self.invite_cseq,
+                session_expires: self
+                    .session_expires
+                    .and_then(|d| u32::try_from(d.as_secs()).ok()),
+            },
         }
     }
 
@@ -702,7 +749,10 @@ impl Call {
         cfg: &TrackerConfig,
     ) -> Step {
         match msg.cseq_method {
-            Method::Invite if msg.cseq == self.invite_cseq && self.phase != Phase::Answered => {
+            // A higher CSeq answers the caller's retry (after a challenge), which a
+            // call restored after a restart may not have seen.
+            Method::Invite if msg.cseq >= self.invite_cseq && self.phase != Phase::Answered => {
+                self.invite_cseq = msg.cseq;
                 self.on_invite_response(msg, status, now, cfg)
             }
             Method::Invite | Method::Update

@@ -35,6 +35,16 @@ pub enum DeliveryError {
     Client(#[from] client::ClientError),
 }
 
+/// Opens the configured outbox.
+pub fn open_outbox(config: &Config) -> Result<Arc<Outbox>, DeliveryError> {
+    Outbox::open(&config.outbox.path, config.outbox.max_bytes)
+        .map(Arc::new)
+        .map_err(|source| DeliveryError::Outbox {
+            path: config.outbox.path.display().to_string(),
+            source,
+        })
+}
+
 /// The running outbox writer and endpoint dispatchers.
 pub struct Delivery {
     /// The store, shared with the admin API and the CLI.
@@ -45,22 +55,15 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Opens the outbox, resumes every endpoint's pending deliveries, and starts
+    /// Resumes every endpoint's pending deliveries from `outbox` and starts
     /// committing `events`. `echo` sees each event's JSON after its commit.
     pub fn start(
         config: &Config,
+        outbox: Arc<Outbox>,
         events: mpsc::Receiver<Event>,
         echo: Option<crate::outbox::writer::Echo>,
         metrics: Metrics,
     ) -> Result<Delivery, DeliveryError> {
-        let outbox =
-            Outbox::open(&config.outbox.path, config.outbox.max_bytes).map_err(|source| {
-                DeliveryError::Outbox {
-                    path: config.outbox.path.display().to_string(),
-                    source,
-                }
-            })?;
-        let outbox = Arc::new(outbox);
         let shutdown = CancellationToken::new();
         let mut dispatchers = JoinSet::new();
         let mut senders = HashMap::new();

@@ -6,6 +6,8 @@
 //!   event id, the exact JSON bytes that are signed and sent).
 //! - `pending`: endpoint NUL offset → delivery state (attempts, next attempt, last result).
 //! - `dead`: endpoint NUL offset → dead-letter state (same shape, kept for replay).
+//! - `calls`: call id → snapshot of each live call, committed with its events, so a
+//!   restart between INVITE and BYE still ends in a correct `call.completed`.
 //!
 //! An event record is deleted when no endpoint still needs it (its reference count
 //! reaches zero); a dead letter keeps its reference until it is replayed and delivered.
@@ -17,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::call::Event;
+use crate::call::{CallSnapshot, Event, EventType};
 
 /// Why the outbox could not do what was asked. Carries no event content.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +89,7 @@ pub struct Outbox {
     events: sled::Tree,
     pending: sled::Tree,
     dead: sled::Tree,
+    calls: sled::Tree,
     next_offset: AtomicU64,
     max_bytes: u64,
 }
@@ -128,6 +131,7 @@ impl Outbox {
         let events = db.open_tree("events")?;
         let pending = db.open_tree("pending")?;
         let dead = db.open_tree("dead")?;
+        let calls = db.open_tree("calls")?;
         let next = match events.last()? {
             Some((k, _)) => offset_of(&k).map_or(0, |o| o + 1),
             None => 0,
@@ -137,6 +141,7 @@ impl Outbox {
             events,
             pending,
             dead,
+            calls,
             next_offset: AtomicU64::new(next),
             max_bytes,
         })
@@ -198,6 +203,31 @@ impl Outbox {
     pub async fn commit(&self) -> Result<(), OutboxError> {
         self.db.flush_async().await?;
         Ok(())
+    }
+
+    /// Keeps the call's state current with this event (or forgets a completed
+    /// call); made durable by the same commit as the event.
+    pub fn track_call(&self, event: &Event) -> Result<(), OutboxError> {
+        if event.event_type == EventType::Completed {
+            self.calls.remove(event.call.id.as_bytes())?;
+        } else {
+            let snap = serde_json::to_vec(&event.snapshot()).unwrap_or_default();
+            self.calls.insert(event.call.id.as_bytes(), snap)?;
+        }
+        Ok(())
+    }
+
+    /// Calls that were live when the process last stopped.
+    pub fn active_calls(&self) -> Result<Vec<CallSnapshot>, OutboxError> {
+        let mut out = Vec::new();
+        for kv in self.calls.iter() {
+            let (_, v) = kv?;
+            match serde_json::from_slice(&v) {
+                Ok(s) => out.push(s),
+                Err(e) => tracing::warn!(error = %e, "skipping unreadable call snapshot"),
+            }
+        }
+        Ok(out)
     }
 
     /// Reads an event record.

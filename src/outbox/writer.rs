@@ -58,6 +58,11 @@ pub async fn run(
         let now = Timestamp::now().millis();
         let space = outbox.check_space();
         for event in batch.drain(..) {
+            if let Err(e) = outbox.track_call(&event)
+                && let Some(suppressed) = errors.allow()
+            {
+                tracing::error!(error = %e, suppressed, "cannot persist call state");
+            }
             let body = event.to_json();
             let targets: Vec<usize> = endpoints
                 .iter()

@@ -2,10 +2,10 @@
 //! P-Asserted-Identity, Referred-By, Refer-To), Replaces (RFC 3891) and Reason
 //! (RFC 3326). They are lenient: a field they cannot read becomes `None`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A party as it appears in From/To/P-Asserted-Identity.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct NameAddr {
     /// The URI without angle brackets and without header parameters.
     pub uri: String,

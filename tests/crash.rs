@@ -1,0 +1,189 @@
+//! Crash safety with the real binary: SIGKILL siphook while calls are up and
+//! deliveries are backed up, start it again on the same data directory, and every
+//! committed event still arrives (duplicates only with the same `webhook-id`),
+//! and the calls that were up complete with the right sequence and durations.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::receiver::{Receiver, Reply};
+use common::{CallSpec, DEADLINE, ms};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::UdpSocket;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+struct Siphook {
+    child: Child,
+    /// Events as printed after their commit (`--print-events`).
+    committed: mpsc::UnboundedReceiver<Value>,
+}
+
+fn spawn(config: &std::path::Path) -> Siphook {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_siphook"))
+        .args(["run", "--config"])
+        .arg(config)
+        .arg("--print-events")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("siphook starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, committed) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    Siphook { child, committed }
+}
+
+impl Siphook {
+    async fn next_committed(&mut self) -> Value {
+        tokio::time::timeout(DEADLINE, self.committed.recv())
+            .await
+            .expect("a committed event")
+            .expect("siphook running")
+    }
+}
+
+/// Sends a fresh INVITE until siphook has committed it: proves it is listening.
+async fn wait_ready(s: &mut Siphook, sock: &UdpSocket, target: &str, name: &str) {
+    let probe = CallSpec::new(name);
+    for _ in 0..200 {
+        sock.send_to(probe.invite(1).as_bytes(), target)
+            .await
+            .unwrap();
+        if let Ok(Some(v)) =
+            tokio::time::timeout(Duration::from_millis(100), s.committed.recv()).await
+        {
+            assert_eq!(v["call"]["sip_call_id"], name);
+            return;
+        }
+    }
+    panic!("siphook did not start listening");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_no_committed_event_and_calls_survive_the_restart() {
+    const CALLS: usize = 40;
+    // A slow receiver keeps a backlog of committed, undelivered events at the kill.
+    let mut rx = Receiver::start(Arc::new(|_| Reply {
+        status: 200,
+        headers: vec![],
+        delay: Duration::from_millis(15),
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = format!("127.0.0.1:{port}");
+    let config = dir.path().join("siphook.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sip]\nudp = [\"{target}\"]\ntcp = []\n[outbox]\npath = \"{}\"\n[[endpoints]]\nname = \"crm\"\nurl = \"{}\"\nallow_http = true\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\nmax_in_flight = 2\nretry_schedule = [\"0s\", \"50ms\", \"50ms\", \"50ms\", \"50ms\"]\n",
+            dir.path().join("outbox").display(),
+            rx.url()
+        ),
+    )
+    .unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let calls: Vec<CallSpec> = (0..CALLS)
+        .map(|i| CallSpec::new(&format!("crash-{i}")))
+        .collect();
+
+    let mut first = spawn(&config);
+    wait_ready(&mut first, &sock, &target, "probe-1").await;
+    for c in &calls {
+        for m in [
+            c.invite(1),
+            c.resp(180, 1, "INVITE", Some("b")),
+            c.resp(200, 1, "INVITE", Some("b")),
+            c.ack(1, "b"),
+        ] {
+            sock.send_to(m.as_bytes(), &target).await.unwrap();
+        }
+    }
+    // Every call's answered event is committed before the kill.
+    let mut before: HashMap<(String, u64), Value> = HashMap::new();
+    while before.len() < CALLS * 3 {
+        let v = first.next_committed().await;
+        if v["call"]["sip_call_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("crash-")
+        {
+            before.insert(
+                (
+                    v["call"]["sip_call_id"].as_str().unwrap().to_owned(),
+                    v["sequence"].as_u64().unwrap(),
+                ),
+                v,
+            );
+        }
+    }
+    first.child.start_kill().unwrap(); // SIGKILL
+    first.child.wait().await.unwrap();
+    let delivered_before_kill = {
+        let mut n = 0;
+        while rx.requests.try_recv().is_ok() {
+            n += 1;
+        }
+        n
+    };
+    assert!(
+        delivered_before_kill < CALLS * 3,
+        "the kill must leave a backlog (delivered {delivered_before_kill})"
+    );
+
+    let mut second = spawn(&config);
+    wait_ready(&mut second, &sock, &target, "probe-2").await;
+    for c in &calls {
+        sock.send_to(c.bye(2, "b").as_bytes(), &target)
+            .await
+            .unwrap();
+    }
+
+    // Everything committed before the kill, and every completion after it, arrives.
+    let mut ids: HashMap<(String, u64), String> = HashMap::new();
+    let mut got: HashMap<(String, u64), Value> = HashMap::new();
+    while got.keys().filter(|(c, _)| c.starts_with("crash-")).count() < CALLS * 4 {
+        let req = rx.next().await;
+        let v = req.json();
+        let key = (
+            v["call"]["sip_call_id"].as_str().unwrap().to_owned(),
+            v["sequence"].as_u64().unwrap(),
+        );
+        let id = req.header("webhook-id").to_owned();
+        assert_eq!(
+            ids.entry(key.clone()).or_insert_with(|| id.clone()),
+            &id,
+            "a duplicate must carry the same webhook-id"
+        );
+        got.insert(key, v);
+    }
+    for c in &calls {
+        let answered = &before[&(c.call_id.clone(), 3)];
+        let done = &got[&(c.call_id.clone(), 4)];
+        assert_eq!(done["type"], "call.completed");
+        assert_eq!(done["call"]["answered_at"], answered["call"]["answered_at"]);
+        let talk = ms(&done["call"]["ended_at"]) - ms(&done["call"]["answered_at"]);
+        assert_eq!(done["data"]["talk_ms"], talk);
+        assert!(talk > 0);
+        assert_eq!(done["data"]["disposition"], "answered");
+    }
+    let _ = second.child.start_kill();
+}
