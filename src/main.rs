@@ -34,6 +34,39 @@ enum Command {
         /// Configuration file.
         file: PathBuf,
     },
+    /// Inspect and replay dead letters in the outbox (while siphook is stopped).
+    Deadletters {
+        #[command(subcommand)]
+        action: Deadletters,
+    },
+}
+
+#[derive(Subcommand)]
+enum Deadletters {
+    /// Print dead letters as JSON lines.
+    List {
+        /// Configuration file (for the outbox path).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this endpoint's.
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+    /// Move dead letters back to pending; the next start delivers them.
+    Replay {
+        /// Configuration file (for the outbox path).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this endpoint's.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Dead-letter ids (the `offset` that `list` prints); repeatable.
+        #[arg(long = "id", conflicts_with = "all")]
+        ids: Vec<u64>,
+        /// Every dead letter (of `--endpoint`, if given).
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +80,13 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::from(2)
+            }
+        },
+        Command::Deadletters { action } => match deadletters(action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("siphook: {e:#}");
+                ExitCode::FAILURE
             }
         },
         Command::Run {
@@ -79,6 +119,60 @@ fn run(path: &std::path::Path, print_events: bool) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(gateway::serve(&config, output, shutdown_signal()))?;
+    Ok(())
+}
+
+fn deadletters(action: Deadletters) -> anyhow::Result<()> {
+    let (config, endpoint) = match &action {
+        Deadletters::List { config, endpoint }
+        | Deadletters::Replay {
+            config, endpoint, ..
+        } => (config, endpoint.as_deref()),
+    };
+    let config = Config::load(config)?;
+    let outbox = siphook::outbox::Outbox::open(&config.outbox.path, config.outbox.max_bytes)
+        .with_context(|| {
+            format!(
+                "opening the outbox at {} (is siphook still running?)",
+                config.outbox.path.display()
+            )
+        })?;
+    let dead = outbox.dead_letters(endpoint)?;
+    match action {
+        Deadletters::List { .. } => {
+            for d in dead {
+                println!("{}", serde_json::to_string(&d)?);
+            }
+        }
+        Deadletters::Replay { ids, all, .. } => {
+            anyhow::ensure!(
+                all || !ids.is_empty(),
+                "say which: --id ID (repeatable) or --all"
+            );
+            let now = siphook::call::Timestamp::now().millis();
+            let mut replayed = 0;
+            for d in dead.iter().filter(|d| all || ids.contains(&d.offset)) {
+                if outbox.replay(&d.endpoint, d.offset, now)? {
+                    replayed += 1;
+                }
+            }
+            let missing: Vec<u64> = ids
+                .iter()
+                .copied()
+                .filter(|id| !dead.iter().any(|d| d.offset == *id))
+                .collect();
+            anyhow::ensure!(missing.is_empty(), "no such dead letter: {missing:?}");
+            flush(&outbox)?;
+            println!("replayed {replayed} dead letter(s); they are delivered on the next start");
+        }
+    }
+    Ok(())
+}
+
+/// Makes a replay durable before the command exits.
+fn flush(outbox: &siphook::outbox::Outbox) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    rt.block_on(outbox.commit())?;
     Ok(())
 }
 

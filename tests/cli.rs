@@ -1,0 +1,172 @@
+//! The operator's command line, run as the real binary.
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::receiver::{Receiver, Reply};
+use common::{CallSpec, DEADLINE};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+fn siphook() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_siphook"))
+}
+
+#[test]
+fn check_config_accepts_the_shipped_default_and_lists_every_problem() {
+    let ok = siphook()
+        .args([
+            "check-config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/siphook.toml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "ok\n");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[sip]\nudp = [\"127.0.0.1:99999\"]\nmax_active_calls = -1\ncolour = \"red\"\n",
+    )
+    .unwrap();
+    let out = siphook().arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "sip.colour: unknown key\nsip.udp[0]: invalid socket address \"127.0.0.1:99999\"\nsip.max_active_calls: -1 is outside 1 to 100000000\n"
+    );
+}
+
+/// Runs siphook until `until` resolves, then stops it with SIGTERM.
+async fn run_until(config: &std::path::Path, until: impl std::future::Future<Output = ()>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_siphook"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    until.await;
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("clean exit on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    let mut err = String::new();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    while let Ok(Some(l)) = lines.next_line().await {
+        err.push_str(&l);
+        err.push('\n');
+    }
+    assert!(!err.contains("whsec_"), "a secret reached the log:\n{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_can_be_listed_and_replayed() {
+    let accept = Arc::new(AtomicBool::new(false));
+    let a = accept.clone();
+    let mut rx = Receiver::start(Arc::new(move |_| {
+        Reply::status(if a.load(Ordering::SeqCst) { 200 } else { 422 })
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = format!("127.0.0.1:{port}");
+    let config = dir.path().join("siphook.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sip]\nudp = [\"{target}\"]\ntcp = []\n[outbox]\npath = \"{}\"\n[[endpoints]]\nname = \"crm\"\nurl = \"{}\"\nallow_http = true\nevents = [\"call.initiated\"]\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n",
+            dir.path().join("outbox").display(),
+            rx.url()
+        ),
+    )
+    .unwrap();
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let call = CallSpec::new("cli-dead-1");
+    let first_id = run_until(&config, async {
+        // Retransmit the INVITE until siphook is up and has tried (and failed) once.
+        for _ in 0..200 {
+            sock.send_to(call.invite(1).as_bytes(), &target)
+                .await
+                .unwrap();
+            if let Ok(Some(_)) =
+                tokio::time::timeout(Duration::from_millis(100), rx.requests.recv()).await
+            {
+                return;
+            }
+        }
+        panic!("no delivery attempt");
+    });
+    first_id.await;
+
+    let list = siphook()
+        .args(["deadletters", "list", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["endpoint"], "crm");
+    assert_eq!(lines[0]["state"]["last_status"], 422);
+    assert_eq!(lines[0]["state"]["attempts"], 1);
+    let offset = lines[0]["offset"].as_u64().unwrap().to_string();
+
+    let nothing = siphook()
+        .args(["deadletters", "replay", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!nothing.status.success(), "replay needs --id or --all");
+    let replay = siphook()
+        .args(["deadletters", "replay", "--id", &offset, "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+
+    accept.store(true, Ordering::SeqCst);
+    run_until(&config, async {
+        let req = rx.next().await;
+        assert_eq!(req.json()["call"]["sip_call_id"], "cli-dead-1");
+        assert_eq!(
+            req.header("webhook-id"),
+            lines[0]["event_id"].as_str().unwrap()
+        );
+    })
+    .await;
+    let after = siphook()
+        .args(["deadletters", "list", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&after.stdout), "");
+}
