@@ -68,6 +68,11 @@ pub struct Receiver {
 impl Receiver {
     /// Answers scripted replies in order, then whatever `fallback` says.
     pub async fn start(fallback: Policy) -> Receiver {
+        Receiver::start_with(fallback, None).await
+    }
+
+    /// Like [`Receiver::start`], speaking HTTPS with `tls`.
+    pub async fn start_with(fallback: Policy, tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, requests) = mpsc::unbounded_channel();
@@ -78,7 +83,7 @@ impl Receiver {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (tx, s, fallback) = (tx.clone(), s.clone(), fallback.clone());
+                let (tx, s, fallback, tls) = (tx.clone(), s.clone(), fallback.clone(), tls.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (tx, s, fallback) = (tx.clone(), s.clone(), fallback.clone());
@@ -110,9 +115,23 @@ impl Receiver {
                             )
                         }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    match tls {
+                        Some(cfg) => {
+                            let Ok(stream) =
+                                tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await
+                            else {
+                                return;
+                            };
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 });
             }
         });

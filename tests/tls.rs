@@ -1,0 +1,87 @@
+//! HTTPS delivery against a receiver whose certificate a test CA issued: trusted
+//! through `ca_file`, refused (with a clear error) under the wrong CA.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::receiver::{Receiver, Reply};
+use common::{CallSpec, Harness};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use siphook::config::Config;
+use siphook::deliver::Delivery;
+use tokio::sync::mpsc;
+
+fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+async fn https_receiver(issuer: &CertifiedIssuer<'static, KeyPair>) -> Receiver {
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, issuer)
+        .unwrap();
+    let mut server = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Receiver::start_with(Arc::new(|_| Reply::status(200)), Some(Arc::new(server))).await
+}
+
+async fn start(rx: &Receiver, ca_pem: &str, dir: &tempfile::TempDir) -> (Harness, Delivery) {
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let text = format!(
+        "[sip]\nudp = [\"127.0.0.1:0\"]\ntcp = []\n[outbox]\npath = \"{}\"\n[[endpoints]]\nname = \"tls\"\nurl = \"https://localhost:{}/hook\"\nevents = [\"call.initiated\"]\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\nca_file = \"{}\"\nretry_schedule = [\"0s\"]\n",
+        dir.path().join("outbox").display(),
+        rx.addr.port(),
+        ca_file.display()
+    );
+    let config = Config::parse(&text).unwrap();
+    let mut h = Harness::with_config(config.clone()).await;
+    let events = std::mem::replace(&mut h.gw.events, mpsc::channel(1).1);
+    let outbox = siphook::deliver::open_outbox(&config).unwrap();
+    let d = Delivery::start(&config, outbox, events, None, h.gw.metrics.clone()).unwrap();
+    (h, d)
+}
+
+#[tokio::test]
+async fn https_with_a_trusted_test_ca() {
+    let issuer = ca("siphook test CA");
+    let mut rx = https_receiver(&issuer).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (h, _d) = start(&rx, &issuer.pem(), &dir).await;
+    h.send(&CallSpec::new("tls-1").invite(1)).await;
+    let req = rx.next().await;
+    assert_eq!(req.json()["call"]["sip_call_id"], "tls-1");
+    h.wait_metric("siphook_deliveries_total", &[("outcome", "delivered")], 1.0)
+        .await;
+}
+
+#[tokio::test]
+async fn the_wrong_ca_fails_with_a_clear_error() {
+    let issuer = ca("siphook test CA");
+    let rx = https_receiver(&issuer).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (h, d) = start(&rx, &ca("some other CA").pem(), &dir).await;
+    h.send(&CallSpec::new("tls-2").invite(1)).await;
+    h.wait_metric("siphook_deadletters", &[("endpoint", "tls")], 1.0)
+        .await;
+    let dead = d.outbox.dead_letters(Some("tls")).unwrap();
+    let error = dead[0].state.last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains("invalid peer certificate: UnknownIssuer"),
+        "unclear error: {error}"
+    );
+}
