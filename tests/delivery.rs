@@ -313,3 +313,71 @@ async fn two_hundred_calls_against_a_flaky_receiver_arrive_complete_and_in_order
         "the receiver really failed"
     );
 }
+
+#[tokio::test]
+async fn auth_custom_headers_and_cloudevents() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cr3t-token\n").unwrap();
+    let mut rx = Receiver::ok().await;
+    let extra = format!(
+        "events = [\"call.initiated\"]\nformat = \"cloudevents\"\nauth = {{ bearer_token_file = \"{}\" }}\nheaders = {{ \"X-Tenant\" = \"acme\" }}",
+        token_file.display()
+    );
+    let (h, _d, _dir) = start(&endpoint(&rx, &extra)).await;
+    h.send(&CallSpec::new("ce-1").invite(1)).await;
+    let req = rx.next().await;
+    verify(&req);
+    assert_eq!(req.header("authorization"), "Bearer s3cr3t-token");
+    assert_eq!(req.header("x-tenant"), "acme");
+    assert_eq!(req.header("content-type"), "application/cloudevents+json");
+    let ce = req.json();
+    assert_eq!(ce["specversion"], "1.0");
+    assert_eq!(ce["type"], "call.initiated");
+    assert_eq!(ce["id"], req.header("webhook-id"));
+    assert_valid(&ce["data"]);
+}
+
+#[tokio::test]
+async fn abort_message_header_stops_retries() {
+    let mut rx = Receiver::ok().await;
+    rx.script([Reply {
+        status: 500,
+        headers: vec![("webhook-delivery", "abort-message".into())],
+        delay: Duration::ZERO,
+    }]);
+    let (h, delivery, _dir) = start(&endpoint(&rx, "events = [\"call.initiated\"]")).await;
+    h.send(&CallSpec::new("abort-1").invite(1)).await;
+    rx.next().await;
+    h.wait_metric("siphook_deadletters", &[("endpoint", "test")], 1.0)
+        .await;
+    assert_eq!(
+        delivery.outbox.dead_letters(None).unwrap()[0]
+            .state
+            .attempts,
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_exhausted_schedule_dead_letters_and_the_next_event_of_the_call_goes_on() {
+    let mut rx = Receiver::ok().await;
+    rx.script(vec![Reply::status(503); 4]);
+    let (h, delivery, _dir) = start(&endpoint(
+        &rx,
+        "events = [\"call.initiated\", \"call.completed\"]",
+    ))
+    .await;
+    let call = CallSpec::new("exhaust-1");
+    h.send_all(&[call.invite(1), call.resp(486, 1, "INVITE", Some("b"))])
+        .await;
+    for _ in 0..4 {
+        assert_eq!(rx.next().await.json()["type"], "call.initiated");
+    }
+    // Dead-lettering the head releases the call's next event.
+    assert_eq!(rx.next().await.json()["type"], "call.completed");
+    let dead = delivery.outbox.dead_letters(Some("test")).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].state.attempts, 4);
+    assert_eq!(dead[0].state.last_status, Some(503));
+}
