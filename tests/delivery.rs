@@ -381,3 +381,59 @@ async fn an_exhausted_schedule_dead_letters_and_the_next_event_of_the_call_goes_
     assert_eq!(dead[0].state.attempts, 4);
     assert_eq!(dead[0].state.last_status, Some(503));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_opens_after_ten_failures_probes_and_closes() {
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let up = healthy.clone();
+    let mut rx = Receiver::start(Arc::new(move |_| {
+        Reply::status(if up.load(std::sync::atomic::Ordering::SeqCst) {
+            200
+        } else {
+            503
+        })
+    }))
+    .await;
+    let schedule = format!("retry_schedule = [{}]", vec!["\"10ms\""; 50].join(", "));
+    let extra =
+        "events = [\"call.initiated\"]\nmax_in_flight = 1\ncircuit_probe_interval = \"300ms\"";
+    let (h, delivery, _dir) = start(&endpoint(&rx, extra).replace(
+        "retry_schedule = [\"0s\", \"20ms\", \"20ms\", \"20ms\"]",
+        &schedule,
+    ))
+    .await;
+    for i in 0..3 {
+        h.send(&CallSpec::new(&format!("cb-{i}")).invite(1)).await;
+    }
+    for _ in 0..10 {
+        rx.next().await;
+    }
+    h.wait_metric(
+        "siphook_endpoint_state",
+        &[("endpoint", "test"), ("state", "circuit_open")],
+        1.0,
+    )
+    .await;
+    // Open: the next attempts are probes, one per interval.
+    let a = rx.next().await;
+    let b = rx.next().await;
+    let gap = b.at.duration_since(a.at);
+    assert!(
+        gap >= std::time::Duration::from_millis(250),
+        "probes {gap:?} apart"
+    );
+    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    h.wait_metric(
+        "siphook_endpoint_state",
+        &[("endpoint", "test"), ("state", "healthy")],
+        1.0,
+    )
+    .await;
+    h.wait_metric("siphook_deliveries_total", &[("outcome", "delivered")], 3.0)
+        .await;
+    assert!(
+        delivery.outbox.dead_letters(None).unwrap().is_empty(),
+        "the outage cost no event"
+    );
+    assert_eq!(delivery.outbox.pending_count("test"), 0);
+}

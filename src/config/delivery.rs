@@ -100,6 +100,8 @@ pub struct EndpointConfig {
     pub max_in_flight: usize,
     /// Delay before each attempt; its length is the number of attempts.
     pub retry_schedule: Vec<Duration>,
+    /// While the circuit is open (10 consecutive failures), one probe per interval.
+    pub circuit_probe_interval: Duration,
     /// Extra trust anchor (PEM).
     pub ca_file: Option<PathBuf>,
     /// Client certificate chain for mTLS (PEM).
@@ -197,6 +199,7 @@ pub(super) struct RawEndpoint {
     timeout: Option<String>,
     max_in_flight: Option<i64>,
     retry_schedule: Option<Vec<String>>,
+    circuit_probe_interval: Option<String>,
     allow_http: bool,
     ca_file: Option<String>,
     client_cert_file: Option<String>,
@@ -457,6 +460,12 @@ pub(super) fn validate_endpoints(
             Duration::from_millis(10),
         );
         let max_in_flight = c.count(&at("max_in_flight"), r.max_in_flight, 64, (1, 4096));
+        let circuit_probe_interval = c.duration(
+            &at("circuit_probe_interval"),
+            r.circuit_probe_interval,
+            Duration::from_secs(30),
+            Duration::from_millis(10),
+        );
         let Some(url) = url else { continue };
         out.push(EndpointConfig {
             name,
@@ -472,6 +481,7 @@ pub(super) fn validate_endpoints(
             timeout,
             max_in_flight,
             retry_schedule,
+            circuit_probe_interval,
             ca_file,
             client_cert_file,
             client_key_file,

@@ -22,8 +22,6 @@ use crate::outbox::{DeliveryState, Outbox};
 
 /// Consecutive failures that open the circuit.
 const BREAKER_THRESHOLD: u32 = 10;
-/// While open, one probe attempt per this interval.
-const PROBE_INTERVAL: Duration = Duration::from_secs(30);
 /// The most a `Retry-After` may push an attempt out.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
@@ -225,7 +223,7 @@ impl Dispatcher {
                 if !due || !self.in_flight.is_empty() {
                     return;
                 }
-                self.next_probe = Some(Instant::now() + PROBE_INTERVAL);
+                self.next_probe = Some(Instant::now() + self.ep.circuit_probe_interval);
             }
             self.ready.pop_first();
             self.start(offset, call_key);
