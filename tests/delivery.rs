@@ -437,3 +437,43 @@ async fn the_circuit_opens_after_ten_failures_probes_and_closes() {
     );
     assert_eq!(delivery.outbox.pending_count("test"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_refuses_and_counts_instead_of_growing() {
+    let rx = Receiver::start(Arc::new(|_| Reply::status(503))).await;
+    let schedule = "retry_schedule = [\"0s\", \"1h\"]";
+    let text = endpoint(&rx, "").replace(
+        "retry_schedule = [\"0s\", \"20ms\", \"20ms\", \"20ms\"]",
+        schedule,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[sip]\nudp = [\"127.0.0.1:0\"]\ntcp = []\n[outbox]\npath = \"{}\"\nmax_bytes = \"1MiB\"\n{text}",
+        dir.path().join("outbox").display()
+    );
+    let config = Config::parse(&text).unwrap();
+    let mut h = Harness::with_config(config.clone()).await;
+    let events = std::mem::replace(&mut h.gw.events, mpsc::channel(1).1);
+    let outbox = siphook::deliver::open_outbox(&config).unwrap();
+    let _d = Delivery::start(&config, outbox.clone(), events, None, h.gw.metrics.clone()).unwrap();
+    let mut sent = 0;
+    for batch in 0..60 {
+        for i in 0..25 {
+            h.send_all(&CallSpec::new(&format!("full-{batch}-{i}")).answered_flow())
+                .await;
+        }
+        sent += 25 * 7;
+        h.wait_metric("siphook_sip_messages_total", &[], sent as f64)
+            .await;
+        if h.metric("siphook_events_refused_total", &[("reason", "outbox_full")]) > 0.0 {
+            break;
+        }
+    }
+    assert!(
+        h.metric("siphook_events_refused_total", &[("reason", "outbox_full")]) > 0.0,
+        "never filled"
+    );
+    let size = outbox.size_on_disk();
+    // Growth stops near the limit: one group commit past it at most.
+    assert!(size < 4 << 20, "outbox grew to {size} bytes");
+}
