@@ -23,13 +23,32 @@ fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
 }
 
 async fn https_receiver(issuer: &CertifiedIssuer<'static, KeyPair>) -> Receiver {
+    https_receiver_with(issuer, None).await
+}
+
+/// An HTTPS receiver; with `client_ca`, it demands a client certificate from that CA.
+async fn https_receiver_with(
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+    client_ca: Option<&CertifiedIssuer<'static, KeyPair>>,
+) -> Receiver {
     let key = KeyPair::generate().unwrap();
     let cert = CertificateParams::new(vec!["localhost".to_owned()])
         .unwrap()
         .signed_by(&key, issuer)
         .unwrap();
-    let mut server = rustls::ServerConfig::builder()
-        .with_no_client_auth()
+    let builder = rustls::ServerConfig::builder();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.der().clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut server = builder
         .with_single_cert(
             vec![cert.der().clone()],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
@@ -40,10 +59,19 @@ async fn https_receiver(issuer: &CertifiedIssuer<'static, KeyPair>) -> Receiver 
 }
 
 async fn start(rx: &Receiver, ca_pem: &str, dir: &tempfile::TempDir) -> (Harness, Delivery) {
+    start_with(rx, ca_pem, dir, "").await
+}
+
+async fn start_with(
+    rx: &Receiver,
+    ca_pem: &str,
+    dir: &tempfile::TempDir,
+    extra: &str,
+) -> (Harness, Delivery) {
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, ca_pem).unwrap();
     let text = format!(
-        "[sip]\nudp = [\"127.0.0.1:0\"]\ntcp = []\n[outbox]\npath = \"{}\"\n[[endpoints]]\nname = \"tls\"\nurl = \"https://localhost:{}/hook\"\nevents = [\"call.initiated\"]\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\nca_file = \"{}\"\nretry_schedule = [\"0s\"]\n",
+        "[sip]\nudp = [\"127.0.0.1:0\"]\ntcp = []\n[outbox]\npath = \"{}\"\n[[endpoints]]\nname = \"tls\"\nurl = \"https://localhost:{}/hook\"\nevents = [\"call.initiated\"]\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\nca_file = \"{}\"\nretry_schedule = [\"0s\"]\n{extra}\n",
         dir.path().join("outbox").display(),
         rx.addr.port(),
         ca_file.display()
@@ -83,5 +111,42 @@ async fn the_wrong_ca_fails_with_a_clear_error() {
     assert!(
         error.contains("invalid peer certificate: UnknownIssuer"),
         "unclear error: {error}"
+    );
+}
+
+#[tokio::test]
+async fn mutual_tls_presents_the_configured_client_certificate() {
+    let server_ca = ca("siphook test CA");
+    let client_ca = ca("siphook client CA");
+    let mut rx = https_receiver_with(&server_ca, Some(&client_ca)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["siphook.test".to_owned()])
+        .unwrap()
+        .signed_by(&key, &client_ca)
+        .unwrap();
+    let (cert_file, key_file) = (dir.path().join("client.pem"), dir.path().join("client.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let extra = format!(
+        "client_cert_file = \"{}\"\nclient_key_file = \"{}\"",
+        cert_file.display(),
+        key_file.display()
+    );
+    let (h, _d) = start_with(&rx, &server_ca.pem(), &dir, &extra).await;
+    h.send(&CallSpec::new("mtls-1").invite(1)).await;
+    assert_eq!(rx.next().await.json()["call"]["sip_call_id"], "mtls-1");
+
+    // Without the certificate the receiver refuses the handshake.
+    let other = tempfile::tempdir().unwrap();
+    let (h2, d2) = start(&rx, &server_ca.pem(), &other).await;
+    h2.send(&CallSpec::new("mtls-2").invite(1)).await;
+    h2.wait_metric("siphook_deadletters", &[("endpoint", "tls")], 1.0)
+        .await;
+    assert!(
+        d2.outbox.dead_letters(None).unwrap()[0]
+            .state
+            .last_error
+            .is_some()
     );
 }

@@ -102,6 +102,9 @@ pub struct EndpointConfig {
     pub retry_schedule: Vec<Duration>,
     /// While the circuit is open (10 consecutive failures), one probe per interval.
     pub circuit_probe_interval: Duration,
+    /// Trust the operating system's certificate store instead of the bundled
+    /// webpki roots (`ca_file` is added either way).
+    pub native_roots: bool,
     /// Extra trust anchor (PEM).
     pub ca_file: Option<PathBuf>,
     /// Client certificate chain for mTLS (PEM).
@@ -201,6 +204,7 @@ pub(super) struct RawEndpoint {
     retry_schedule: Option<Vec<String>>,
     circuit_probe_interval: Option<String>,
     allow_http: bool,
+    tls_roots: Option<String>,
     ca_file: Option<String>,
     client_cert_file: Option<String>,
     client_key_file: Option<String>,
@@ -444,6 +448,17 @@ pub(super) fn validate_endpoints(
             }
             Some(PathBuf::from(p))
         };
+        let native_roots = match r.tls_roots.as_deref() {
+            None | Some("webpki") => false,
+            Some("native") => true,
+            Some(o) => {
+                c.problem(
+                    at("tls_roots"),
+                    format!("\"{o}\" is not one of \"webpki\", \"native\""),
+                );
+                false
+            }
+        };
         let ca_file = file(c, r.ca_file, "ca_file");
         let client_cert_file = file(c, r.client_cert_file, "client_cert_file");
         let client_key_file = file(c, r.client_key_file, "client_key_file");
@@ -482,6 +497,7 @@ pub(super) fn validate_endpoints(
             max_in_flight,
             retry_schedule,
             circuit_probe_interval,
+            native_roots,
             ca_file,
             client_cert_file,
             client_key_file,

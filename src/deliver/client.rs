@@ -53,7 +53,7 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
-    /// Builds the client: webpki roots plus `ca_file`, optional client certificate,
+    /// Builds the client: webpki (or the system's) roots plus `ca_file`, optional client certificate,
     /// HTTP/1.1 and HTTP/2 by ALPN, TLS 1.2 and 1.3 only (rustls offers nothing older).
     pub fn new(ep: &EndpointConfig) -> Result<HttpClient, ClientError> {
         let pem_err =
@@ -64,7 +64,23 @@ impl HttpClient {
                 reason,
             };
         let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if ep.native_roots {
+            let native = rustls_native_certs::load_native_certs();
+            for e in &native.errors {
+                tracing::warn!(endpoint = %ep.name, error = %e, "while loading the system's trust store");
+            }
+            let (added, _) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                return Err(ClientError::Pem {
+                    endpoint: ep.name.clone(),
+                    what: "tls_roots",
+                    path: "native".into(),
+                    reason: "the system trust store holds no usable certificate".into(),
+                });
+            }
+        } else {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
         if let Some(path) = &ep.ca_file {
             let certs = read_certs(path).map_err(|r| pem_err("ca_file", path, r))?;
             for c in certs {
@@ -330,6 +346,50 @@ fn render(ep: &EndpointConfig, event_json: &[u8]) -> Result<(Vec<u8>, &'static s
                 super::format::form_encode(&v).into_bytes(),
                 "application/x-www-form-urlencoded",
             ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_http_date() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        let in_a_minute = std::time::SystemTime::now() + Duration::from_secs(61);
+        let d = parse_retry_after(&httpdate::fmt_http_date(in_a_minute)).unwrap();
+        assert!(
+            d > Duration::from_secs(55) && d <= Duration::from_secs(61),
+            "{d:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn classification() {
+        assert_eq!(
+            classify(204, false, None),
+            Outcome::Delivered { status: 204 }
+        );
+        assert_eq!(classify(410, false, None), Outcome::Gone);
+        assert!(matches!(
+            classify(301, false, None),
+            Outcome::Rejected { status: 301, .. }
+        ));
+        assert!(matches!(
+            classify(503, true, None),
+            Outcome::Rejected { status: 503, .. }
+        ));
+        for s in [408, 425, 429, 500, 599] {
+            assert!(
+                matches!(classify(s, false, None), Outcome::Retry { .. }),
+                "{s}"
+            );
         }
     }
 }
