@@ -1,5 +1,6 @@
 //! Calls: the dialog state machine and the events it emits.
 
+mod dialog;
 pub mod event;
 pub mod tracker;
 

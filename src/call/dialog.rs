@@ -1,0 +1,440 @@
+//! One call's dialog state machine: what each message or timer does to a call.
+//! The call table and its timers live in [`super::tracker`].
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use super::event::{
+    AnsweredData, CallInfo, Disposition, EVENT_VERSION, EndedBy, Event, EventData, Resume,
+    RingingData, Timestamp, stable_id,
+};
+use super::tracker::{TimerKey, TrackerConfig};
+use crate::sip::{Method, SipMessage, StartLine};
+
+/// Where a live call stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// INVITE sent, no final response yet.
+    Proceeding,
+    /// A 401/407/3xx/422/491 came; the caller may retry within `challenge_window`.
+    Challenged { status: u16, at: Timestamp },
+    /// CANCEL seen; waiting for the final response (a 200 still wins).
+    Cancelling { at: Timestamp },
+    /// A 2xx came.
+    Answered,
+}
+
+/// A REFER waiting for its outcome.
+#[derive(Debug, Clone)]
+pub(super) struct PendingRefer {
+    pub(super) cseq: u32,
+    pub(super) from_tag: Option<String>,
+    pub(super) target: String,
+    pub(super) referred_by: Option<String>,
+    pub(super) replaces: Option<crate::sip::Replaces>,
+    pub(super) no_notify: bool,
+}
+
+/// An INVITE with Replaces that names a call we know: transferred once answered.
+#[derive(Debug, Clone)]
+pub(super) struct ReplacingInvite {
+    pub(super) replaced_call_id: String,
+    pub(super) replaced_sip_call_id: String,
+    pub(super) referred_by: Option<String>,
+}
+
+#[derive(Debug)]
+pub(super) struct Call {
+    pub(super) info: CallInfo,
+    pub(super) phase: Phase,
+    /// CSeq of the current initial INVITE (raised by a retry after a challenge).
+    pub(super) invite_cseq: u32,
+    /// Last sequence number used.
+    pub(super) seq: u32,
+    pub(super) deadline: Timestamp,
+    /// The timer entry scheduled for `deadline`, if any.
+    pub(super) armed: Option<TimerKey>,
+    /// Session-Expires interval negotiated, for refreshes (RFC 4028).
+    pub(super) session_expires: Option<Duration>,
+    /// The deadline is the Session-Expires lapse, not `max_call_duration`.
+    pub(super) session_limited: bool,
+    /// Status of the answering 2xx.
+    pub(super) answer_status: Option<u16>,
+    pub(super) refers: Vec<PendingRefer>,
+    pub(super) replacing: Option<Box<ReplacingInvite>>,
+    /// Hashes of recently seen messages (bounded ring) for deduplication.
+    pub(super) seen: [u64; SEEN],
+    pub(super) seen_next: u8,
+}
+
+pub(super) const SEEN: usize = 16;
+const MAX_PENDING_REFERS: usize = 4;
+
+/// What a message does to a call.
+pub(super) enum Step {
+    Nothing,
+    /// Only the deadline moved.
+    Rearm,
+    Ringing(RingingData),
+    Answered(AnsweredData),
+    Transferred(PendingRefer),
+    End(End),
+}
+
+/// How a call ends.
+pub(super) struct End {
+    pub(super) disposition: Disposition,
+    pub(super) sip_status: Option<u16>,
+    pub(super) reason: Option<String>,
+    pub(super) q850_cause: Option<u16>,
+    pub(super) ended_by: EndedBy,
+    /// When the call really ended, if earlier than the event (a challenge or
+    /// CANCEL whose outcome a timer decided).
+    pub(super) ended_at: Option<Timestamp>,
+}
+
+impl End {
+    pub(super) fn new(
+        disposition: Disposition,
+        sip_status: Option<u16>,
+        ended_by: EndedBy,
+        msg: Option<&SipMessage>,
+    ) -> End {
+        let reason = msg.and_then(|m| m.reason.as_ref());
+        End {
+            disposition,
+            sip_status,
+            reason: reason.and_then(|r| r.text.clone()),
+            q850_cause: reason.and_then(|r| r.q850_cause),
+            ended_by,
+            ended_at: None,
+        }
+    }
+
+    pub(super) fn timer(
+        disposition: Disposition,
+        sip_status: Option<u16>,
+        reason: &str,
+        ended_by: EndedBy,
+        ended_at: Option<Timestamp>,
+    ) -> End {
+        End {
+            disposition,
+            sip_status,
+            reason: Some(reason.to_owned()),
+            q850_cause: None,
+            ended_by,
+            ended_at,
+        }
+    }
+}
+
+/// Statuses after which a caller typically retries the INVITE with a higher CSeq.
+fn invites_retry(status: u16) -> bool {
+    matches!(status, 300..=399 | 401 | 407 | 422 | 491)
+}
+
+impl Call {
+    /// Records a message's identity; false if it was seen before. The Via branch
+    /// is deliberately left out: a proxy's mirror shows each message twice with
+    /// different top Vias.
+    pub(super) fn remember(&mut self, msg: &SipMessage) -> bool {
+        let mut h = DefaultHasher::new();
+        msg.cseq.hash(&mut h);
+        msg.cseq_method.hash(&mut h);
+        match &msg.start {
+            StartLine::Request { method, .. } => (0u16, *method).hash(&mut h),
+            StartLine::Response { status } => (*status, msg.cseq_method).hash(&mut h),
+        }
+        msg.from.tag.hash(&mut h);
+        msg.to.tag.hash(&mut h);
+        let fp = h.finish() | 1; // never 0, the empty-slot value
+        if self.seen.contains(&fp) {
+            return false;
+        }
+        self.seen[usize::from(self.seen_next) % SEEN] = fp;
+        self.seen_next = self.seen_next.wrapping_add(1);
+        true
+    }
+
+    pub(super) fn event(&mut self, data: EventData, at: Timestamp, discriminator: &str) -> Event {
+        self.seq += 1;
+        let event_type = data.event_type();
+        Event {
+            id: stable_id("evt_", &[&self.info.id, event_type.as_str(), discriminator]),
+            event_type,
+            version: EVENT_VERSION,
+            timestamp: at,
+            sequence: self.seq,
+            call: self.info.clone(),
+            data,
+            resume: Resume {
+                invite_cseq: self.invite_cseq,
+                session_expires: self
+                    .session_expires
+                    .and_then(|d| u32::try_from(d.as_secs()).ok()),
+            },
+        }
+    }
+
+    /// Arms the answered call's timer: `max_call_duration` after the answer, or
+    /// one Session-Expires interval after the last refresh, whichever is first.
+    pub(super) fn arm_answered(&mut self, now: Timestamp, cfg: &TrackerConfig) {
+        let max_end = self
+            .info
+            .answered_at
+            .unwrap_or(now)
+            .plus(cfg.max_call_duration);
+        let session_end = self.session_expires.map(|se| now.plus(se));
+        self.session_limited = session_end.is_some_and(|s| s < max_end);
+        self.deadline = session_end.map_or(max_end, |s| s.min(max_end));
+    }
+
+    pub(super) fn on_request(
+        &mut self,
+        msg: &SipMessage,
+        by_caller: bool,
+        now: Timestamp,
+        cfg: &TrackerConfig,
+    ) -> Step {
+        let answered = self.phase == Phase::Answered;
+        match msg.method() {
+            Method::Invite if msg.to.tag.is_none() => {
+                // The caller's retry after a challenge or redirect continues the call.
+                if by_caller && msg.cseq > self.invite_cseq && !answered {
+                    self.invite_cseq = msg.cseq;
+                    self.phase = Phase::Proceeding;
+                    self.deadline = now.plus(cfg.invite_timeout);
+                    return Step::Rearm;
+                }
+                Step::Nothing
+            }
+            Method::Invite | Method::Update if answered => {
+                // A refresh (RFC 4028): the session lives another interval.
+                if let Some(se) = msg.session_expires {
+                    self.session_expires = Some(Duration::from_secs(u64::from(se)));
+                }
+                self.arm_answered(now, cfg);
+                Step::Rearm
+            }
+            Method::Cancel if by_caller && !answered => {
+                if !matches!(self.phase, Phase::Cancelling { .. }) {
+                    self.phase = Phase::Cancelling { at: now };
+                    self.deadline = now.plus(cfg.challenge_window);
+                    return Step::Rearm;
+                }
+                Step::Nothing
+            }
+            Method::Bye => {
+                // Only the answered dialog ends the call: a caller hangs up the stray
+                // dialog of a second fork's 2xx with a BYE of its own.
+                let peer_tag = if by_caller {
+                    &msg.to.tag
+                } else {
+                    &msg.from.tag
+                };
+                if answered && peer_tag.is_some() && *peer_tag != self.info.to.tag {
+                    return Step::Nothing;
+                }
+                let ended_by = if by_caller {
+                    EndedBy::Caller
+                } else {
+                    EndedBy::Callee
+                };
+                let (disposition, status) = match self.phase {
+                    Phase::Answered => (Disposition::Answered, self.answer_status),
+                    _ if by_caller => (Disposition::Cancelled, None),
+                    _ => (Disposition::Failed, None),
+                };
+                Step::End(End::new(disposition, status, ended_by, Some(msg)))
+            }
+            Method::Refer if msg.to.tag.is_some() => {
+                let Some(refer_to) = &msg.refer_to else {
+                    return Step::Nothing;
+                };
+                if self.refers.len() >= MAX_PENDING_REFERS {
+                    self.refers.remove(0);
+                }
+                self.refers.push(PendingRefer {
+                    cseq: msg.cseq,
+                    from_tag: msg.from.tag.clone(),
+                    target: refer_to.target.clone(),
+                    referred_by: msg.referred_by.clone(),
+                    replaces: refer_to.replaces.clone(),
+                    no_notify: msg.refer_sub == Some(false),
+                });
+                Step::Nothing
+            }
+            Method::Notify if msg.event_package.as_deref() == Some("refer") => {
+                let Some(status) = msg.sipfrag_status else {
+                    return Step::Nothing;
+                };
+                // The NOTIFY travels opposite to its REFER: its To tag is the REFER's From tag.
+                let Some(idx) = self.refers.iter().position(|r| r.from_tag == msg.to.tag) else {
+                    return Step::Nothing;
+                };
+                match status {
+                    200..=299 => Step::Transferred(self.refers.remove(idx)),
+                    300..=699 => {
+                        self.refers.remove(idx);
+                        Step::Nothing
+                    }
+                    _ => Step::Nothing,
+                }
+            }
+            _ => Step::Nothing,
+        }
+    }
+
+    pub(super) fn on_response(
+        &mut self,
+        msg: &SipMessage,
+        status: u16,
+        now: Timestamp,
+        cfg: &TrackerConfig,
+    ) -> Step {
+        match msg.cseq_method {
+            // A higher CSeq answers the caller's retry (after a challenge), which a
+            // call restored after a restart may not have seen.
+            Method::Invite if msg.cseq >= self.invite_cseq && self.phase != Phase::Answered => {
+                self.invite_cseq = msg.cseq;
+                self.on_invite_response(msg, status, now, cfg)
+            }
+            Method::Invite | Method::Update
+                if self.phase == Phase::Answered && (200..300).contains(&status) =>
+            {
+                if let Some(se) = msg.session_expires {
+                    self.session_expires = Some(Duration::from_secs(u64::from(se)));
+                }
+                self.arm_answered(now, cfg);
+                Step::Rearm
+            }
+            Method::Refer => {
+                let Some(idx) = self
+                    .refers
+                    .iter()
+                    .position(|r| r.cseq == msg.cseq && r.from_tag == msg.from.tag)
+                else {
+                    return Step::Nothing;
+                };
+                match status {
+                    200..=299 if self.refers[idx].no_notify || msg.refer_sub == Some(false) => {
+                        Step::Transferred(self.refers.remove(idx))
+                    }
+                    300..=699 => {
+                        self.refers.remove(idx);
+                        Step::Nothing
+                    }
+                    _ => Step::Nothing,
+                }
+            }
+            _ => Step::Nothing,
+        }
+    }
+
+    fn on_invite_response(
+        &mut self,
+        msg: &SipMessage,
+        status: u16,
+        now: Timestamp,
+        cfg: &TrackerConfig,
+    ) -> Step {
+        match status {
+            100..=199 => {
+                if msg.to.tag.is_some() {
+                    self.info.to.tag.clone_from(&msg.to.tag);
+                }
+                if (status == 180 || status == 183) && self.info.ringing_at.is_none() {
+                    self.info.ringing_at = Some(now);
+                    return Step::Ringing(RingingData {
+                        sip_status: status,
+                        early_media: status == 183 || msg.has_sdp,
+                    });
+                }
+                Step::Nothing
+            }
+            200..=299 => {
+                // A 2xx wins over a CANCEL that crossed it, and over a challenge.
+                self.phase = Phase::Answered;
+                self.answer_status = Some(status);
+                self.info.answered_at = Some(now);
+                self.info.to.tag.clone_from(&msg.to.tag);
+                if let Some(se) = msg.session_expires {
+                    self.session_expires = Some(Duration::from_secs(u64::from(se)));
+                }
+                self.arm_answered(now, cfg);
+                Step::Answered(AnsweredData {
+                    sip_status: status,
+                    ring_ms: now.since(self.info.started_at),
+                })
+            }
+            _ => {
+                if let Phase::Cancelling { .. } = self.phase {
+                    return Step::End(End::new(
+                        Disposition::Cancelled,
+                        Some(status),
+                        EndedBy::Caller,
+                        Some(msg),
+                    ));
+                }
+                if invites_retry(status) {
+                    if let Phase::Challenged { .. } = self.phase {
+                        return Step::Nothing; // a second copy from another fork
+                    }
+                    self.phase = Phase::Challenged { status, at: now };
+                    self.deadline = now.plus(cfg.challenge_window);
+                    return Step::Rearm;
+                }
+                let disposition = Disposition::for_status(status);
+                let ended_by = if disposition == Disposition::Cancelled {
+                    EndedBy::Caller
+                } else {
+                    EndedBy::Callee
+                };
+                Step::End(End::new(disposition, Some(status), ended_by, Some(msg)))
+            }
+        }
+    }
+
+    /// The call's deadline passed: which timer it was decides the outcome.
+    pub(super) fn on_deadline(&self) -> End {
+        match self.phase {
+            Phase::Proceeding => End::timer(
+                Disposition::NoAnswer,
+                None,
+                "invite_timeout",
+                EndedBy::Timeout,
+                None,
+            ),
+            Phase::Challenged { status, at } => End::timer(
+                Disposition::Failed,
+                Some(status),
+                "no_retry_after_challenge",
+                EndedBy::Callee,
+                Some(at),
+            ),
+            Phase::Cancelling { at } => End::timer(
+                Disposition::Cancelled,
+                None,
+                "no_final_response_to_cancel",
+                EndedBy::Caller,
+                Some(at),
+            ),
+            Phase::Answered => {
+                let reason = if self.session_limited {
+                    "session_expired"
+                } else {
+                    "max_call_duration"
+                };
+                End::timer(
+                    Disposition::Answered,
+                    self.answer_status,
+                    reason,
+                    EndedBy::Timeout,
+                    None,
+                )
+            }
+        }
+    }
+}
