@@ -744,29 +744,6 @@ async fn reinvite_and_out_of_call_requests_start_nothing() {
 }
 
 #[tokio::test]
-async fn session_expires_lapse_completes_the_call() {
-    let mut h = Harness::start().await;
-    let call = CallSpec::new("se-1");
-    h.send_all(&[
-        call.invite_with(1, &["Session-Expires: 1;refresher=uac"]),
-        call.resp(200, 1, "INVITE", Some("b")),
-        call.ack(1, "b"),
-    ])
-    .await;
-    let ev = h.events(3).await;
-    let d = &ev[2]["data"];
-    assert_eq!(
-        (
-            d["disposition"].as_str(),
-            d["ended_by"].as_str(),
-            d["reason"].as_str()
-        ),
-        (Some("answered"), Some("timeout"), Some("session_expired"))
-    );
-    assert_eq!(d["talk_ms"], 1000);
-}
-
-#[tokio::test]
 async fn max_call_duration_completes_the_call() {
     let mut config = test_config();
     config.sip.max_call_duration = Duration::from_millis(200);
@@ -841,4 +818,169 @@ async fn garbage_datagrams_are_counted_and_the_listener_carries_on() {
             "call.completed"
         ]
     );
+}
+
+#[tokio::test]
+async fn a_failed_fork_does_not_end_a_call_another_fork_answers() {
+    let mut h = Harness::start().await;
+    // Route advance / parallel fork: branch B fails while branch A rings, then A answers.
+    let call = CallSpec::new("forkfail-1");
+    h.send_all(&[
+        call.invite(1),
+        call.resp(180, 1, "INVITE", Some("A")),
+        call.resp(180, 1, "INVITE", Some("B")),
+        call.resp(503, 1, "INVITE", Some("B")),
+        call.resp(200, 1, "INVITE", Some("A")),
+        call.ack(1, "A"),
+        call.bye(2, "A"),
+    ])
+    .await;
+    let ev = h.events(4).await;
+    assert_eq!(
+        types(&ev),
+        [
+            "call.initiated",
+            "call.ringing",
+            "call.answered",
+            "call.completed"
+        ]
+    );
+    assert_eq!(ev[3]["data"]["disposition"], "answered");
+
+    // CANCEL racing a fork's answer: the 487 of one branch, then the 200 of the other.
+    let race = CallSpec::new("forkfail-2");
+    h.send_all(&[
+        race.invite(1),
+        race.resp(180, 1, "INVITE", Some("A")),
+        race.resp(180, 1, "INVITE", Some("B")),
+        race.cancel(1),
+        race.resp(487, 1, "INVITE", Some("A")),
+        race.resp(200, 1, "INVITE", Some("B")),
+    ])
+    .await;
+    let ev = h.events(3).await;
+    assert_eq!(
+        types(&ev),
+        ["call.initiated", "call.ringing", "call.answered"]
+    );
+
+    // Every fork fails: the call ends at the last failure, at once.
+    let all = CallSpec::new("forkfail-3");
+    h.send_all(&[
+        all.invite(1),
+        all.resp(180, 1, "INVITE", Some("A")),
+        all.resp(180, 1, "INVITE", Some("B")),
+        all.resp(486, 1, "INVITE", Some("A")),
+        all.resp(486, 1, "INVITE", Some("B")),
+    ])
+    .await;
+    let ev = h.events(3).await;
+    assert_eq!(
+        types(&ev),
+        ["call.initiated", "call.ringing", "call.completed"]
+    );
+    assert_eq!(ev[2]["data"]["disposition"], "busy");
+}
+
+#[tokio::test]
+async fn a_fork_failure_with_the_other_fork_silent_ends_after_the_window() {
+    let mut config = test_config();
+    config.sip.challenge_window = Duration::from_millis(200);
+    let mut h = Harness::with_config(config).await;
+    let call = CallSpec::new("forkfail-4");
+    h.send_all(&[
+        call.invite(1),
+        call.resp(183, 1, "INVITE", Some("A")),
+        call.resp(180, 1, "INVITE", Some("B")),
+        call.resp(603, 1, "INVITE", Some("B")),
+    ])
+    .await;
+    let ev = h.events(3).await;
+    assert_eq!(
+        types(&ev),
+        ["call.initiated", "call.ringing", "call.completed"]
+    );
+    let d = &ev[2]["data"];
+    assert_eq!(
+        (d["disposition"].as_str(), d["sip_status"].as_u64()),
+        (Some("rejected"), Some(603))
+    );
+    // Ended when the failure came, not when siphook stopped waiting.
+    assert!(ms(&ev[2]["call"]["ended_at"]) - ms(&ev[0]["call"]["started_at"]) < 200);
+}
+
+#[tokio::test]
+async fn a_transferor_hanging_up_right_after_202_still_reports_the_transfer() {
+    let mut h = Harness::start().await;
+    let call = CallSpec::new("blind-bye");
+    h.send_all(&answered_prefix(&call, "bob")).await;
+    h.send_all(&[
+        call.callee_request("REFER", 1, "bob", &["Refer-To: <sip:carol@10.0.0.3>"], ""),
+        call.callee_response(202, 1, "REFER", "bob", &[]),
+        call.callee_request("BYE", 2, "bob", &[], ""),
+        // The NOTIFY that arrives after the call ended changes nothing.
+        call.request(
+            "NOTIFY",
+            2,
+            "NOTIFY",
+            Some("bob"),
+            "n1",
+            &["Event: refer;id=1", "Content-Type: message/sipfrag"],
+            "SIP/2.0 200 OK\r\n",
+        ),
+    ])
+    .await;
+    let ev = h.events(5).await;
+    assert_eq!(
+        types(&ev),
+        [
+            "call.initiated",
+            "call.ringing",
+            "call.answered",
+            "call.transferred",
+            "call.completed"
+        ]
+    );
+    assert_eq!(ev[3]["data"]["target"], "sip:carol@10.0.0.3");
+    assert!(h.barrier().await.is_empty());
+}
+
+#[tokio::test]
+async fn notify_is_matched_to_its_refer_by_id() {
+    let mut h = Harness::start().await;
+    let call = CallSpec::new("two-refers");
+    h.send_all(&answered_prefix(&call, "bob")).await;
+    h.send_all(&[
+        call.request(
+            "REFER",
+            2,
+            "REFER",
+            Some("bob"),
+            "r2",
+            &["Refer-To: <sip:first@10.0.0.3>"],
+            "",
+        ),
+        call.response(202, "Accepted", 2, "REFER", Some("bob"), &[], ""),
+        call.request(
+            "REFER",
+            3,
+            "REFER",
+            Some("bob"),
+            "r3",
+            &["Refer-To: <sip:second@10.0.0.4>"],
+            "",
+        ),
+        call.response(202, "Accepted", 3, "REFER", Some("bob"), &[], ""),
+        call.callee_request(
+            "NOTIFY",
+            1,
+            "bob",
+            &["Event: refer;id=3", "Content-Type: message/sipfrag"],
+            "SIP/2.0 200 OK\r\n",
+        ),
+    ])
+    .await;
+    let ev = h.events(4).await;
+    assert_eq!(ev[3]["type"], "call.transferred");
+    assert_eq!(ev[3]["data"]["target"], "sip:second@10.0.0.4");
 }

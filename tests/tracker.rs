@@ -337,3 +337,85 @@ fn a_restored_unanswered_call_times_out_at_its_original_deadline() {
     assert_eq!(ev[0]["data"]["duration_ms"], 180_000);
     assert_eq!(ev[0]["data"]["reason"], "invite_timeout");
 }
+
+#[test]
+fn session_expires_comes_from_the_2xx_and_has_a_floor() {
+    // The 2xx negotiates 90 s: no refresh, so the session lapses 90 s after the answer.
+    let call = CallSpec::new("se-1");
+    let mut t = tracker();
+    let ev = feed(
+        &mut t,
+        &[
+            (
+                0,
+                call.invite_with(1, &["Session-Expires: 1800", "Supported: timer"]),
+            ),
+            (
+                1_000,
+                call.response(
+                    200,
+                    "OK",
+                    1,
+                    "INVITE",
+                    Some("b"),
+                    &["Session-Expires: 90;refresher=uac"],
+                    "",
+                ),
+            ),
+        ],
+    );
+    assert_eq!(ev.len(), 2);
+    assert_eq!(t.next_deadline(), Some(Timestamp(T0 + 91_000)));
+    // A refresh 2xx restarts the interval; a value under Min-SE's 90 s counts as 90.
+    let more = feed(
+        &mut t,
+        &[
+            (
+                60_000,
+                call.request(
+                    "UPDATE",
+                    2,
+                    "UPDATE",
+                    Some("b"),
+                    "u2",
+                    &["Session-Expires: 5"],
+                    "",
+                ),
+            ),
+            (
+                60_010,
+                call.response(
+                    200,
+                    "OK",
+                    2,
+                    "UPDATE",
+                    Some("b"),
+                    &["Session-Expires: 5"],
+                    "",
+                ),
+            ),
+        ],
+    );
+    assert!(more.is_empty());
+    assert_eq!(t.next_deadline(), Some(Timestamp(T0 + 150_010)));
+    let mut out = Vec::new();
+    t.on_time(Timestamp(T0 + 150_010), &mut out);
+    let ev = to_json(out);
+    assert_eq!(ev[0]["data"]["reason"], "session_expired");
+    assert_eq!(ev[0]["data"]["talk_ms"], 149_010);
+
+    // Session-Expires only in the INVITE, not in the 2xx: no session timer at all.
+    let call = CallSpec::new("se-2");
+    let mut t = tracker();
+    feed(
+        &mut t,
+        &[
+            (0, call.invite_with(1, &["Session-Expires: 1800"])),
+            (1_000, call.resp(200, 1, "INVITE", Some("b"))),
+        ],
+    );
+    assert_eq!(
+        t.next_deadline(),
+        Some(Timestamp(T0 + 1_000 + 4 * 3600 * 1000))
+    );
+}

@@ -21,6 +21,9 @@ pub(super) enum Phase {
     Challenged { status: u16, at: Timestamp },
     /// CANCEL seen; waiting for the final response (a 200 still wins).
     Cancelling { at: Timestamp },
+    /// One fork failed while another early dialog is still alive: its 2xx may
+    /// yet come (a proxy's mirror shows every branch's answer).
+    Failing { status: u16, at: Timestamp },
     /// A 2xx came.
     Answered,
 }
@@ -34,6 +37,8 @@ pub(super) struct PendingRefer {
     pub(super) referred_by: Option<String>,
     pub(super) replaces: Option<crate::sip::Replaces>,
     pub(super) no_notify: bool,
+    /// A 2xx (202) accepted it.
+    pub(super) accepted: bool,
 }
 
 /// An INVITE with Replaces that names a call we know: transferred once answered.
@@ -63,6 +68,8 @@ pub(super) struct Call {
     pub(super) answer_status: Option<u16>,
     pub(super) refers: Vec<PendingRefer>,
     pub(super) replacing: Option<Box<ReplacingInvite>>,
+    /// Early dialogs seen (hash of the To tag, and whether that fork failed).
+    pub(super) early: Vec<(u64, bool)>,
     /// Hashes of recently seen messages (bounded ring) for deduplication.
     pub(super) seen: [u64; SEEN],
     pub(super) seen_next: u8,
@@ -70,6 +77,19 @@ pub(super) struct Call {
 
 pub(super) const SEEN: usize = 16;
 const MAX_PENDING_REFERS: usize = 4;
+const MAX_EARLY_DIALOGS: usize = 8;
+/// RFC 4028 §4: no Session-Expires below Min-SE's floor of 90 seconds.
+const MIN_SESSION_EXPIRES: u32 = 90;
+
+fn session_interval(se: Option<u32>) -> Option<Duration> {
+    se.map(|s| Duration::from_secs(u64::from(s.max(MIN_SESSION_EXPIRES))))
+}
+
+fn tag_hash(tag: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    tag.hash(&mut h);
+    h.finish()
+}
 
 /// What a message does to a call.
 pub(super) enum Step {
@@ -80,6 +100,9 @@ pub(super) enum Step {
     Answered(AnsweredData),
     Transferred(PendingRefer),
     End(End),
+    /// A BYE that ends the call right after its REFER was accepted: the transfer
+    /// goes out first (many transferors hang up without waiting for the NOTIFY).
+    TransferredThenEnd(PendingRefer, End),
 }
 
 /// How a call ends.
@@ -211,10 +234,8 @@ impl Call {
                 Step::Nothing
             }
             Method::Invite | Method::Update if answered => {
-                // A refresh (RFC 4028): the session lives another interval.
-                if let Some(se) = msg.session_expires {
-                    self.session_expires = Some(Duration::from_secs(u64::from(se)));
-                }
+                // A refresh (RFC 4028): the session lives another interval; its 2xx
+                // says for how long.
                 self.arm_answered(now, cfg);
                 Step::Rearm
             }
@@ -247,7 +268,11 @@ impl Call {
                     _ if by_caller => (Disposition::Cancelled, None),
                     _ => (Disposition::Failed, None),
                 };
-                Step::End(End::new(disposition, status, ended_by, Some(msg)))
+                let end = End::new(disposition, status, ended_by, Some(msg));
+                match self.refers.iter().position(|r| r.accepted) {
+                    Some(idx) if answered => Step::TransferredThenEnd(self.refers.remove(idx), end),
+                    _ => Step::End(end),
+                }
             }
             Method::Refer if msg.to.tag.is_some() => {
                 let Some(refer_to) = &msg.refer_to else {
@@ -263,6 +288,7 @@ impl Call {
                     referred_by: msg.referred_by.clone(),
                     replaces: refer_to.replaces.clone(),
                     no_notify: msg.refer_sub == Some(false),
+                    accepted: false,
                 });
                 Step::Nothing
             }
@@ -270,8 +296,16 @@ impl Call {
                 let Some(status) = msg.sipfrag_status else {
                     return Step::Nothing;
                 };
-                // The NOTIFY travels opposite to its REFER: its To tag is the REFER's From tag.
-                let Some(idx) = self.refers.iter().position(|r| r.from_tag == msg.to.tag) else {
+                // The NOTIFY travels opposite to its REFER: its To tag is the REFER's
+                // From tag, and its `id` parameter (when present) the REFER's CSeq.
+                let matches = |r: &PendingRefer| {
+                    r.from_tag == msg.to.tag
+                        && msg
+                            .event_id
+                            .as_deref()
+                            .is_none_or(|id| id == r.cseq.to_string())
+                };
+                let Some(idx) = self.refers.iter().position(matches) else {
                     return Step::Nothing;
                 };
                 match status {
@@ -304,9 +338,8 @@ impl Call {
             Method::Invite | Method::Update
                 if self.phase == Phase::Answered && (200..300).contains(&status) =>
             {
-                if let Some(se) = msg.session_expires {
-                    self.session_expires = Some(Duration::from_secs(u64::from(se)));
-                }
+                // RFC 4028 §7.2: a 2xx without Session-Expires means no session timer.
+                self.session_expires = session_interval(msg.session_expires);
                 self.arm_answered(now, cfg);
                 Step::Rearm
             }
@@ -321,6 +354,10 @@ impl Call {
                 match status {
                     200..=299 if self.refers[idx].no_notify || msg.refer_sub == Some(false) => {
                         Step::Transferred(self.refers.remove(idx))
+                    }
+                    200..=299 => {
+                        self.refers[idx].accepted = true;
+                        Step::Nothing
                     }
                     300..=699 => {
                         self.refers.remove(idx);
@@ -342,7 +379,13 @@ impl Call {
     ) -> Step {
         match status {
             100..=199 => {
-                if msg.to.tag.is_some() {
+                if let Some(tag) = &msg.to.tag {
+                    let h = tag_hash(tag);
+                    if !self.early.iter().any(|(e, _)| *e == h)
+                        && self.early.len() < MAX_EARLY_DIALOGS
+                    {
+                        self.early.push((h, false));
+                    }
                     self.info.to.tag.clone_from(&msg.to.tag);
                 }
                 if (status == 180 || status == 183) && self.info.ringing_at.is_none() {
@@ -360,9 +403,8 @@ impl Call {
                 self.answer_status = Some(status);
                 self.info.answered_at = Some(now);
                 self.info.to.tag.clone_from(&msg.to.tag);
-                if let Some(se) = msg.session_expires {
-                    self.session_expires = Some(Duration::from_secs(u64::from(se)));
-                }
+                // The 2xx carries the negotiated interval; none means no timer.
+                self.session_expires = session_interval(msg.session_expires);
                 self.arm_answered(now, cfg);
                 Step::Answered(AnsweredData {
                     sip_status: status,
@@ -370,6 +412,16 @@ impl Call {
                 })
             }
             _ => {
+                if self.fork_failed_while_others_live(msg) {
+                    // Another branch may still answer; a CANCEL's own deadline already
+                    // bounds the wait, otherwise the challenge window does.
+                    if !matches!(self.phase, Phase::Cancelling { .. } | Phase::Failing { .. }) {
+                        self.phase = Phase::Failing { status, at: now };
+                        self.deadline = now.plus(cfg.challenge_window);
+                        return Step::Rearm;
+                    }
+                    return Step::Nothing;
+                }
                 if let Phase::Cancelling { .. } = self.phase {
                     return Step::End(End::new(
                         Disposition::Cancelled,
@@ -382,6 +434,7 @@ impl Call {
                     if let Phase::Challenged { .. } = self.phase {
                         return Step::Nothing; // a second copy from another fork
                     }
+                    self.early.clear(); // the retry starts new branches
                     self.phase = Phase::Challenged { status, at: now };
                     self.deadline = now.plus(cfg.challenge_window);
                     return Step::Rearm;
@@ -397,9 +450,38 @@ impl Call {
         }
     }
 
+    /// Records a fork's failure; true when another early dialog is still alive.
+    fn fork_failed_while_others_live(&mut self, msg: &SipMessage) -> bool {
+        let Some(tag) = &msg.to.tag else {
+            return false;
+        };
+        let h = tag_hash(tag);
+        if let Some(entry) = self.early.iter_mut().find(|(e, _)| *e == h) {
+            entry.1 = true;
+        } else if self.early.len() < MAX_EARLY_DIALOGS {
+            self.early.push((h, true));
+        }
+        self.early.iter().any(|(e, failed)| *e != h && !failed)
+    }
+
     /// The call's deadline passed: which timer it was decides the outcome.
     pub(super) fn on_deadline(&self) -> End {
         match self.phase {
+            Phase::Failing { status, at } => {
+                let disposition = Disposition::for_status(status);
+                let ended_by = if disposition == Disposition::Cancelled {
+                    EndedBy::Caller
+                } else {
+                    EndedBy::Callee
+                };
+                End::timer(
+                    disposition,
+                    Some(status),
+                    "no_answer_from_other_forks",
+                    ended_by,
+                    Some(at),
+                )
+            }
             Phase::Proceeding => End::timer(
                 Disposition::NoAnswer,
                 None,

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::dialog::{Call, End, Phase, ReplacingInvite, SEEN, Step};
+use super::dialog::{Call, End, PendingRefer, Phase, ReplacingInvite, SEEN, Step};
 use super::event::{
     CallInfo, CallSnapshot, CompletedData, Event, EventData, InitiatedData, Signaling, Timestamp,
     TransferKind, TransferredData, Transport, stable_id,
@@ -152,6 +152,7 @@ impl Tracker {
                 answer_status: snap.info.answered_at.map(|_| 200),
                 refers: Vec::new(),
                 replacing: None,
+                early: Vec::new(),
                 seen: [0; SEEN],
                 seen_next: 0,
                 info: snap.info,
@@ -296,13 +297,13 @@ impl Tracker {
             invite_cseq: msg.cseq,
             seq: 0,
             deadline: now.plus(self.cfg.invite_timeout),
-            session_expires: msg
-                .session_expires
-                .map(|s| Duration::from_secs(u64::from(s))),
+            // Only the 2xx says whether a session timer applies (RFC 4028 §7.2).
+            session_expires: None,
             session_limited: false,
             answer_status: None,
             refers: Vec::new(),
             replacing,
+            early: Vec::new(),
             seen: [0; SEEN],
             seen_next: 0,
             armed: None,
@@ -367,29 +368,12 @@ impl Tracker {
                 Ok(())
             }
             Step::Transferred(refer) => {
-                let replaced_call_id = refer
-                    .replaces
-                    .as_ref()
-                    .and_then(|r| self.known_call_id(&r.call_id, &r.to_tag, &r.from_tag));
-                if let Some(Slot::Live(call)) = self.calls.get_mut(key) {
-                    let data = TransferredData {
-                        kind: if refer.replaces.is_some() {
-                            TransferKind::Attended
-                        } else {
-                            TransferKind::Blind
-                        },
-                        target: refer.target,
-                        referred_by: refer.referred_by,
-                        replaced_call_id,
-                        replaced_sip_call_id: refer.replaces.map(|r| r.call_id),
-                    };
-                    let disc = format!(
-                        "refer:{}:{}",
-                        refer.from_tag.as_deref().unwrap_or(""),
-                        refer.cseq
-                    );
-                    out.push(call.event(EventData::Transferred(data), now, &disc));
-                }
+                self.transferred(key, refer, now, out);
+                Ok(())
+            }
+            Step::TransferredThenEnd(refer, end) => {
+                self.transferred(key, refer, now, out);
+                self.complete(key, end, now, out);
                 Ok(())
             }
             Step::End(end) => {
@@ -397,6 +381,39 @@ impl Tracker {
                 Ok(())
             }
         }
+    }
+
+    fn transferred(
+        &mut self,
+        key: &str,
+        refer: PendingRefer,
+        now: Timestamp,
+        out: &mut Vec<Event>,
+    ) {
+        let replaced_call_id = refer
+            .replaces
+            .as_ref()
+            .and_then(|r| self.known_call_id(&r.call_id, &r.to_tag, &r.from_tag));
+        let Some(Slot::Live(call)) = self.calls.get_mut(key) else {
+            return;
+        };
+        let data = TransferredData {
+            kind: if refer.replaces.is_some() {
+                TransferKind::Attended
+            } else {
+                TransferKind::Blind
+            },
+            target: refer.target,
+            referred_by: refer.referred_by,
+            replaced_call_id,
+            replaced_sip_call_id: refer.replaces.map(|r| r.call_id),
+        };
+        let disc = format!(
+            "refer:{}:{}",
+            refer.from_tag.as_deref().unwrap_or(""),
+            refer.cseq
+        );
+        out.push(call.event(EventData::Transferred(data), now, &disc));
     }
 
     /// Moves the call's timer to its current deadline.

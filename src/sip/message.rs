@@ -142,6 +142,8 @@ pub struct SipMessage {
     pub stir_shaken: Option<StirShaken>,
     /// Event package of a NOTIFY, lower-cased, without parameters.
     pub event_package: Option<String>,
+    /// `id` parameter of the Event header (for `refer`, the REFER's CSeq).
+    pub event_id: Option<String>,
     /// `Refer-Sub: false` (RFC 4488) means no NOTIFY will follow the 202.
     pub refer_sub: Option<bool>,
     /// Status code inside a message/sipfrag body (NOTIFY for REFER).
@@ -306,6 +308,7 @@ impl View {
         let mut user_agent = None;
         let mut stir_shaken = None;
         let mut event_package = None;
+        let mut event_id = None;
         let mut refer_sub = None;
         let mut content_type: Option<String> = None;
 
@@ -348,6 +351,9 @@ impl View {
                     content_type.get_or_insert_with(|| value.to_ascii_lowercase());
                 }
                 rsip::Header::Event(_) => {
+                    if event_id.is_none() {
+                        event_id = super::addr::param(value, "id").map(str::to_owned);
+                    }
                     event_package.get_or_insert_with(|| {
                         let package = value.split(';').next().unwrap_or("");
                         package.trim().to_ascii_lowercase()
@@ -404,6 +410,7 @@ impl View {
             user_agent,
             stir_shaken,
             event_package,
+            event_id,
             refer_sub,
             sipfrag_status,
             has_sdp,
