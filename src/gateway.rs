@@ -184,7 +184,7 @@ async fn run_tracker(
                             .with_label_values(&["table_full"])
                             .inc();
                         if let Some(suppressed) = full_log.allow() {
-                            tracing::warn!(call_id = %msg.call_id, suppressed, "call table full (sip.max_active_calls): new call not tracked");
+                            tracing::warn!(call_id = %msg.call_id.chars().take(64).filter(|c| !c.is_control()).collect::<String>(), suppressed, "call table full (sip.max_active_calls): new call not tracked");
                         }
                     }
                 }

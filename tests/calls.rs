@@ -25,7 +25,14 @@ fn assert_call_basics(events: &[Value], call: &CallSpec) {
 async fn answered_call_has_exact_durations() {
     let mut h = Harness::start().await;
     let call = CallSpec::new("answered-1");
-    h.send_all(&call.answered_flow()).await;
+    let flow = call.answered_flow();
+    // Real gaps between ringing, answer and hang-up, so each duration is measurable
+    // (the sleeps shape the call; nothing waits on them for synchronisation).
+    h.send_all(&flow[..3]).await;
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    h.send_all(&flow[3..5]).await;
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    h.send_all(&flow[5..]).await;
     let ev = h.events(4).await;
     assert_eq!(
         types(&ev),
@@ -76,6 +83,12 @@ async fn answered_call_has_exact_durations() {
     assert_eq!(ms(&ev[2]["timestamp"]), answered);
     assert_eq!(ms(&done["timestamp"]), ended);
     assert_eq!(ev[2]["data"]["ring_ms"], json!(answered - started));
+    assert!(
+        answered - ringing >= 40 && ended - answered >= 60,
+        "ring {} talk {}",
+        answered - ringing,
+        ended - answered
+    );
     assert_eq!(c["to"]["tag"], "callee");
     assert_eq!(
         done["data"],

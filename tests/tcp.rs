@@ -134,6 +134,7 @@ async fn garbage_and_missing_content_length_close_the_connection() {
         ),
         1.0
     );
+    a_valid_call_still_works(&mut h, "tcp-after-garbage-1").await;
 
     let mut s = h.tcp().await;
     s.write_all(b"BYE sip:a@b SIP/2.0\r\nCall-ID: x\r\nContent-Length: twelve\r\n\r\n")
@@ -147,6 +148,7 @@ async fn garbage_and_missing_content_length_close_the_connection() {
         ),
         1.0
     );
+    a_valid_call_still_works(&mut h, "tcp-after-garbage-2").await;
 
     // Framed but unparseable: counted, and the connection stays usable.
     let mut s = h.tcp().await;

@@ -105,6 +105,9 @@ pub struct Tracker {
     timers: BTreeMap<TimerKey, Arc<str>>,
     next_timer: u64,
     live: usize,
+    /// Tombstones held; capped at `max_active_calls` so a flood of short calls
+    /// cannot grow the table past twice its bound.
+    ended: usize,
 }
 
 impl Tracker {
@@ -116,6 +119,7 @@ impl Tracker {
             timers: BTreeMap::new(),
             next_timer: 0,
             live: 0,
+            ended: 0,
         }
     }
 
@@ -226,6 +230,7 @@ impl Tracker {
             match self.calls.get_mut(&key) {
                 Some(Slot::Ended) => {
                     self.calls.remove(&key);
+                    self.ended -= 1;
                 }
                 Some(Slot::Live(call)) => {
                     call.armed = None;
@@ -468,9 +473,12 @@ impl Tracker {
         };
         out.push(call.event(EventData::Completed(data), ended_at, ""));
         self.live -= 1;
-        let purge_at = at.plus(self.cfg.challenge_window);
-        self.add_timer(purge_at, k.clone());
-        self.calls.insert(k, Slot::Ended);
+        if self.ended < self.cfg.max_active_calls {
+            let purge_at = at.plus(self.cfg.challenge_window);
+            self.add_timer(purge_at, k.clone());
+            self.calls.insert(k, Slot::Ended);
+            self.ended += 1;
+        }
     }
 }
 

@@ -41,6 +41,9 @@ pub struct Framer {
     max: usize,
     /// Bytes of `buf` already searched for the end of the header section.
     scanned: usize,
+    /// Total length of the message at the front, once its headers are complete:
+    /// a body trickling in does not make us re-read the headers.
+    pending_total: Option<usize>,
 }
 
 impl Framer {
@@ -50,6 +53,7 @@ impl Framer {
             buf: BytesMut::with_capacity(4096),
             max: max_message_bytes,
             scanned: 0,
+            pending_total: None,
         }
     }
 
@@ -74,21 +78,29 @@ impl Framer {
         if self.buf.is_empty() {
             return Ok(None);
         }
-        let Some(head_end) = self.find_header_end() else {
-            if self.buf.len() > self.max {
-                return Err(FrameError::TooLarge);
+        let total = match self.pending_total {
+            Some(t) => t,
+            None => {
+                let Some(head_end) = self.find_header_end() else {
+                    if self.buf.len() > self.max {
+                        return Err(FrameError::TooLarge);
+                    }
+                    return Ok(None);
+                };
+                let body_len = content_length(&self.buf[..head_end])?;
+                let total = head_end.checked_add(body_len).ok_or(FrameError::TooLarge)?;
+                if total > self.max {
+                    return Err(FrameError::TooLarge);
+                }
+                self.pending_total = Some(total);
+                total
             }
-            return Ok(None);
         };
-        let body_len = content_length(&self.buf[..head_end])?;
-        let total = head_end.checked_add(body_len).ok_or(FrameError::TooLarge)?;
-        if total > self.max {
-            return Err(FrameError::TooLarge);
-        }
         if self.buf.len() < total {
             return Ok(None);
         }
         self.scanned = 0;
+        self.pending_total = None;
         Ok(Some(self.buf.split_to(total).freeze()))
     }
 

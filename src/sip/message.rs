@@ -186,6 +186,10 @@ pub enum ParseError {
     /// Larger than `max_message_bytes`.
     #[error("message too large")]
     TooLarge,
+    /// A field the tracker keeps per call is longer than any real stack sends;
+    /// refusing it bounds the memory a hostile peer can pin per call.
+    #[error("{0} too long")]
+    TooLong(&'static str),
 }
 
 impl ParseError {
@@ -202,6 +206,7 @@ impl ParseError {
             ParseError::MissingHeader("CSeq") => "missing_cseq",
             ParseError::MissingHeader(_) => "missing_header",
             ParseError::TooLarge => "too_large",
+            ParseError::TooLong(_) => "field_too_long",
         }
     }
 }
@@ -385,6 +390,7 @@ impl View {
         let from = from.flatten().ok_or(ParseError::MissingHeader("From"))?;
         let to = to.flatten().ok_or(ParseError::MissingHeader("To"))?;
         let (cseq, cseq_method) = cseq.flatten().ok_or(ParseError::MissingHeader("CSeq"))?;
+        check_lengths(&start, &call_id, &from, &to)?;
         let is_sdp = |ct: &str| ct.starts_with("application/sdp");
         let has_sdp = !body.is_empty() && content_type.as_deref().is_some_and(is_sdp);
         let sipfrag_status = content_type
@@ -406,8 +412,8 @@ impl View {
             replaces,
             p_asserted_identity: pai,
             session_expires,
-            correlation_id: correlation.map(|(_, v)| v),
-            user_agent,
+            correlation_id: correlation.map(|(_, v)| clip(v)),
+            user_agent: user_agent.map(clip),
             stir_shaken,
             event_package,
             event_id,
@@ -416,6 +422,56 @@ impl View {
             has_sdp,
         })
     }
+}
+
+/// Longest Call-ID, tag, URI and display name kept per call.
+const MAX_CALL_ID: usize = 256;
+const MAX_TAG: usize = 128;
+const MAX_URI: usize = 1024;
+const MAX_TEXT: usize = 256;
+
+fn check_lengths(
+    start: &StartLine,
+    call_id: &str,
+    from: &NameAddr,
+    to: &NameAddr,
+) -> Result<(), ParseError> {
+    if call_id.len() > MAX_CALL_ID {
+        return Err(ParseError::TooLong("Call-ID"));
+    }
+    if let StartLine::Request { uri, .. } = start
+        && uri.len() > MAX_URI
+    {
+        return Err(ParseError::TooLong("Request-URI"));
+    }
+    for party in [from, to] {
+        if party.uri.len() > MAX_URI {
+            return Err(ParseError::TooLong("URI"));
+        }
+        if party.tag.as_ref().is_some_and(|t| t.len() > MAX_TAG) {
+            return Err(ParseError::TooLong("tag"));
+        }
+        if party
+            .display_name
+            .as_ref()
+            .is_some_and(|d| d.len() > MAX_TEXT)
+        {
+            return Err(ParseError::TooLong("display name"));
+        }
+    }
+    Ok(())
+}
+
+/// Keeps at most `MAX_TEXT` bytes of a free-text value (on a char boundary).
+fn clip(mut s: String) -> String {
+    if s.len() > MAX_TEXT {
+        let mut end = MAX_TEXT;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
 }
 
 /// Headers rsip does not type, which arrive as `Header::Other`.
@@ -579,10 +635,33 @@ l: 4\r\n\r\nv=0\r\ntrailing";
     }
 
     #[test]
+    fn oversized_identifiers_are_refused_and_free_text_is_clipped() {
+        let base = "INVITE sip:b@h SIP/2.0\r\nCall-ID: CID\r\nFrom: <sip:a@h>;tag=TAG\r\nTo: <sip:b@h>\r\nCSeq: 1 INVITE\r\nUser-Agent: UA\r\n\r\n";
+        let msg = |cid: &str, tag: &str, ua: &str| {
+            base.replace("CID", cid)
+                .replace("TAG", tag)
+                .replace("UA", ua)
+        };
+        let long = "x".repeat(300);
+        assert_eq!(
+            parse(msg(&long, "t", "ua").as_bytes(), &opts()),
+            Err(ParseError::TooLong("Call-ID"))
+        );
+        assert_eq!(
+            parse(msg("c", &long, "ua").as_bytes(), &opts()),
+            Err(ParseError::TooLong("tag"))
+        );
+        let m = parse(msg("c", "t", &"é".repeat(200)).as_bytes(), &opts()).unwrap();
+        assert_eq!(m.user_agent.unwrap().len(), 256);
+        assert_eq!(ParseError::TooLong("tag").reason(), "field_too_long");
+    }
+
+    #[test]
     fn notify_sipfrag_and_reason() {
         let raw = "NOTIFY sip:a@h SIP/2.0\r\nCall-ID: n\r\nFrom: <sip:b@h>;tag=2\r\nTo: <sip:a@h>;tag=1\r\nCSeq: 5 NOTIFY\r\no: refer;id=3\r\nReason: Q.850;cause=16\r\nContent-Type: message/sipfrag;version=2.0\r\nContent-Length: 16\r\n\r\nSIP/2.0 200 OK\r\n";
         let m = parse(raw.as_bytes(), &opts()).unwrap();
         assert_eq!(m.event_package.as_deref(), Some("refer"));
+        assert_eq!(m.event_id.as_deref(), Some("3"));
         assert_eq!(m.sipfrag_status, Some(200));
         assert_eq!(m.reason.unwrap().q850_cause, Some(16));
     }
