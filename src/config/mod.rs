@@ -134,26 +134,43 @@ impl Config {
     /// Validates configuration text; every problem found is reported.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
-        let de = toml::Deserializer::parse(text).map_err(|e| {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             ConfigError::Invalid(vec![Problem {
                 path: String::new(),
                 message: format!("invalid TOML: {}", e.message()),
             }])
         })?;
+        // serde stops at the first value of the wrong type: report it, drop that
+        // value (its default applies), and go again, so every such problem shows.
         let mut unknown = Vec::new();
-        let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(format_path(&path));
-        let ignored = serde_ignored::Deserializer::new(de, &mut on_unknown);
-        let parsed: Result<RawConfig, _> = serde_path_to_error::deserialize(ignored);
-        let raw = match parsed {
-            Ok(raw) => raw,
-            Err(e) => {
-                let path = e.path().to_string();
-                let message = e.into_inner().message().to_owned();
-                return Err(ConfigError::Invalid(vec![Problem {
-                    path: if path == "." { String::new() } else { path },
-                    message,
-                }]));
+        let mut raw = None;
+        for _ in 0..MAX_TYPE_ERRORS {
+            unknown.clear();
+            let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(format_path(&path));
+            let ignored = serde_ignored::Deserializer::new(
+                toml::Value::Table(table.clone()),
+                &mut on_unknown,
+            );
+            let parsed: Result<RawConfig, _> = serde_path_to_error::deserialize(ignored);
+            match parsed {
+                Ok(r) => {
+                    raw = Some(r);
+                    break;
+                }
+                Err(e) => {
+                    let path = e.path().clone();
+                    problems.push(Problem {
+                        path: display_path(&path),
+                        message: e.into_inner().message().to_owned(),
+                    });
+                    if !remove_at(&mut table, &path) {
+                        break;
+                    }
+                }
             }
+        }
+        let Some(raw) = raw else {
+            return Err(ConfigError::Invalid(problems));
         };
         unknown.sort();
         for key in unknown {
@@ -168,6 +185,72 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(problems))
         }
+    }
+}
+
+/// Type errors reported before giving up on a file.
+const MAX_TYPE_ERRORS: usize = 64;
+
+/// `sip.udp[0]` rather than serde_path_to_error's `sip.udp[0]`-ish default forms.
+fn display_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+/// Removes the value at `path`; false when there is nothing to remove.
+fn remove_at(table: &mut toml::Table, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let mut segs: Vec<&Segment> = path.iter().collect();
+    // A bad element takes its whole list with it: removing just the element would
+    // shift the indexes that later problems report.
+    while matches!(segs.last(), Some(Segment::Seq { .. })) {
+        segs.pop();
+    }
+    let Some((last, parents)) = segs.split_last() else {
+        return false;
+    };
+    let mut cur: &mut toml::Value = match parents.first() {
+        Some(Segment::Map { key }) => match table.get_mut(key) {
+            Some(v) => v,
+            None => return false,
+        },
+        None => {
+            return match last {
+                Segment::Map { key } => table.remove(key).is_some(),
+                _ => false,
+            };
+        }
+        _ => return false,
+    };
+    for seg in &parents[1..] {
+        cur = match (seg, cur) {
+            (Segment::Map { key }, toml::Value::Table(t)) => match t.get_mut(key) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Segment::Seq { index }, toml::Value::Array(a)) => match a.get_mut(*index) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, cur) {
+        (Segment::Map { key }, toml::Value::Table(t)) => t.remove(key).is_some(),
+        _ => false,
     }
 }
 
@@ -478,10 +561,20 @@ mod tests {
 
     #[test]
     fn type_errors_name_the_key() {
-        let got = problems("[sip]\nmax_tcp_connections = \"many\"\n");
-        assert_eq!(got.len(), 1);
+        let got = problems("[sip]\nmax_tcp_connections = \"many\"\nudp = [\"x\", 5]\ncolour = 1\n");
+        assert_eq!(got.len(), 3, "{got:?}");
         assert!(
-            got[0].starts_with("sip.max_tcp_connections: invalid type"),
+            got.iter()
+                .any(|p| p.starts_with("sip.max_tcp_connections: invalid type")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|p| p.starts_with("sip.udp[1]: invalid type")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter().any(|p| p == "sip.colour: unknown key"),
             "{got:?}"
         );
         let got = problems("[sip\n");
