@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use common::{CallSpec, Harness};
 
 /// Datagrams sent before waiting for siphook to have read them all; keeps the
@@ -46,27 +44,7 @@ async fn ten_thousand_parallel_calls_complete_exactly_once() {
                 .await;
         }
     }
-    let mut per_call: HashMap<String, Vec<String>> = HashMap::new();
-    for _ in 0..CALLS * 4 {
-        let e = h.next_event().await;
-        per_call
-            .entry(e["call"]["sip_call_id"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(e["type"].as_str().unwrap().to_owned());
-    }
-    assert_eq!(per_call.len(), CALLS);
-    for (id, types) in &per_call {
-        assert_eq!(
-            types,
-            &[
-                "call.initiated",
-                "call.ringing",
-                "call.answered",
-                "call.completed"
-            ],
-            "{id}"
-        );
-    }
+    h.expect_answered_calls(CALLS).await;
     assert!(h.barrier().await.is_empty());
     assert_eq!(
         h.metric("siphook_calls_total", &[("disposition", "answered")]),

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::Stdio;
 
 use common::{DEADLINE, Harness};
@@ -75,29 +74,9 @@ async fn play(h: &mut Harness, transport: &str, calls: usize) {
         .expect("sipp finishes")
         .unwrap();
     assert!(status.success(), "sipp failed: {status}");
-    let mut per_call: HashMap<String, Vec<String>> = HashMap::new();
-    for _ in 0..calls * 4 {
-        let e = h.next_event().await;
-        assert_eq!(
-            e["call"]["signaling"]["transport"],
-            if transport == "t1" { "tcp" } else { "udp" }
-        );
-        per_call
-            .entry(e["call"]["sip_call_id"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(e["type"].as_str().unwrap().to_owned());
-    }
-    assert_eq!(per_call.len(), calls);
-    for types in per_call.values() {
-        assert_eq!(
-            types,
-            &[
-                "call.initiated",
-                "call.ringing",
-                "call.answered",
-                "call.completed"
-            ]
-        );
+    let transport = if transport == "t1" { "tcp" } else { "udp" };
+    for e in h.expect_answered_calls(calls).await {
+        assert_eq!(e["call"]["signaling"]["transport"], transport);
     }
     assert!(h.barrier().await.is_empty());
 }

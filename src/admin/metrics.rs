@@ -52,31 +52,37 @@ pub struct Metrics {
     pub endpoint_state: IntGaugeVec,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+/// Registers a metric whose name and labels are static, so it cannot fail at run time.
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    name: &str,
+    metric: prometheus::Result<M>,
+) -> M {
+    let m = metric.unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
     registry
-        .register(Box::new(c.clone()))
+        .register(Box::new(m.clone()))
         .unwrap_or_else(|e| unreachable!("metric {name} registered twice: {e}"));
-    c
+    m
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        registry,
+        name,
+        IntCounterVec::new(Opts::new(name, help), labels),
+    )
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help)
-        .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
-    registry
-        .register(Box::new(g.clone()))
-        .unwrap_or_else(|e| unreachable!("metric {name} registered twice: {e}"));
-    g
+    register(registry, name, IntGauge::new(name, help))
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
-    registry
-        .register(Box::new(g.clone()))
-        .unwrap_or_else(|e| unreachable!("metric {name} registered twice: {e}"));
-    g
+    register(
+        registry,
+        name,
+        IntGaugeVec::new(Opts::new(name, help), labels),
+    )
 }
 
 /// Buckets from 0.5 ms to 60 s: commits, attempts and SIP-to-2xx latency all fit.
@@ -86,15 +92,8 @@ const BUCKETS: &[f64] = &[
 ];
 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    let h = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
-        labels,
-    )
-    .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
-    registry
-        .register(Box::new(h.clone()))
-        .unwrap_or_else(|e| unreachable!("metric {name} registered twice: {e}"));
-    h
+    let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
+    register(registry, name, HistogramVec::new(opts, labels))
 }
 
 impl Metrics {

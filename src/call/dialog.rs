@@ -85,6 +85,18 @@ fn session_interval(se: Option<u32>) -> Option<Duration> {
     se.map(|s| Duration::from_secs(u64::from(s.max(MIN_SESSION_EXPIRES))))
 }
 
+/// What a final failure status means, and whose doing it was: a 487 answers the
+/// caller's CANCEL, anything else is the callee's side refusing.
+fn failure_outcome(status: u16) -> (Disposition, EndedBy) {
+    let disposition = Disposition::for_status(status);
+    let ended_by = if disposition == Disposition::Cancelled {
+        EndedBy::Caller
+    } else {
+        EndedBy::Callee
+    };
+    (disposition, ended_by)
+}
+
 fn tag_hash(tag: &str) -> u64 {
     let mut h = DefaultHasher::new();
     tag.hash(&mut h);
@@ -439,12 +451,7 @@ impl Call {
                     self.deadline = now.plus(cfg.challenge_window);
                     return Step::Rearm;
                 }
-                let disposition = Disposition::for_status(status);
-                let ended_by = if disposition == Disposition::Cancelled {
-                    EndedBy::Caller
-                } else {
-                    EndedBy::Callee
-                };
+                let (disposition, ended_by) = failure_outcome(status);
                 Step::End(End::new(disposition, Some(status), ended_by, Some(msg)))
             }
         }
@@ -468,12 +475,7 @@ impl Call {
     pub(super) fn on_deadline(&self) -> End {
         match self.phase {
             Phase::Failing { status, at } => {
-                let disposition = Disposition::for_status(status);
-                let ended_by = if disposition == Disposition::Cancelled {
-                    EndedBy::Caller
-                } else {
-                    EndedBy::Callee
-                };
+                let (disposition, ended_by) = failure_outcome(status);
                 End::timer(
                     disposition,
                     Some(status),

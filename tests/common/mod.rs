@@ -128,6 +128,42 @@ impl Harness {
         v
     }
 
+    /// Takes `calls` complete answered calls' worth of events (4 each) and asserts
+    /// every call got exactly initiated, ringing, answered, completed, in order.
+    /// Returns the events for further checks.
+    pub async fn expect_answered_calls(&mut self, calls: usize) -> Vec<Value> {
+        let mut per_call: std::collections::HashMap<String, Vec<String>> = Default::default();
+        let mut all = Vec::with_capacity(calls * 4);
+        for _ in 0..calls * 4 {
+            let e = self.next_event().await;
+            let call = e["call"]["sip_call_id"].as_str().unwrap().to_owned();
+            per_call
+                .entry(call)
+                .or_default()
+                .push(e["type"].as_str().unwrap().to_owned());
+            all.push(e);
+        }
+        assert_eq!(
+            per_call.len(),
+            calls,
+            "events of {} calls, wanted {calls}",
+            per_call.len()
+        );
+        for (id, t) in &per_call {
+            assert_eq!(
+                t,
+                &[
+                    "call.initiated",
+                    "call.ringing",
+                    "call.answered",
+                    "call.completed"
+                ],
+                "{id}"
+            );
+        }
+        all
+    }
+
     /// Sends a fresh INVITE on UDP and returns every event that arrived before its
     /// `call.initiated`. UDP messages from one socket are handled in order, so this
     /// proves what earlier messages did, and did not, emit.
