@@ -82,22 +82,8 @@ async fn dead_letters_can_be_listed_and_replayed() {
     }))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let target = format!("127.0.0.1:{port}");
-    let config = dir.path().join("siphook.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[sip]\nudp = [\"{target}\"]\ntcp = []\n[outbox]\npath = \"{}\"\n[[endpoints]]\nname = \"crm\"\nurl = \"{}\"\nallow_http = true\nevents = [\"call.initiated\"]\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n",
-            dir.path().join("outbox").display(),
-            rx.url()
-        ),
-    )
-    .unwrap();
+    let (config, target) =
+        common::binary_config(dir.path(), &rx.url(), "events = [\"call.initiated\"]");
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let call = CallSpec::new("cli-dead-1");
     let first_id = run_until(&config, async {

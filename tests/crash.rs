@@ -84,22 +84,11 @@ async fn sigkill_loses_no_committed_event_and_calls_survive_the_restart() {
     }))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let target = format!("127.0.0.1:{port}");
-    let config = dir.path().join("siphook.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[sip]\nudp = [\"{target}\"]\ntcp = []\n[outbox]\npath = \"{}\"\n[[endpoints]]\nname = \"crm\"\nurl = \"{}\"\nallow_http = true\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\nmax_in_flight = 2\nretry_schedule = [\"0s\", \"50ms\", \"50ms\", \"50ms\", \"50ms\"]\n",
-            dir.path().join("outbox").display(),
-            rx.url()
-        ),
-    )
-    .unwrap();
+    let (config, target) = common::binary_config(
+        dir.path(),
+        &rx.url(),
+        "max_in_flight = 2\nretry_schedule = [\"0s\", \"50ms\", \"50ms\", \"50ms\", \"50ms\"]",
+    );
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let calls: Vec<CallSpec> = (0..CALLS)
         .map(|i| CallSpec::new(&format!("crash-{i}")))

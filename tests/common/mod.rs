@@ -241,6 +241,29 @@ pub fn metric_value(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> f
     total
 }
 
+/// Writes a config for running the real binary: SIP on a free loopback UDP port,
+/// the outbox in `dir`, one endpoint `crm` posting to `url` with `extra` keys.
+/// Returns the config path and the SIP address.
+pub fn binary_config(
+    dir: &std::path::Path,
+    url: &str,
+    extra: &str,
+) -> (std::path::PathBuf, String) {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = format!("127.0.0.1:{port}");
+    let config = dir.join("siphook.toml");
+    let text = format!(
+        "[sip]\nudp = [\"{target}\"]\ntcp = []\n[outbox]\npath = \"{}\"\n[[endpoints]]\nname = \"crm\"\nurl = \"{url}\"\nallow_http = true\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n{extra}\n",
+        dir.join("outbox").display()
+    );
+    std::fs::write(&config, text).unwrap();
+    (config, target)
+}
+
 /// Event types of a list, in order.
 pub fn types(events: &[Value]) -> Vec<&str> {
     events.iter().map(|e| e["type"].as_str().unwrap()).collect()
