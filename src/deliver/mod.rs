@@ -64,6 +64,18 @@ impl Delivery {
         echo: Option<crate::outbox::writer::Echo>,
         metrics: Metrics,
     ) -> Result<Delivery, DeliveryError> {
+        // Deliveries kept for an endpoint that was removed or renamed wait, with
+        // their events, until it is configured again: say so rather than hide it.
+        match outbox.pending_by_endpoint() {
+            Ok(by_name) => {
+                for (name, n) in by_name {
+                    if !config.endpoints.iter().any(|e| e.name == name) {
+                        tracing::warn!(endpoint = %name, pending = n, "pending deliveries for an endpoint that is not configured; they are kept until it is");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot scan pending deliveries"),
+        }
         let shutdown = CancellationToken::new();
         let mut dispatchers = JoinSet::new();
         let mut senders = HashMap::new();

@@ -261,6 +261,20 @@ impl Outbox {
         Ok(v.map(|v| serde_json::from_slice(&v).unwrap_or_default()))
     }
 
+    /// Pending deliveries per endpoint name, for every name in the store
+    /// (including endpoints no longer configured).
+    pub fn pending_by_endpoint(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, usize>, OutboxError> {
+        let mut out = std::collections::BTreeMap::new();
+        for k in self.pending.iter().keys() {
+            let k = k?;
+            let name = String::from_utf8_lossy(&k[..k.len().saturating_sub(9)]).into_owned();
+            *out.entry(name).or_insert(0) += 1;
+        }
+        Ok(out)
+    }
+
     /// Number of pending deliveries of an endpoint.
     pub fn pending_count(&self, endpoint: &str) -> usize {
         self.pending.scan_prefix(prefix(endpoint)).count()
