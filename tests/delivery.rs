@@ -477,3 +477,21 @@ async fn a_full_outbox_refuses_and_counts_instead_of_growing() {
     // Growth stops near the limit: one group commit past it at most.
     assert!(size < 4 << 20, "outbox grew to {size} bytes");
 }
+
+#[tokio::test]
+async fn the_first_schedule_entry_delays_the_first_attempt() {
+    let mut rx = Receiver::ok().await;
+    let text = endpoint(&rx, "events = [\"call.initiated\"]").replace(
+        "retry_schedule = [\"0s\", \"20ms\", \"20ms\", \"20ms\"]",
+        "retry_schedule = [\"300ms\"]",
+    );
+    let (h, _d, _dir) = start(&text).await;
+    let sent = std::time::Instant::now();
+    h.send(&CallSpec::new("delay-1").invite(1)).await;
+    let req = rx.next().await;
+    assert!(
+        req.at.duration_since(sent) >= Duration::from_millis(300),
+        "{:?}",
+        req.at.duration_since(sent)
+    );
+}

@@ -74,7 +74,12 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             c = rx.recv() => match c {
-                Some(c) => d.enqueue(c.offset, c.call_key, DeliveryState { next_at_ms: now_ms(), ..Default::default() }),
+                Some(c) => {
+                    // The schedule's first entry is the delay before the first attempt.
+                    let first = d.ep.retry_schedule.first().copied().unwrap_or_default();
+                    let next_at_ms = now_ms() + i64::try_from(first.as_millis()).unwrap_or(i64::MAX / 2);
+                    d.enqueue(c.offset, c.call_key, DeliveryState { next_at_ms, ..Default::default() });
+                }
                 None => break,
             },
             Some(done) = d.in_flight.join_next(), if !d.in_flight.is_empty() => {
