@@ -26,11 +26,20 @@ async fn run(label: &str, n: usize, gap: Option<Duration>) {
     let metrics = Metrics::new();
     let mut gw = Gateway::start(&config, metrics.clone()).await.unwrap();
     let events = std::mem::replace(&mut gw.events, tokio::sync::mpsc::channel(1).1);
-    let _d = Delivery::start(&config, open_outbox(&config).unwrap(), events, None, metrics.clone()).unwrap();
+    let _d = Delivery::start(
+        &config,
+        open_outbox(&config).unwrap(),
+        events,
+        None,
+        metrics.clone(),
+    )
+    .unwrap();
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let started = Instant::now();
     for i in 0..n {
-        sock.send_to(invite(i).as_bytes(), gw.udp_addrs[0]).await.unwrap();
+        sock.send_to(invite(i).as_bytes(), gw.udp_addrs[0])
+            .await
+            .unwrap();
         match gap {
             Some(g) => tokio::time::sleep(g).await,
             // Pace bursts to the kernel's socket buffer, not to siphook.
@@ -54,5 +63,10 @@ async fn run(label: &str, n: usize, gap: Option<Duration>) {
 #[tokio::main]
 async fn main() {
     run("burst of 5000 INVITEs", 5000, None).await;
-    run("200 INVITEs, 5 ms apart", 200, Some(Duration::from_millis(5))).await;
+    run(
+        "200 INVITEs, 5 ms apart",
+        200,
+        Some(Duration::from_millis(5)),
+    )
+    .await;
 }

@@ -74,12 +74,7 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             c = rx.recv() => match c {
-                Some(c) => {
-                    // The schedule's first entry is the delay before the first attempt.
-                    let first = d.ep.retry_schedule.first().copied().unwrap_or_default();
-                    let next_at_ms = now_ms() + i64::try_from(first.as_millis()).unwrap_or(i64::MAX / 2);
-                    d.enqueue(c.offset, c.call_key, DeliveryState { next_at_ms, ..Default::default() });
-                }
+                Some(c) => d.enqueue(c.offset, c.call_key, DeliveryState { next_at_ms: now_ms(), ..Default::default() }),
                 None => break,
             },
             Some(done) = d.in_flight.join_next(), if !d.in_flight.is_empty() => {
@@ -164,12 +159,12 @@ impl Dispatcher {
         q.push_back(offset);
         self.pending += 1;
         if q.len() == 1 {
-            self.ready.insert((state.next_at_ms, offset, call_key));
+            let at = self.due_at(&state);
+            self.ready.insert((at, offset, call_key));
             self.heads.insert(offset, state);
-        } else {
-            // Not a head yet; its stored state is read again when it becomes one.
-            self.heads.remove(&offset);
         }
+        // A queued event that is not the head waits; its stored state is read
+        // again when it becomes one.
         self.publish_counts();
     }
 
@@ -269,6 +264,9 @@ impl Dispatcher {
     fn next_wake(&self) -> Option<Duration> {
         if self.paused || self.in_flight.len() >= self.ep.max_in_flight {
             return None;
+        }
+        if self.state() == EndpointState::CircuitOpen && !self.in_flight.is_empty() {
+            return None; // the probe's answer, not a timer, decides what happens next
         }
         let &(at, _, _) = self.ready.first()?;
         let mut wait = Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0));
@@ -382,7 +380,7 @@ impl Dispatcher {
                     .ok()
                     .flatten()
                     .unwrap_or_default();
-                let at = state.next_at_ms.min(now_ms());
+                let at = self.due_at(&state);
                 self.ready.insert((at, next, call_key));
                 self.heads.insert(next, state);
             }
@@ -390,6 +388,16 @@ impl Dispatcher {
                 self.queues.remove(&call_key);
             }
         }
+    }
+
+    /// When a delivery may next be tried: a never-tried one waits the schedule's
+    /// first delay after its commit, a retried one until the time it recorded.
+    fn due_at(&self, state: &DeliveryState) -> i64 {
+        if state.attempts > 0 {
+            return state.next_at_ms;
+        }
+        let first = self.ep.retry_schedule.first().copied().unwrap_or_default();
+        state.next_at_ms + i64::try_from(first.as_millis()).unwrap_or(i64::MAX / 2)
     }
 
     /// ±20% so retries of many events do not arrive in lockstep.
