@@ -56,18 +56,25 @@ struct Attempted {
 }
 
 /// Runs the dispatcher until `shutdown`.
-pub async fn run(
+/// A dispatcher with its pending deliveries loaded. Load every endpoint before the
+/// outbox writer starts: a scan racing the writer could see unflushed events.
+pub fn prepare(
     ep: EndpointConfig,
     client: HttpClient,
     outbox: Arc<Outbox>,
-    mut rx: mpsc::UnboundedReceiver<Committed>,
     metrics: Metrics,
+) -> Result<Dispatcher, crate::outbox::OutboxError> {
+    let mut d = Dispatcher::new(Arc::new(ep), client, outbox, metrics);
+    d.load()?;
+    Ok(d)
+}
+
+/// Runs a prepared dispatcher until `shutdown`.
+pub async fn run(
+    mut d: Dispatcher,
+    mut rx: mpsc::UnboundedReceiver<Committed>,
     shutdown: CancellationToken,
 ) {
-    let mut d = Dispatcher::new(Arc::new(ep), client, outbox, metrics);
-    if let Err(e) = d.load() {
-        tracing::error!(endpoint = %d.ep.name, error = %e, "cannot load pending deliveries");
-    }
     loop {
         d.dispatch_due();
         let wake = d.next_wake();
@@ -87,7 +94,8 @@ pub async fn run(
     }
 }
 
-struct Dispatcher {
+/// One endpoint's delivery state (see the module docs).
+pub struct Dispatcher {
     ep: Arc<EndpointConfig>,
     client: HttpClient,
     outbox: Arc<Outbox>,
@@ -156,6 +164,9 @@ impl Dispatcher {
 
     fn enqueue(&mut self, offset: u64, call_key: u64, state: DeliveryState) {
         let q = self.queues.entry(call_key).or_default();
+        if q.contains(&offset) {
+            return; // already queued: a delivery must never run twice at once
+        }
         q.push_back(offset);
         self.pending += 1;
         if q.len() == 1 {

@@ -79,18 +79,21 @@ impl Delivery {
         let shutdown = CancellationToken::new();
         let mut dispatchers = JoinSet::new();
         let mut senders = HashMap::new();
+        let mut prepared = Vec::new();
         for ep in &config.endpoints {
             let client = client::HttpClient::new(ep)?;
+            let d = dispatch::prepare(ep.clone(), client, outbox.clone(), metrics.clone())
+                .map_err(|source| DeliveryError::Outbox {
+                    path: config.outbox.path.display().to_string(),
+                    source,
+                })?;
+            prepared.push((ep.name.clone(), d));
+        }
+        // Only now may the writer add events: every dispatcher has its backlog.
+        for (name, d) in prepared {
             let (tx, rx) = mpsc::unbounded_channel();
-            senders.insert(ep.name.clone(), tx);
-            dispatchers.spawn(dispatch::run(
-                ep.clone(),
-                client,
-                outbox.clone(),
-                rx,
-                metrics.clone(),
-                shutdown.clone(),
-            ));
+            senders.insert(name, tx);
+            dispatchers.spawn(dispatch::run(d, rx, shutdown.clone()));
         }
         let endpoints: Arc<[_]> = config.endpoints.clone().into();
         let writer = tokio::spawn(writer::run(

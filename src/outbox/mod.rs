@@ -18,6 +18,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
+use sled::Transactional;
 
 use crate::call::{CallSnapshot, Event, EventType};
 
@@ -90,11 +91,13 @@ pub struct Outbox {
     pending: sled::Tree,
     dead: sled::Tree,
     calls: sled::Tree,
+    meta: sled::Tree,
     next_offset: AtomicU64,
     max_bytes: u64,
 }
 
 const HEADER: usize = 2 + 8 + 4 + 8 + 1;
+const NEXT_OFFSET: &[u8] = b"next_offset";
 
 fn pending_key(endpoint: &str, offset: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(endpoint.len() + 9);
@@ -132,16 +135,25 @@ impl Outbox {
         let pending = db.open_tree("pending")?;
         let dead = db.open_tree("dead")?;
         let calls = db.open_tree("calls")?;
-        let next = match events.last()? {
+        let meta = db.open_tree("meta")?;
+        // Offsets are never reused: a dead letter or a stale pending entry must not
+        // come to name another event once the newest events were delivered.
+        let after_last = match events.last()? {
             Some((k, _)) => offset_of(&k).map_or(0, |o| o + 1),
             None => 0,
         };
+        let recorded = meta
+            .get(NEXT_OFFSET)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let next = after_last.max(recorded);
         Ok(Outbox {
             db,
             events,
             pending,
             dead,
             calls,
+            meta,
             next_offset: AtomicU64::new(next),
             max_bytes,
         })
@@ -187,6 +199,7 @@ impl Outbox {
         // The record goes first: sled's log keeps write order, so a crash never
         // leaves a pending entry without its event.
         self.events.insert(offset.to_be_bytes(), rec)?;
+        self.meta.insert(NEXT_OFFSET, &(offset + 1).to_be_bytes())?;
         let state = DeliveryState {
             next_at_ms: now_ms,
             ..DeliveryState::default()
@@ -297,14 +310,15 @@ impl Outbox {
     /// The endpoint has the event: forget the delivery, and the event once no
     /// endpoint needs it.
     pub fn delivered(&self, endpoint: &str, offset: u64) -> Result<(), OutboxError> {
-        if self
-            .pending
-            .remove(pending_key(endpoint, offset))?
-            .is_some()
-        {
-            self.release(offset)?;
-        }
-        Ok(())
+        let key = pending_key(endpoint, offset);
+        (&self.pending, &self.events)
+            .transaction(|(pending, events)| {
+                if pending.remove(key.as_slice())?.is_some() {
+                    release(events, offset)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| tx_error(e, offset))
     }
 
     /// Gives up on a delivery: it moves to the dead letters, keeping its event.
@@ -315,9 +329,14 @@ impl Outbox {
         state: &DeliveryState,
     ) -> Result<(), OutboxError> {
         let key = pending_key(endpoint, offset);
-        self.dead
-            .insert(&key, serde_json::to_vec(state).unwrap_or_default())?;
-        self.pending.remove(key)?;
+        let state = serde_json::to_vec(state).unwrap_or_default();
+        (&self.pending, &self.dead)
+            .transaction(|(pending, dead)| {
+                dead.insert(key.as_slice(), state.as_slice())?;
+                pending.remove(key.as_slice())?;
+                Ok(())
+            })
+            .map_err(|e| tx_error(e, offset))?;
         Ok(())
     }
 
@@ -343,35 +362,54 @@ impl Outbox {
         Ok(out)
     }
 
-    /// Moves a dead letter back to pending with a fresh schedule; the running
-    /// dispatcher (or the next start) picks it up.
+    /// Moves a dead letter back to pending with a fresh schedule; the next start
+    /// delivers it (a running dispatcher does not rescan the store).
     pub fn replay(&self, endpoint: &str, offset: u64, now_ms: i64) -> Result<bool, OutboxError> {
         let key = pending_key(endpoint, offset);
-        if self.dead.remove(&key)?.is_none() {
-            return Ok(false);
-        }
         let state = DeliveryState {
             next_at_ms: now_ms,
             ..DeliveryState::default()
         };
-        self.pending
-            .insert(key, serde_json::to_vec(&state).unwrap_or_default())?;
-        Ok(true)
+        let state = serde_json::to_vec(&state).unwrap_or_default();
+        (&self.dead, &self.pending)
+            .transaction(|(dead, pending)| {
+                if dead.remove(key.as_slice())?.is_none() {
+                    return Ok(false);
+                }
+                pending.insert(key.as_slice(), state.as_slice())?;
+                Ok(true)
+            })
+            .map_err(|e| tx_error(e, offset))
     }
+}
 
-    fn release(&self, offset: u64) -> Result<(), OutboxError> {
-        let left = self.events.update_and_fetch(offset.to_be_bytes(), |old| {
-            let rec = old?;
-            let refs = u16::from_be_bytes([*rec.first()?, *rec.get(1)?]);
-            if refs <= 1 {
-                return None;
-            }
-            let mut rec = rec.to_vec();
-            rec[..2].copy_from_slice(&(refs - 1).to_be_bytes());
-            Some(rec)
-        })?;
-        let _ = left;
-        Ok(())
+/// Drops one reference to an event inside a transaction; the record goes with the last.
+fn release(
+    events: &sled::transaction::TransactionalTree,
+    offset: u64,
+) -> sled::transaction::ConflictableTransactionResult<(), ()> {
+    let key = offset.to_be_bytes();
+    let Some(rec) = events.get(key)? else {
+        return Ok(());
+    };
+    let refs = match rec.get(..2) {
+        Some(&[a, b]) => u16::from_be_bytes([a, b]),
+        _ => 0,
+    };
+    if refs <= 1 {
+        events.remove(&key)?;
+    } else {
+        let mut rec = rec.to_vec();
+        rec[..2].copy_from_slice(&(refs - 1).to_be_bytes());
+        events.insert(&key, rec)?;
+    }
+    Ok(())
+}
+
+fn tx_error(e: sled::transaction::TransactionError<()>, offset: u64) -> OutboxError {
+    match e {
+        sled::transaction::TransactionError::Storage(s) => OutboxError::Storage(s),
+        sled::transaction::TransactionError::Abort(()) => OutboxError::Corrupt(offset),
     }
 }
 
