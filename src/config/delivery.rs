@@ -88,8 +88,8 @@ pub struct EndpointConfig {
     pub secrets: Vec<Secret>,
     /// Extra authentication.
     pub auth: Option<Auth>,
-    /// Extra static headers.
-    pub headers: Vec<(String, String)>,
+    /// Extra static headers (values may be API keys: never printed).
+    pub headers: Vec<(String, Redacted)>,
     /// Body encoding.
     pub encoding: Encoding,
     /// Body shape.
@@ -298,30 +298,33 @@ pub(super) fn validate_endpoints(
                 c.problem(at("url"), "missing".into());
                 None
             }
+            // The URL is not echoed: it may carry a token in its query.
             Some(Err(_)) => {
+                c.problem(at("url"), "invalid URL".into());
+                None
+            }
+            Some(Ok(u)) if u.authority().is_some_and(|a| a.as_str().contains('@')) => {
                 c.problem(
                     at("url"),
-                    format!("invalid URL \"{}\"", r.url.unwrap_or_default()),
+                    "credentials in the URL are not allowed; use auth".into(),
                 );
                 None
             }
-            Some(Ok(u)) => {
-                match (u.scheme_str(), u.host()) {
-                    (Some("https"), Some(_)) => Some(u),
-                    (Some("http"), Some(_)) if r.allow_http => Some(u),
-                    (Some("http"), Some(_)) => {
-                        c.problem(at("url"), format!("plain http URL \"{u}\" refused: use https, or set allow_http = true"));
-                        None
-                    }
-                    _ => {
-                        c.problem(
-                            at("url"),
-                            format!("URL \"{u}\" must be absolute https://host/..."),
-                        );
-                        None
-                    }
+            Some(Ok(u)) => match (u.scheme_str(), u.host()) {
+                (Some("https"), Some(_)) => Some(u),
+                (Some("http"), Some(_)) if r.allow_http => Some(u),
+                (Some("http"), Some(host)) => {
+                    c.problem(
+                        at("url"),
+                        format!("plain http URL (http://{host}/…) refused: use https, or set allow_http = true"),
+                    );
+                    None
                 }
-            }
+                _ => {
+                    c.problem(at("url"), "URL must be absolute: https://host/…".into());
+                    None
+                }
+            },
         };
         let events = r.events.unwrap_or_else(|| vec!["call.*".into()]);
         if events.is_empty() {
@@ -397,7 +400,7 @@ pub(super) fn validate_endpoints(
                     "invalid header value".into(),
                 );
             } else {
-                headers.push((k, v));
+                headers.push((k, Redacted(v)));
             }
         }
         let encoding = match r.encoding.as_deref() {
@@ -541,7 +544,7 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                "endpoints[0].url: plain http URL \"http://127.0.0.1:8080/hook\" refused: use https, or set allow_http = true",
+                "endpoints[0].url: plain http URL (http://127.0.0.1/…) refused: use https, or set allow_http = true",
                 "endpoints[0].secrets[0]: secret is not valid base64 after \"whsec_\"",
                 "endpoints[0].headers.Authorization: invalid or reserved header name",
                 "endpoints[0].encoding: \"xml\" is not one of \"json\", \"form\"",

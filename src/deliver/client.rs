@@ -237,7 +237,7 @@ pub async fn attempt(
     for (k, v) in &ep.headers {
         if let (Ok(k), Ok(v)) = (
             HeaderName::try_from(k.as_str()),
-            HeaderValue::try_from(v.as_str()),
+            HeaderValue::try_from(v.0.as_str()),
         ) {
             req.headers_mut().insert(k, v);
         }
