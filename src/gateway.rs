@@ -237,6 +237,9 @@ pub enum ServeError {
     /// The outbox or an endpoint client could not start.
     #[error(transparent)]
     Delivery(#[from] crate::deliver::DeliveryError),
+    /// The outbox kept failing to commit; restart to reopen it.
+    #[error("outbox failed: {0}")]
+    Outbox(crate::outbox::OutboxError),
 }
 
 /// Runs siphook until `stop` resolves, then shuts down cleanly: listeners stop,
@@ -271,7 +274,7 @@ pub async fn serve(
         })),
         EventOutput::Quiet => None,
     };
-    let delivery = match crate::deliver::Delivery::start(config, outbox, events, echo, metrics) {
+    let mut delivery = match crate::deliver::Delivery::start(config, outbox, events, echo, metrics) {
         Ok(d) => d,
         Err(e) => {
             drop(gateway.shutdown().await);
@@ -285,9 +288,15 @@ pub async fn serve(
         outbox = %config.outbox.path.display(),
         "siphook running"
     );
-    stop.await;
+    let failure = tokio::select! {
+        _ = stop => None,
+        e = delivery.failed() => Some(e),
+    };
     tracing::info!("shutting down");
     drop(gateway.shutdown().await);
+    if let Some(e) = failure {
+        return Err(ServeError::Outbox(e));
+    }
     delivery.shutdown().await;
     Ok(())
 }

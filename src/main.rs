@@ -39,6 +39,23 @@ enum Command {
         #[command(subcommand)]
         action: Deadletters,
     },
+    /// Endpoint state kept in the outbox (while siphook is stopped).
+    Endpoints {
+        #[command(subcommand)]
+        action: Endpoints,
+    },
+}
+
+#[derive(Subcommand)]
+enum Endpoints {
+    /// Resume an endpoint paused by a 410 Gone.
+    Resume {
+        /// Configuration file (for the outbox path).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Endpoint name.
+        endpoint: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -89,6 +106,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Endpoints {
+            action: Endpoints::Resume { config, endpoint },
+        } => match resume(&config, &endpoint) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("siphook: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run {
             config,
             print_events,
@@ -122,6 +148,27 @@ fn run(path: &std::path::Path, print_events: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn open_outbox(config: &Config) -> anyhow::Result<siphook::outbox::Outbox> {
+    siphook::outbox::Outbox::open(&config.outbox.path, config.outbox.max_bytes).with_context(|| {
+        format!(
+            "opening the outbox at {} (is siphook still running?)",
+            config.outbox.path.display()
+        )
+    })
+}
+
+fn resume(config: &std::path::Path, endpoint: &str) -> anyhow::Result<()> {
+    let outbox = open_outbox(&Config::load(config)?)?;
+    anyhow::ensure!(
+        outbox.is_paused(endpoint),
+        "endpoint {endpoint} is not paused"
+    );
+    outbox.set_paused(endpoint, false)?;
+    flush(&outbox)?;
+    println!("endpoint {endpoint} resumed; it is sent to again on the next start");
+    Ok(())
+}
+
 fn deadletters(action: Deadletters) -> anyhow::Result<()> {
     let (config, endpoint) = match &action {
         Deadletters::List { config, endpoint }
@@ -130,13 +177,7 @@ fn deadletters(action: Deadletters) -> anyhow::Result<()> {
         } => (config, endpoint.as_deref()),
     };
     let config = Config::load(config)?;
-    let outbox = siphook::outbox::Outbox::open(&config.outbox.path, config.outbox.max_bytes)
-        .with_context(|| {
-            format!(
-                "opening the outbox at {} (is siphook still running?)",
-                config.outbox.path.display()
-            )
-        })?;
+    let outbox = open_outbox(&config)?;
     let dead = outbox.dead_letters(endpoint)?;
     match action {
         Deadletters::List { .. } => {

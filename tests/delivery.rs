@@ -495,3 +495,57 @@ async fn the_first_schedule_entry_delays_the_first_attempt() {
         req.at.duration_since(sent)
     );
 }
+
+#[tokio::test]
+async fn a_gone_pause_survives_a_restart_until_resumed() {
+    let mut rx = Receiver::ok().await;
+    rx.script([Reply::status(410)]);
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[sip]\nudp = [\"127.0.0.1:0\"]\ntcp = []\n[outbox]\npath = \"{}\"\n{}",
+        dir.path().join("outbox").display(),
+        endpoint(&rx, "events = [\"call.initiated\"]")
+    );
+    let config = Config::parse(&text).unwrap();
+    let run = |config: Config| async move {
+        let mut h = Harness::with_config(config.clone()).await;
+        let events = std::mem::replace(&mut h.gw.events, mpsc::channel(1).1);
+        let outbox = siphook::deliver::open_outbox(&config).unwrap();
+        let d = Delivery::start(&config, outbox, events, None, h.gw.metrics.clone()).unwrap();
+        (h, d)
+    };
+    let (h, d) = run(config.clone()).await;
+    h.send(&CallSpec::new("gone-restart").invite(1)).await;
+    let first = rx.next().await;
+    h.wait_metric(
+        "siphook_endpoint_state",
+        &[("endpoint", "test"), ("state", "paused")],
+        1.0,
+    )
+    .await;
+    drop(h.gw.shutdown().await);
+    d.shutdown().await;
+
+    // Restarted: still paused, the event still pending.
+    let (h, d) = run(config.clone()).await;
+    assert_eq!(
+        h.metric(
+            "siphook_endpoint_state",
+            &[("endpoint", "test"), ("state", "paused")]
+        ),
+        1.0
+    );
+    assert_eq!(d.outbox.pending_count("test"), 1);
+    // What `siphook endpoints resume` does, with siphook stopped.
+    drop(h.gw.shutdown().await);
+    d.shutdown().await;
+    let ob = siphook::deliver::open_outbox(&config).unwrap();
+    assert!(ob.is_paused("test"));
+    ob.set_paused("test", false).unwrap();
+    ob.commit().await.unwrap();
+    drop(ob);
+
+    let (_h, _d) = run(config).await;
+    let again = rx.next().await;
+    assert_eq!(again.header("webhook-id"), first.header("webhook-id"));
+}

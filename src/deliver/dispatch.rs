@@ -150,6 +150,10 @@ impl Dispatcher {
     /// Rebuilds the queues from the outbox after a start.
     fn load(&mut self) -> Result<(), crate::outbox::OutboxError> {
         self.dead = self.outbox.dead_letters(Some(&self.ep.name))?.len();
+        self.paused = self.outbox.is_paused(&self.ep.name);
+        if self.paused {
+            tracing::warn!(endpoint = %self.ep.name, "endpoint paused after 410 Gone; resume it with `siphook endpoints resume`");
+        }
         for (offset, state) in self.outbox.pending(&self.ep.name)? {
             match self.outbox.event(offset)? {
                 Some(ev) => self.enqueue(offset, ev.call_key, state),
@@ -159,6 +163,7 @@ impl Dispatcher {
             }
         }
         self.publish_counts();
+        self.publish_state();
         Ok(())
     }
 
@@ -328,6 +333,10 @@ impl Dispatcher {
                 retry_after,
             } => {
                 self.consecutive_failures += 1;
+                if self.consecutive_failures == BREAKER_THRESHOLD {
+                    // Open: the first probe waits an interval too.
+                    self.next_probe = Some(Instant::now() + self.ep.circuit_probe_interval);
+                }
                 state.last_status = status;
                 state.last_error = Some(error);
                 match self.ep.retry_schedule.get(state.attempts as usize).copied() {
@@ -352,6 +361,9 @@ impl Dispatcher {
                 state.attempts -= 1; // the event itself was not refused
                 tracing::error!(endpoint = %name, "endpoint answered 410 Gone: paused until resumed; events keep queuing");
                 self.paused = true;
+                if let Err(e) = self.outbox.set_paused(&name, true) {
+                    tracing::error!(endpoint = %name, error = %e, "cannot record the pause; it ends with this process");
+                }
                 self.ready.insert((now_ms(), offset, call_key));
                 self.heads.insert(offset, state);
             }

@@ -49,7 +49,7 @@ pub fn open_outbox(config: &Config) -> Result<Arc<Outbox>, DeliveryError> {
 pub struct Delivery {
     /// The store, shared with the admin API and the CLI.
     pub outbox: Arc<Outbox>,
-    writer: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<Result<(), OutboxError>>,
     dispatchers: JoinSet<()>,
     shutdown: CancellationToken,
 }
@@ -112,6 +112,16 @@ impl Delivery {
             dispatchers,
             shutdown,
         })
+    }
+
+    /// Resolves only if the outbox writer stops on a storage error it cannot get
+    /// past (a disk that keeps failing); the process should then exit.
+    pub async fn failed(&mut self) -> OutboxError {
+        match (&mut self.writer).await {
+            Ok(Err(e)) => e,
+            // Input closed (shutdown) or the task ended otherwise: not a failure.
+            _ => std::future::pending().await,
+        }
     }
 
     /// Waits for the writer to commit everything its input held (the input must be

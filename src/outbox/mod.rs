@@ -107,6 +107,12 @@ fn pending_key(endpoint: &str, offset: u64) -> Vec<u8> {
     k
 }
 
+fn paused_key(endpoint: &str) -> Vec<u8> {
+    let mut k = b"paused/".to_vec();
+    k.extend_from_slice(endpoint.as_bytes());
+    k
+}
+
 fn prefix(endpoint: &str) -> Vec<u8> {
     let mut k = endpoint.as_bytes().to_vec();
     k.push(0);
@@ -164,9 +170,8 @@ impl Outbox {
         self.db.size_on_disk().unwrap_or(0)
     }
 
-    /// Refuses new events past `max_bytes`.
-    pub fn check_space(&self) -> Result<(), OutboxError> {
-        let size = self.size_on_disk();
+    /// Refuses new events when the store, at `size` bytes, is past `max_bytes`.
+    pub fn check_space(&self, size: u64) -> Result<(), OutboxError> {
         if size > self.max_bytes {
             return Err(OutboxError::Full {
                 size,
@@ -215,6 +220,22 @@ impl Outbox {
     /// appends under one commit.
     pub async fn commit(&self) -> Result<(), OutboxError> {
         self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Whether an endpoint answered 410 Gone and has not been resumed since; kept
+    /// across restarts.
+    pub fn is_paused(&self, endpoint: &str) -> bool {
+        self.meta.get(paused_key(endpoint)).ok().flatten().is_some()
+    }
+
+    /// Pauses (410 Gone) or resumes an endpoint.
+    pub fn set_paused(&self, endpoint: &str, paused: bool) -> Result<(), OutboxError> {
+        if paused {
+            self.meta.insert(paused_key(endpoint), &[1u8])?;
+        } else {
+            self.meta.remove(paused_key(endpoint))?;
+        }
         Ok(())
     }
 

@@ -43,10 +43,11 @@ pub async fn run(
     mut rx: mpsc::Receiver<Event>,
     mut sinks: Sinks,
     metrics: Metrics,
-) {
+) -> Result<(), OutboxError> {
     let mut batch: Vec<Event> = Vec::with_capacity(64);
     let mut stored: Vec<(Vec<u8>, u64, u64, Vec<usize>)> = Vec::with_capacity(64);
     let mut errors = RateLog::new(Duration::from_secs(10));
+    let mut size = outbox.size_on_disk();
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -56,7 +57,8 @@ pub async fn run(
             }
         }
         let now = Timestamp::now().millis();
-        let space = outbox.check_space();
+        // Measured once per batch, after its commit: listing sled's files is not free.
+        let space = outbox.check_space(size);
         for event in batch.drain(..) {
             if let Err(e) = outbox.track_call(&event)
                 && let Some(suppressed) = errors.allow()
@@ -106,10 +108,11 @@ pub async fn run(
                 }
             }
         }
-        commit(&outbox, &metrics, &mut errors).await;
+        commit(&outbox, &metrics, &mut errors).await?;
+        size = outbox.size_on_disk();
         metrics
             .outbox_size_bytes
-            .set(i64::try_from(outbox.size_on_disk()).unwrap_or(i64::MAX));
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
         for (body, offset, key, targets) in stored.drain(..) {
             if let Some(echo) = sinks.echo.as_mut() {
                 echo(&body);
@@ -124,12 +127,24 @@ pub async fn run(
             }
         }
     }
+    Ok(())
 }
 
-/// Flushes until it succeeds: a failing disk stalls the pipeline (ingest then sheds,
-/// counted) instead of announcing events that are not durable.
-async fn commit(outbox: &Outbox, metrics: &Metrics, errors: &mut RateLog) {
+/// How long a failing flush is retried before the writer gives up.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+
+/// Flushes, retrying a failing disk with backoff: nothing is announced that is not
+/// durable, so meanwhile the pipeline stalls and ingest sheds (counted). sled keeps
+/// an I/O error until the store is reopened, so after `GIVE_UP_AFTER` the error is
+/// returned and the process exits for its supervisor to restart it; everything
+/// committed before is on disk.
+async fn commit(
+    outbox: &Outbox,
+    metrics: &Metrics,
+    errors: &mut RateLog,
+) -> Result<(), OutboxError> {
     let mut backoff = Duration::from_millis(10);
+    let failing_since = Instant::now();
     loop {
         let started = Instant::now();
         match outbox.commit().await {
@@ -137,7 +152,11 @@ async fn commit(outbox: &Outbox, metrics: &Metrics, errors: &mut RateLog) {
                 metrics
                     .outbox_commit_duration
                     .observe(started.elapsed().as_secs_f64());
-                return;
+                return Ok(());
+            }
+            Err(e) if failing_since.elapsed() >= GIVE_UP_AFTER => {
+                tracing::error!(error = %e, "outbox commit failing for {}s; stopping so the service restarts", GIVE_UP_AFTER.as_secs());
+                return Err(e);
             }
             Err(e) => {
                 if let Some(suppressed) = errors.allow() {
