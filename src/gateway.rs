@@ -274,7 +274,8 @@ pub async fn serve(
         })),
         EventOutput::Quiet => None,
     };
-    let mut delivery = match crate::deliver::Delivery::start(config, outbox, events, echo, metrics) {
+    let mut delivery = match crate::deliver::Delivery::start(config, outbox, events, echo, metrics)
+    {
         Ok(d) => d,
         Err(e) => {
             drop(gateway.shutdown().await);

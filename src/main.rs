@@ -192,7 +192,16 @@ fn deadletters(action: Deadletters) -> anyhow::Result<()> {
             );
             let now = siphook::call::Timestamp::now().millis();
             let mut replayed = 0;
+            let configured = |name: &str| config.endpoints.iter().any(|e| e.name == name);
             for d in dead.iter().filter(|d| all || ids.contains(&d.offset)) {
+                // Nothing would ever send a delivery for an endpoint that is not configured.
+                if !configured(&d.endpoint) {
+                    eprintln!(
+                        "skipped {} (endpoint {} is not configured)",
+                        d.offset, d.endpoint
+                    );
+                    continue;
+                }
                 if outbox.replay(&d.endpoint, d.offset, now)? {
                     replayed += 1;
                 }

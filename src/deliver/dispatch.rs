@@ -84,10 +84,8 @@ pub async fn run(
                 Some(c) => d.enqueue(c.offset, c.call_key, DeliveryState { next_at_ms: now_ms(), ..Default::default() }),
                 None => break,
             },
-            Some(done) = d.in_flight.join_next(), if !d.in_flight.is_empty() => {
-                if let Ok(done) = done {
-                    d.finish(done);
-                }
+            Some(done) = d.in_flight.join_next_with_id(), if !d.in_flight.is_empty() => {
+                d.joined(done);
             }
             _ = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600))), if wake.is_some() => {}
         }
@@ -107,6 +105,8 @@ pub struct Dispatcher {
     /// Heads waiting for their time: (next attempt, offset, call key).
     ready: BTreeSet<(i64, u64, u64)>,
     in_flight: JoinSet<Attempted>,
+    /// What each running attempt is for, so a task that fails can be accounted.
+    attempts: HashMap<tokio::task::Id, (u64, u64, i64)>,
     pending: usize,
     dead: usize,
     consecutive_failures: u32,
@@ -136,6 +136,7 @@ impl Dispatcher {
             heads: HashMap::new(),
             ready: BTreeSet::new(),
             in_flight: JoinSet::new(),
+            attempts: HashMap::new(),
             pending: 0,
             dead: 0,
             consecutive_failures: 0,
@@ -262,7 +263,8 @@ impl Dispatcher {
             }
         };
         let (ep, client) = (self.ep.clone(), self.client.clone());
-        self.in_flight.spawn(async move {
+        let received_ms = event.received_ms;
+        let task = self.in_flight.spawn(async move {
             let unix = Timestamp::now().millis() / 1000;
             let (outcome, elapsed) =
                 client::attempt(&client, &ep, &event.id, &event.body, unix).await;
@@ -274,6 +276,36 @@ impl Dispatcher {
                 elapsed,
             }
         });
+        self.attempts
+            .insert(task.id(), (offset, call_key, received_ms));
+    }
+
+    /// An attempt task ended. One that panicked still counts as a failed attempt,
+    /// or its call's queue would never move again.
+    fn joined(&mut self, done: Result<(tokio::task::Id, Attempted), tokio::task::JoinError>) {
+        match done {
+            Ok((id, done)) => {
+                self.attempts.remove(&id);
+                self.finish(done);
+            }
+            Err(e) => {
+                let Some((offset, call_key, received_ms)) = self.attempts.remove(&e.id()) else {
+                    return;
+                };
+                tracing::error!(endpoint = %self.ep.name, offset, "delivery attempt task failed: {e}");
+                self.finish(Attempted {
+                    offset,
+                    call_key,
+                    received_ms,
+                    outcome: Outcome::Retry {
+                        status: None,
+                        error: "attempt task failed".into(),
+                        retry_after: None,
+                    },
+                    elapsed: Duration::ZERO,
+                });
+            }
+        }
     }
 
     /// When the dispatcher next has something to do (a due head or probe).
