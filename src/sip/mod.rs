@@ -6,6 +6,7 @@ pub mod framer;
 pub mod message;
 pub mod normalize;
 pub mod stir;
+mod view;
 
 pub use addr::{NameAddr, Reason, ReferTo, Replaces};
 pub use framer::{FrameError, Framer};
