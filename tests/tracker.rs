@@ -559,3 +559,28 @@ fn random_dialogs_always_complete_exactly_once_with_gapless_sequences() {
     assert_eq!(seen_types.len(), 5, "{seen_types:?}");
     assert!(seen_dispositions.len() >= 5, "{seen_dispositions:?}");
 }
+
+#[test]
+fn a_caller_without_from_tag_rfc2543_is_still_tracked_both_ways() {
+    let mut call = CallSpec::new("rfc2543-1");
+    let with_tag = call.invite(1);
+    // The same INVITE with no tag on From.
+    let tag = format!(";tag={}", call.from_tag);
+    let invite = with_tag.replace(&tag, "");
+    call.from_tag = String::new();
+    let ok = call
+        .resp(200, 1, "INVITE", Some("b"))
+        .replace(";tag=;", ";")
+        .replace(";tag=\r\n", "\r\n");
+    let bye_from_callee = call
+        .callee_request("BYE", 1, "b", &[], "")
+        .replace(";tag=\r\n", "\r\n");
+    let ev = feed(
+        &mut tracker(),
+        &[(0, invite), (1_000, ok), (5_000, bye_from_callee)],
+    );
+    let types: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["call.initiated", "call.answered", "call.completed"]);
+    assert_eq!(ev[2]["data"]["ended_by"], "callee");
+    assert_eq!(ev[0]["call"]["from"]["tag"], Value::Null);
+}

@@ -197,10 +197,12 @@ impl Tracker {
         let own_key = call_key(&msg.call_id, from_tag);
         let (key, by_caller) = if self.calls.contains_key(own_key.as_str()) {
             (own_key, true)
-        } else if let Some(to_tag) = msg.to.tag.as_deref()
-            && let peer_key = call_key(&msg.call_id, to_tag)
+        } else if msg.from.tag.is_some()
+            && let peer_key = call_key(&msg.call_id, msg.to.tag.as_deref().unwrap_or(""))
             && self.calls.contains_key(peer_key.as_str())
         {
+            // The callee's side. A caller without a From tag (RFC 2543) is keyed by
+            // the empty tag, which the callee's requests carry as a tagless To.
             (peer_key, false)
         } else {
             return self.start_call(msg, meta, own_key, out);
