@@ -473,6 +473,11 @@ async fn a_full_outbox_refuses_and_counts_instead_of_growing() {
         h.metric("siphook_events_refused_total", &[("reason", "outbox_full")]) > 0.0,
         "never filled"
     );
+    assert_eq!(
+        h.metric("siphook_outbox_accepting", &[]),
+        0.0,
+        "full means not ready"
+    );
     let size = outbox.size_on_disk();
     // Growth stops near the limit: one group commit past it at most.
     assert!(size < 4 << 20, "outbox grew to {size} bytes");

@@ -36,6 +36,9 @@ pub struct Metrics {
     pub events_refused: IntCounterVec,
     /// Outbox size on disk.
     pub outbox_size_bytes: IntGauge,
+    /// 1 while the outbox takes new events, 0 while it refuses them (past
+    /// max_bytes): the process is not ready then.
+    pub outbox_accepting: IntGauge,
     /// Time of one group commit (fsync).
     pub outbox_commit_duration: Histogram,
     /// Deliveries waiting, per endpoint.
@@ -158,6 +161,15 @@ impl Metrics {
                 "Call events emitted.",
                 &["type"],
             ),
+            outbox_accepting: {
+                let g = gauge(
+                    &r,
+                    "siphook_outbox_accepting",
+                    "1 while the outbox accepts new events.",
+                );
+                g.set(1);
+                g
+            },
             events_refused: counter(
                 &r,
                 "siphook_events_refused_total",

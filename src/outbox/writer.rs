@@ -59,6 +59,17 @@ pub async fn run(
         let now = Timestamp::now().millis();
         // Measured once per batch, after its commit: listing sled's files is not free.
         let space = outbox.check_space(size);
+        // The readiness signal (/readyz reads the same gauge): log only the changes.
+        let accepting = space.is_ok();
+        if accepting != (metrics.outbox_accepting.get() == 1) {
+            metrics.outbox_accepting.set(i64::from(accepting));
+            match &space {
+                Err(e) => {
+                    tracing::error!(error = %e, "outbox full: refusing new events, not ready")
+                }
+                Ok(()) => tracing::info!(size, "outbox below max_bytes again: accepting events"),
+            }
+        }
         for event in batch.drain(..) {
             if let Err(e) = outbox.track_call(&event)
                 && let Some(suppressed) = errors.allow()
