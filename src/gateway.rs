@@ -167,7 +167,10 @@ async fn run_tracker(
                 u64::try_from(d.millis() - Timestamp::now().millis()).unwrap_or(0),
             )
         });
+        // Messages first: a timer may only fire once everything received before its
+        // deadline has been applied (a BYE queued behind a burst must beat the timer).
         let inbound = tokio::select! {
+            biased;
             m = rx.recv() => match m {
                 Some(m) => Some(m),
                 None => break,
@@ -176,6 +179,8 @@ async fn run_tracker(
         };
         match inbound {
             Some(Inbound { msg, meta }) => {
+                // Timers that fell due before this message was received go first.
+                tracker.on_time(meta.received_at, &mut out);
                 if let Err(why) = tracker.on_message(&msg, &meta, &mut out) {
                     metrics.sip_ignored.with_label_values(&[why.as_str()]).inc();
                     if why == Ignored::TableFull {
@@ -190,13 +195,6 @@ async fn run_tracker(
                 }
             }
             None => tracker.on_time(Timestamp::now(), &mut out),
-        }
-        // Timers that fell due while messages kept the task busy.
-        if tracker
-            .next_deadline()
-            .is_some_and(|d| d <= Timestamp::now())
-        {
-            tracker.on_time(Timestamp::now(), &mut out);
         }
         metrics
             .calls_active
