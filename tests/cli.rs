@@ -43,8 +43,13 @@ fn check_config_accepts_the_shipped_default_and_lists_every_problem() {
     );
 }
 
-/// Runs siphook until `until` resolves, then stops it with SIGTERM.
-async fn run_until(config: &std::path::Path, until: impl std::future::Future<Output = ()>) {
+/// Runs siphook until `until` resolves and, when given, its log has shown
+/// `log_line`; then stops it with SIGTERM and checks the log kept secrets out.
+async fn run_until(
+    config: &std::path::Path,
+    until: impl std::future::Future<Output = ()>,
+    log_line: Option<&str>,
+) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_siphook"))
         .args(["run", "--config"])
         .arg(config)
@@ -53,7 +58,28 @@ async fn run_until(config: &std::path::Path, until: impl std::future::Future<Out
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let (tx, mut log) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(l)) = lines.next_line().await {
+            let _ = tx.send(l);
+        }
+    });
     until.await;
+    let mut err = String::new();
+    if let Some(wanted) = log_line {
+        let found = tokio::time::timeout(DEADLINE, async {
+            while let Some(l) = log.recv().await {
+                err.push_str(&l);
+                err.push('\n');
+                if l.contains(wanted) {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(found.is_ok(), "log never showed {wanted:?}:\n{err}");
+    }
     let pid = child.id().unwrap().to_string();
     std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -64,9 +90,8 @@ async fn run_until(config: &std::path::Path, until: impl std::future::Future<Out
         .expect("clean exit on SIGTERM")
         .unwrap();
     assert!(status.success(), "exit status {status}");
-    let mut err = String::new();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    while let Ok(Some(l)) = lines.next_line().await {
+    let _ = reader.await;
+    while let Ok(l) = log.try_recv() {
         err.push_str(&l);
         err.push('\n');
     }
@@ -86,20 +111,25 @@ async fn dead_letters_can_be_listed_and_replayed() {
         common::binary_config(dir.path(), &rx.url(), "events = [\"call.initiated\"]");
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let call = CallSpec::new("cli-dead-1");
-    let first_id = run_until(&config, async {
-        // Retransmit the INVITE until siphook is up and has tried (and failed) once.
-        for _ in 0..200 {
-            sock.send_to(call.invite(1).as_bytes(), &target)
-                .await
-                .unwrap();
-            if let Ok(Some(_)) =
-                tokio::time::timeout(Duration::from_millis(100), rx.requests.recv()).await
-            {
-                return;
+    // The log line proves the 422 was recorded before siphook is stopped.
+    let first_id = run_until(
+        &config,
+        async {
+            // Retransmit the INVITE until siphook is up and has tried (and failed) once.
+            for _ in 0..200 {
+                sock.send_to(call.invite(1).as_bytes(), &target)
+                    .await
+                    .unwrap();
+                if let Ok(Some(_)) =
+                    tokio::time::timeout(Duration::from_millis(100), rx.requests.recv()).await
+                {
+                    return;
+                }
             }
-        }
-        panic!("no delivery attempt");
-    });
+            panic!("no delivery attempt");
+        },
+        Some("dead letter: rejected"),
+    );
     first_id.await;
 
     let list = siphook()
@@ -140,14 +170,18 @@ async fn dead_letters_can_be_listed_and_replayed() {
     );
 
     accept.store(true, Ordering::SeqCst);
-    run_until(&config, async {
-        let req = rx.next().await;
-        assert_eq!(req.json()["call"]["sip_call_id"], "cli-dead-1");
-        assert_eq!(
-            req.header("webhook-id"),
-            lines[0]["event_id"].as_str().unwrap()
-        );
-    })
+    run_until(
+        &config,
+        async {
+            let req = rx.next().await;
+            assert_eq!(req.json()["call"]["sip_call_id"], "cli-dead-1");
+            assert_eq!(
+                req.header("webhook-id"),
+                lines[0]["event_id"].as_str().unwrap()
+            );
+        },
+        None,
+    )
     .await;
     let after = siphook()
         .args(["deadletters", "list", "--config"])
