@@ -501,6 +501,22 @@ async fn the_first_schedule_entry_delays_the_first_attempt() {
     );
 }
 
+/// Opens the outbox again in this process: sled's flusher thread lets go of the
+/// previous handle's file lock a moment after the handle is dropped.
+async fn open_when_free(config: &Config) -> Arc<siphook::outbox::Outbox> {
+    let start = std::time::Instant::now();
+    loop {
+        match siphook::deliver::open_outbox(config) {
+            Ok(o) => return o,
+            Err(e) => assert!(
+                start.elapsed() < common::DEADLINE,
+                "outbox stays locked: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_gone_pause_survives_a_restart_until_resumed() {
     let mut rx = Receiver::ok().await;
@@ -515,7 +531,7 @@ async fn a_gone_pause_survives_a_restart_until_resumed() {
     let run = |config: Config| async move {
         let mut h = Harness::with_config(config.clone()).await;
         let events = std::mem::replace(&mut h.gw.events, mpsc::channel(1).1);
-        let outbox = siphook::deliver::open_outbox(&config).unwrap();
+        let outbox = open_when_free(&config).await;
         let d = Delivery::start(&config, outbox, events, None, h.gw.metrics.clone()).unwrap();
         (h, d)
     };
@@ -544,7 +560,7 @@ async fn a_gone_pause_survives_a_restart_until_resumed() {
     // What `siphook endpoints resume` does, with siphook stopped.
     drop(h.gw.shutdown().await);
     d.shutdown().await;
-    let ob = siphook::deliver::open_outbox(&config).unwrap();
+    let ob = open_when_free(&config).await;
     assert!(ob.is_paused("test"));
     ob.set_paused("test", false).unwrap();
     ob.commit().await.unwrap();
