@@ -144,7 +144,11 @@ fn run(path: &std::path::Path, print_events: bool) -> anyhow::Result<()> {
         EventOutput::Quiet
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(gateway::serve(&config, output, shutdown_signal()))?;
+    runtime.block_on(async {
+        let stop = shutdown_signal()?;
+        gateway::serve(&config, output, stop).await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
     Ok(())
 }
 
@@ -239,18 +243,17 @@ fn init_logging() {
         .init();
 }
 
-async fn shutdown_signal() {
+/// Registers SIGTERM and SIGINT handlers at once, before anything starts, so a
+/// signal during start-up still ends in a clean shutdown; the returned future
+/// resolves on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops siphook");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("watching SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    })
 }
