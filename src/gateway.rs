@@ -1,15 +1,18 @@
 //! Wires the pipeline together: listeners → tracker task → event stream. Tests and
-//! the binary start siphook the same way, through [`Gateway::start`].
+//! the binary start siphook the same way, through [`Gateway::start`]. The tracker
+//! task owns the call table; others ask it questions through [`TrackerQuery`].
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Metrics, RateLog};
-use crate::call::{CallSnapshot, Event, EventData, Ignored, Timestamp, Tracker, TrackerConfig};
+use crate::call::{
+    CallInfo, CallSnapshot, Event, EventData, Ignored, Timestamp, Tracker, TrackerConfig,
+};
 use crate::config::Config;
 use crate::ingest::tcp::TcpLimits;
 use crate::ingest::{self, Inbound, IngestContext};
@@ -33,6 +36,32 @@ pub enum StartError {
     },
 }
 
+/// A question for the tracker task, answered between two messages so the call
+/// table needs no lock.
+#[derive(Debug)]
+pub enum TrackerQuery {
+    /// A page of active calls in id order after `after`.
+    Calls {
+        /// Cursor: the last id of the previous page.
+        after: Option<String>,
+        /// Page size.
+        limit: usize,
+        /// Where the page goes.
+        reply: oneshot::Sender<CallsPage>,
+    },
+    /// Answered at once: proves to the watchdog that the tracker loop turns.
+    Ping(oneshot::Sender<()>),
+}
+
+/// One page of active calls.
+#[derive(Debug, Clone)]
+pub struct CallsPage {
+    /// Active calls in the table.
+    pub total: usize,
+    /// This page, ordered by `id`.
+    pub calls: Vec<CallInfo>,
+}
+
 /// A running siphook.
 pub struct Gateway {
     /// Bound UDP addresses, in config order (port 0 resolved).
@@ -44,6 +73,8 @@ pub struct Gateway {
     pub events: mpsc::Receiver<Event>,
     /// The process's metrics.
     pub metrics: Metrics,
+    /// Questions for the tracker task.
+    pub queries: mpsc::Sender<TrackerQuery>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -127,12 +158,20 @@ impl Gateway {
             );
             tracker.restore(restore, Timestamp::now());
         }
-        tasks.spawn(run_tracker(tracker, in_rx, ev_tx, metrics.clone()));
+        let (queries, queries_rx) = mpsc::channel(16);
+        tasks.spawn(run_tracker(
+            tracker,
+            in_rx,
+            queries_rx,
+            ev_tx,
+            metrics.clone(),
+        ));
         Ok(Gateway {
             udp_addrs,
             tcp_addrs,
             events: ev_rx,
             metrics,
+            queries,
             shutdown,
             tasks,
         })
@@ -156,6 +195,7 @@ impl Gateway {
 async fn run_tracker(
     mut tracker: Tracker,
     mut rx: mpsc::Receiver<Inbound>,
+    mut queries: mpsc::Receiver<TrackerQuery>,
     tx: mpsc::Sender<Event>,
     metrics: Metrics,
 ) {
@@ -175,6 +215,10 @@ async fn run_tracker(
                 Some(m) => Some(m),
                 None => break,
             },
+            Some(q) = queries.recv() => {
+                answer(&tracker, q);
+                continue;
+            }
             _ = tokio::time::sleep(sleep.unwrap_or(Duration::from_secs(3600))) => None,
         };
         match inbound {
@@ -217,85 +261,20 @@ async fn run_tracker(
     }
 }
 
-/// Whether events are also printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventOutput {
-    /// One JSON object per line on stdout (`--print-events`), after its commit.
-    JsonLines,
-    /// Not printed.
-    Quiet,
-}
-
-/// Why `serve` stopped early.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// Listeners could not start.
-    #[error(transparent)]
-    Start(#[from] StartError),
-    /// The outbox or an endpoint client could not start.
-    #[error(transparent)]
-    Delivery(#[from] crate::deliver::DeliveryError),
-    /// The outbox kept failing to commit; restart to reopen it.
-    #[error("outbox failed: {0}")]
-    Outbox(crate::outbox::OutboxError),
-}
-
-/// Runs siphook until `stop` resolves, then shuts down cleanly: listeners stop,
-/// the tracker drains, every queued event is committed, dispatchers stop.
-pub async fn serve(
-    config: &Config,
-    output: EventOutput,
-    stop: impl std::future::Future<Output = ()>,
-) -> Result<(), ServeError> {
-    let metrics = Metrics::new();
-    let outbox = crate::deliver::open_outbox(config)?;
-    let restore =
-        outbox
-            .active_calls()
-            .map_err(|source| crate::deliver::DeliveryError::Outbox {
-                path: config.outbox.path.display().to_string(),
-                source,
-            })?;
-    let mut gateway = Gateway::start_with(config, metrics.clone(), restore).await?;
-    let events = std::mem::replace(&mut gateway.events, mpsc::channel(1).1);
-    let echo: Option<crate::outbox::writer::Echo> = match output {
-        EventOutput::JsonLines => Some(Box::new(|json: &[u8]| {
-            use std::io::Write;
-            let mut stdout = std::io::stdout().lock();
-            let written = stdout
-                .write_all(json)
-                .and_then(|_| stdout.write_all(b"\n"))
-                .and_then(|_| stdout.flush());
-            if written.is_err() {
-                tracing::warn!("stdout closed; events are no longer printed");
-            }
-        })),
-        EventOutput::Quiet => None,
-    };
-    let mut delivery = match crate::deliver::Delivery::start(config, outbox, events, echo, metrics)
-    {
-        Ok(d) => d,
-        Err(e) => {
-            drop(gateway.shutdown().await);
-            return Err(e.into());
+fn answer(tracker: &Tracker, q: TrackerQuery) {
+    match q {
+        TrackerQuery::Calls {
+            after,
+            limit,
+            reply,
+        } => {
+            let _ = reply.send(CallsPage {
+                total: tracker.active_calls(),
+                calls: tracker.calls_page(after.as_deref(), limit),
+            });
         }
-    };
-    tracing::info!(
-        udp = ?gateway.udp_addrs,
-        tcp = ?gateway.tcp_addrs,
-        endpoints = config.endpoints.len(),
-        outbox = %config.outbox.path.display(),
-        "siphook running"
-    );
-    let failure = tokio::select! {
-        _ = stop => None,
-        e = delivery.failed() => Some(e),
-    };
-    tracing::info!("shutting down");
-    drop(gateway.shutdown().await);
-    if let Some(e) = failure {
-        return Err(ServeError::Outbox(e));
+        TrackerQuery::Ping(reply) => {
+            let _ = reply.send(());
+        }
     }
-    delivery.shutdown().await;
-    Ok(())
 }

@@ -10,4 +10,5 @@ pub mod deliver;
 pub mod gateway;
 pub mod ingest;
 pub mod outbox;
+pub mod serve;
 pub mod sip;

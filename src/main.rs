@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use siphook::config::{Config, ConfigError};
-use siphook::gateway::{self, EventOutput};
+use siphook::serve::{EventOutput, LogReload, ServeOptions, Signal};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +28,9 @@ enum Command {
         /// Also write every event to stdout as one JSON line.
         #[arg(long)]
         print_events: bool,
+        /// Log line format: `text` for people, `json` for journald and log shippers.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Validate a configuration file: prints `ok` or every problem (exit status 2).
     CheckConfig {
@@ -44,6 +47,12 @@ enum Command {
         #[command(subcommand)]
         action: Endpoints,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -118,9 +127,14 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             print_events,
+            log_format,
         } => {
-            init_logging();
-            match run(&config, print_events) {
+            // The configured level applies once the file is read; until then, info.
+            let initial = Config::load(&config)
+                .map(|c| c.log.level)
+                .unwrap_or_else(|_| "info".into());
+            let log = init_logging(log_format, &initial);
+            match run(&config, print_events, log) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -136,7 +150,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path, print_events: bool) -> anyhow::Result<()> {
+fn run(path: &std::path::Path, print_events: bool, log: LogReload) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let output = if print_events {
         EventOutput::JsonLines
@@ -145,8 +159,13 @@ fn run(path: &std::path::Path, print_events: bool) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let stop = shutdown_signal()?;
-        gateway::serve(&config, output, stop).await?;
+        let signals = signals(path.to_owned())?;
+        let opts = ServeOptions {
+            output,
+            log: Some(log),
+            ready: None,
+        };
+        siphook::serve::serve(config, opts, signals).await?;
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(())
@@ -231,29 +250,66 @@ fn flush(outbox: &siphook::outbox::Outbox) -> anyhow::Result<()> {
 }
 
 /// Logs go to stderr so stdout stays pure JSON lines with `--print-events`.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// `RUST_LOG`, when set, wins over the configured level at start; the returned
+/// function swaps the filter on reload.
+fn init_logging(format: LogFormat, level: &str) -> LogReload {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, fmt, reload};
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
     // Colour only on a terminal: journald and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Text => registry
+            .with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr))
+            .init(),
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+    }
+    Box::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
-/// Registers SIGTERM and SIGINT handlers at once, before anything starts, so a
-/// signal during start-up still ends in a clean shutdown; the returned future
-/// resolves on the first of them.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+/// Turns process signals into [`Signal`]s: SIGTERM and SIGINT stop, SIGHUP reads
+/// the configuration file again. Handlers are registered before anything starts,
+/// so a signal during start-up is not lost.
+fn signals(path: std::path::PathBuf) -> anyhow::Result<tokio::sync::mpsc::Receiver<Signal>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("watching SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("watching SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("watching SIGHUP")?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let s = tokio::select! {
+                _ = term.recv() => Signal::Stop,
+                _ = int.recv() => Signal::Stop,
+                _ = hup.recv() => {
+                    tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+                    let p = path.clone();
+                    let loaded = tokio::task::spawn_blocking(move || Config::load(&p)).await;
+                    match loaded {
+                        Ok(c) => Signal::Reload(Box::new(c)),
+                        Err(_) => continue,
+                    }
+                }
+            };
+            if tx.send(s).await.is_err() {
+                return;
+            }
         }
-    })
+    });
+    Ok(rx)
 }

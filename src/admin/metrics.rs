@@ -2,7 +2,8 @@
 //! sets (transports, methods, reasons): never Call-IDs, numbers or addresses.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// The process's metrics; cheap to clone handles, shared by every task.
@@ -43,6 +44,9 @@ pub struct Metrics {
     pub outbox_commit_duration: Histogram,
     /// Deliveries waiting, per endpoint.
     pub outbox_pending: IntGaugeVec,
+    /// Age of each endpoint's oldest waiting event: a stuck endpoint shows here
+    /// long before the disk fills.
+    pub outbox_oldest_pending_seconds: GaugeVec,
     /// Delivery attempts by endpoint, outcome and status code.
     pub deliveries: IntCounterVec,
     /// Time of one attempt, per endpoint.
@@ -53,6 +57,9 @@ pub struct Metrics {
     pub deadletters: IntGaugeVec,
     /// 1 for the state each endpoint is in (healthy, circuit_open, paused).
     pub endpoint_state: IntGaugeVec,
+    /// Configuration reloads (SIGHUP) by result: a rejected file must be visible
+    /// on a dashboard, not only in a log.
+    pub config_reloads: IntCounterVec,
 }
 
 /// Registers a metric whose name and labels are static, so it cannot fail at run time.
@@ -104,7 +111,7 @@ impl Metrics {
     /// so registration cannot fail at run time.
     pub fn new() -> Metrics {
         let r = Registry::new();
-        Metrics {
+        let m = Metrics {
             sip_messages: counter(
                 &r,
                 "siphook_sip_messages_total",
@@ -220,8 +227,44 @@ impl Metrics {
                 "1 for the current state of each endpoint.",
                 &["endpoint", "state"],
             ),
+            outbox_oldest_pending_seconds: register(
+                &r,
+                "siphook_outbox_oldest_pending_seconds",
+                GaugeVec::new(
+                    Opts::new(
+                        "siphook_outbox_oldest_pending_seconds",
+                        "Age of the oldest pending event per endpoint, from its SIP message.",
+                    ),
+                    &["endpoint"],
+                ),
+            ),
+            config_reloads: counter(
+                &r,
+                "siphook_config_reloads_total",
+                "Configuration reloads by result.",
+                &["result"],
+            ),
             registry: r,
+        };
+        gauge_vec(
+            &m.registry,
+            "siphook_build_info",
+            "Always 1; the version label says which build runs.",
+            &["version"],
+        )
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+        // Children exist from the start, so a dashboard shows 0, not "no data".
+        for result in ["success", "failure"] {
+            m.config_reloads.with_label_values(&[result]);
         }
+        #[cfg(target_os = "linux")]
+        if let Err(e) = m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            unreachable!("process metrics registered twice: {e}");
+        }
+        m
     }
 
     /// Prometheus text exposition of every metric.

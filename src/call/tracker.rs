@@ -96,6 +96,26 @@ enum Slot {
     Ended,
 }
 
+/// Orders calls by their `id` alone (ids are unique).
+struct ById<'a>(&'a CallInfo);
+
+impl PartialEq for ById<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+impl Eq for ById<'_> {}
+impl PartialOrd for ById<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ById<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.id.cmp(&other.0.id)
+    }
+}
+
 /// The call table and its timers.
 pub struct Tracker {
     cfg: TrackerConfig,
@@ -126,6 +146,27 @@ impl Tracker {
     /// Calls started and not yet completed.
     pub fn active_calls(&self) -> usize {
         self.live
+    }
+
+    /// Up to `limit` live calls in `id` order, starting after the id `after`: a
+    /// stable cursor for paging through a table that changes between pages.
+    /// Costs one pass over the table and O(limit) memory.
+    pub fn calls_page(&self, after: Option<&str>, limit: usize) -> Vec<CallInfo> {
+        let mut best = std::collections::BinaryHeap::with_capacity(limit + 1);
+        for slot in self.calls.values() {
+            let Slot::Live(call) = slot else { continue };
+            if after.is_some_and(|a| call.info.id.as_str() <= a) {
+                continue;
+            }
+            best.push(ById(&call.info));
+            if best.len() > limit {
+                best.pop(); // the largest id goes: the heap keeps the `limit` smallest
+            }
+        }
+        best.into_sorted_vec()
+            .into_iter()
+            .map(|c| c.0.clone())
+            .collect()
     }
 
     /// Puts back the calls that were live when the process stopped. Their timers are

@@ -248,7 +248,7 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 /// Reads a secret from a file (systemd credentials); trailing newline trimmed.
-fn read_secret_file(c: &mut Checker<'_>, path: &str, key: &str) -> Option<String> {
+pub(super) fn read_secret_file(c: &mut Checker<'_>, path: &str, key: &str) -> Option<String> {
     match std::fs::read_to_string(path) {
         Ok(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
         Ok(_) => {

@@ -13,10 +13,12 @@ use serde::Deserialize;
 
 mod delivery;
 mod problems;
+mod service;
 
 use problems::{MAX_TYPE_ERRORS, display_path, format_path, remove_at, without_value};
 
 pub use delivery::{Auth, Encoding, EndpointConfig, Format, OutboxConfig, Redacted, glob_match};
+pub use service::{AdminConfig, LogConfig, ServiceConfig};
 
 /// The validated configuration the process runs on.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +29,12 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// Where events are delivered; none means events are only stored and printed.
     pub endpoints: Vec<EndpointConfig>,
+    /// Metrics, health and the operator API.
+    pub admin: AdminConfig,
+    /// Log filter.
+    pub log: LogConfig,
+    /// Process lifecycle.
+    pub service: ServiceConfig,
 }
 
 /// `[sip]`: where SIP arrives and how calls are tracked.
@@ -77,6 +85,9 @@ impl Default for Config {
             },
             outbox: OutboxConfig::default(),
             endpoints: Vec::new(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
+            service: ServiceConfig::default(),
         }
     }
 }
@@ -197,6 +208,9 @@ struct RawConfig {
     sip: RawSip,
     outbox: delivery::RawOutbox,
     endpoints: Vec<delivery::RawEndpoint>,
+    admin: service::RawAdmin,
+    log: service::RawLog,
+    service: service::RawService,
 }
 
 #[derive(Deserialize, Default)]
@@ -412,6 +426,9 @@ impl RawConfig {
             sip,
             outbox,
             endpoints,
+            admin: self.admin.validate(&mut c),
+            log: self.log.validate(&mut c),
+            service: self.service.validate(&mut c),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! different calls proceed concurrently up to `max_in_flight`, so a slow call never
 //! blocks the others. All state that must survive a restart lives in the outbox.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{self, HttpClient, Outcome};
+use super::control::{EndpointCommand, EndpointStatus, LastError, TestResult};
 use crate::admin::Metrics;
 use crate::call::Timestamp;
 use crate::config::EndpointConfig;
@@ -55,9 +56,9 @@ struct Attempted {
     elapsed: Duration,
 }
 
-/// Runs the dispatcher until `shutdown`.
 /// A dispatcher with its pending deliveries loaded. Load every endpoint before the
-/// outbox writer starts: a scan racing the writer could see unflushed events.
+/// outbox writer routes events to it: a scan racing the writer could see unflushed
+/// events.
 pub fn prepare(
     ep: EndpointConfig,
     client: HttpClient,
@@ -69,27 +70,38 @@ pub fn prepare(
     Ok(d)
 }
 
-/// Runs a prepared dispatcher until `shutdown`.
+/// How often the oldest-pending gauge is refreshed: it ages while nothing happens.
+const AGE_TICK: Duration = Duration::from_secs(1);
+
+/// Runs a prepared dispatcher until `shutdown`, then gives attempts in flight up
+/// to `grace` to finish; what does not finish stays pending for the next start.
 pub async fn run(
     mut d: Dispatcher,
     mut rx: mpsc::UnboundedReceiver<Committed>,
+    mut commands: mpsc::Receiver<EndpointCommand>,
     shutdown: CancellationToken,
+    grace: Duration,
 ) {
+    let mut tick = tokio::time::interval(AGE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         d.dispatch_due();
         let wake = d.next_wake();
         tokio::select! {
             _ = shutdown.cancelled() => break,
             c = rx.recv() => match c {
-                Some(c) => d.enqueue(c.offset, c.call_key, DeliveryState { next_at_ms: now_ms(), ..Default::default() }),
+                Some(c) => d.committed(c),
                 None => break,
             },
+            Some(c) = commands.recv() => d.command(c),
             Some(done) = d.in_flight.join_next_with_id(), if !d.in_flight.is_empty() => {
                 d.joined(done);
             }
+            _ = tick.tick() => d.publish_counts(),
             _ = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600))), if wake.is_some() => {}
         }
     }
+    d.drain(grace).await;
 }
 
 /// One endpoint's delivery state (see the module docs).
@@ -107,7 +119,13 @@ pub struct Dispatcher {
     in_flight: JoinSet<Attempted>,
     /// What each running attempt is for, so a task that fails can be accounted.
     attempts: HashMap<tokio::task::Id, (u64, u64, i64)>,
-    pending: usize,
+    /// Every queued offset with its SIP receive time: the pending count, the
+    /// oldest pending age, and a guard against queuing one delivery twice.
+    pending: BTreeMap<u64, i64>,
+    /// Offsets up to this one were loaded from the store at start; the writer's
+    /// announcements of them (possible across a reload) are already queued.
+    loaded_through: Option<u64>,
+    last_error: Option<LastError>,
     dead: usize,
     consecutive_failures: u32,
     next_probe: Option<Instant>,
@@ -137,7 +155,9 @@ impl Dispatcher {
             ready: BTreeSet::new(),
             in_flight: JoinSet::new(),
             attempts: HashMap::new(),
-            pending: 0,
+            pending: BTreeMap::new(),
+            loaded_through: None,
+            last_error: None,
             dead: 0,
             consecutive_failures: 0,
             next_probe: None,
@@ -156,8 +176,9 @@ impl Dispatcher {
             tracing::warn!(endpoint = %self.ep.name, "endpoint paused after 410 Gone; resume it with `siphook endpoints resume`");
         }
         for (offset, state) in self.outbox.pending(&self.ep.name)? {
+            self.loaded_through = Some(offset);
             match self.outbox.event(offset)? {
-                Some(ev) => self.enqueue(offset, ev.call_key, state),
+                Some(ev) => self.enqueue(offset, ev.call_key, ev.received_ms, state),
                 // The event is gone (a crash between its removal and this entry's):
                 // nothing left to send.
                 None => self.outbox.delivered(&self.ep.name, offset)?,
@@ -168,13 +189,24 @@ impl Dispatcher {
         Ok(())
     }
 
-    fn enqueue(&mut self, offset: u64, call_key: u64, state: DeliveryState) {
-        let q = self.queues.entry(call_key).or_default();
-        if q.contains(&offset) {
+    /// A newly committed event from the writer.
+    fn committed(&mut self, c: Committed) {
+        if self.loaded_through.is_some_and(|l| c.offset <= l) {
+            return;
+        }
+        let state = DeliveryState {
+            next_at_ms: now_ms(),
+            ..Default::default()
+        };
+        self.enqueue(c.offset, c.call_key, c.received_ms, state);
+    }
+
+    fn enqueue(&mut self, offset: u64, call_key: u64, received_ms: i64, state: DeliveryState) {
+        if self.pending.insert(offset, received_ms).is_some() {
             return; // already queued: a delivery must never run twice at once
         }
+        let q = self.queues.entry(call_key).or_default();
         q.push_back(offset);
-        self.pending += 1;
         if q.len() == 1 {
             let at = self.due_at(&state);
             self.ready.insert((at, offset, call_key));
@@ -209,12 +241,22 @@ impl Dispatcher {
         }
     }
 
+    /// Seconds the oldest pending event has waited since its SIP message.
+    fn oldest_pending_seconds(&self) -> Option<f64> {
+        let (_, &received_ms) = self.pending.first_key_value()?;
+        Some((now_ms() - received_ms).max(0) as f64 / 1000.0)
+    }
+
     fn publish_counts(&self) {
         let name = self.ep.name.as_str();
         self.metrics
             .outbox_pending
             .with_label_values(&[name])
-            .set(i64::try_from(self.pending).unwrap_or(i64::MAX));
+            .set(i64::try_from(self.pending.len()).unwrap_or(i64::MAX));
+        self.metrics
+            .outbox_oldest_pending_seconds
+            .with_label_values(&[name])
+            .set(self.oldest_pending_seconds().unwrap_or(0.0));
         self.metrics
             .deadletters
             .with_label_values(&[name])
@@ -369,6 +411,7 @@ impl Dispatcher {
                     // Open: the first probe waits an interval too.
                     self.next_probe = Some(Instant::now() + self.ep.circuit_probe_interval);
                 }
+                self.note_error(status, &error);
                 state.last_status = status;
                 state.last_error = Some(error);
                 match self.ep.retry_schedule.get(state.attempts as usize).copied() {
@@ -390,6 +433,7 @@ impl Dispatcher {
             Outcome::Gone => {
                 state.last_status = Some(410);
                 state.last_error = Some("HTTP 410 Gone".into());
+                self.note_error(Some(410), "HTTP 410 Gone");
                 state.attempts -= 1; // the event itself was not refused
                 tracing::error!(endpoint = %name, "endpoint answered 410 Gone: paused until resumed; events keep queuing");
                 self.paused = true;
@@ -401,6 +445,7 @@ impl Dispatcher {
             }
             Outcome::Rejected { status, error } => {
                 state.last_status = (status > 0).then_some(status);
+                self.note_error(state.last_status, &error);
                 state.last_error = Some(error);
                 self.give_up(offset, call_key, state, "rejected by the endpoint");
             }
@@ -418,9 +463,17 @@ impl Dispatcher {
         self.advance(call_key, offset);
     }
 
+    fn note_error(&mut self, status: Option<u16>, error: &str) {
+        self.last_error = Some(LastError {
+            at: Timestamp::now(),
+            status,
+            error: error.to_owned(),
+        });
+    }
+
     /// The head is done (delivered or dead): the call's next event may go.
     fn advance(&mut self, call_key: u64, offset: u64) {
-        self.pending = self.pending.saturating_sub(1);
+        self.pending.remove(&offset);
         let Some(q) = self.queues.get_mut(&call_key) else {
             return;
         };
@@ -462,5 +515,134 @@ impl Dispatcher {
         self.rng ^= self.rng << 17;
         let factor = 0.8 + (self.rng % 4001) as f64 / 10_000.0;
         d.mul_f64(factor)
+    }
+
+    fn status(&self) -> EndpointStatus {
+        EndpointStatus {
+            name: self.ep.name.clone(),
+            state: self.state().as_str(),
+            pending: self.pending.len(),
+            oldest_pending_seconds: self.oldest_pending_seconds(),
+            in_flight: self.in_flight.len(),
+            dead_letters: self.dead,
+            consecutive_failures: self.consecutive_failures,
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    /// An operator's request (admin API).
+    fn command(&mut self, c: EndpointCommand) {
+        match c {
+            EndpointCommand::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            EndpointCommand::Resume(reply) => {
+                let was = self.paused;
+                if was {
+                    if let Err(e) = self.outbox.set_paused(&self.ep.name, false) {
+                        tracing::error!(endpoint = %self.ep.name, error = %e, "cannot record the resume; the pause returns at the next start");
+                    }
+                    self.paused = false;
+                    self.consecutive_failures = 0;
+                    tracing::info!(endpoint = %self.ep.name, "endpoint resumed by the operator");
+                    self.publish_state();
+                }
+                let _ = reply.send(was);
+            }
+            EndpointCommand::Replay { offsets, reply } => {
+                let _ = reply.send(self.replay(offsets));
+            }
+            EndpointCommand::Test(reply) => {
+                let (ep, client) = (self.ep.clone(), self.client.clone());
+                tokio::spawn(async move {
+                    let now = Timestamp::now();
+                    let (id, body) = super::control::test_event(&ep.name, now);
+                    let (outcome, elapsed) =
+                        client::attempt(&client, &ep, &id, &body, now.millis() / 1000).await;
+                    let (status, error) = match &outcome {
+                        Outcome::Delivered { status } => (Some(*status), None),
+                        Outcome::Retry { status, error, .. } => (*status, Some(error.clone())),
+                        Outcome::Gone => (Some(410), Some("HTTP 410 Gone".into())),
+                        Outcome::Rejected { status, error } => {
+                            ((*status > 0).then_some(*status), Some(error.clone()))
+                        }
+                    };
+                    let _ = reply.send(TestResult {
+                        endpoint: ep.name.clone(),
+                        event_id: id,
+                        outcome: outcome.label(),
+                        status,
+                        latency_ms: elapsed.as_secs_f64() * 1000.0,
+                        error,
+                    });
+                });
+            }
+        }
+    }
+
+    /// Dead letters back to pending, queued behind their call's other events.
+    fn replay(&mut self, offsets: Option<Vec<u64>>) -> Vec<u64> {
+        let name = self.ep.name.clone();
+        let wanted = match offsets {
+            Some(o) => o,
+            None => match self.outbox.dead_letters(Some(&name)) {
+                Ok(dead) => dead.iter().map(|d| d.offset).collect(),
+                Err(e) => {
+                    tracing::error!(endpoint = %name, error = %e, "cannot list dead letters");
+                    return Vec::new();
+                }
+            },
+        };
+        let mut replayed = Vec::new();
+        for offset in wanted {
+            let now = now_ms();
+            match self.outbox.replay(&name, offset, now) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::error!(endpoint = %name, offset, error = %e, "cannot replay dead letter");
+                    continue;
+                }
+            }
+            self.dead = self.dead.saturating_sub(1);
+            replayed.push(offset);
+            match self.outbox.event(offset) {
+                Ok(Some(ev)) => self.enqueue(
+                    offset,
+                    ev.call_key,
+                    ev.received_ms,
+                    DeliveryState {
+                        next_at_ms: now,
+                        ..Default::default()
+                    },
+                ),
+                _ => {
+                    let _ = self.outbox.delivered(&name, offset);
+                }
+            }
+        }
+        if !replayed.is_empty() {
+            tracing::info!(endpoint = %name, count = replayed.len(), "dead letters replayed by the operator");
+        }
+        self.publish_counts();
+        replayed
+    }
+
+    /// Lets attempts in flight finish, up to `grace`, recording their outcome;
+    /// the rest are abandoned and stay pending (sent again, same `webhook-id`).
+    async fn drain(&mut self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.in_flight.is_empty() {
+            match tokio::time::timeout_at(deadline, self.in_flight.join_next_with_id()).await {
+                Ok(Some(done)) => self.joined(done),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(endpoint = %self.ep.name, abandoned = self.in_flight.len(), "shutdown grace over: attempts in flight abandoned; they are sent again after the next start");
+                    self.in_flight.abort_all();
+                    break;
+                }
+            }
+        }
+        self.publish_counts();
     }
 }

@@ -2,20 +2,23 @@
 //! dispatcher with its retry policy, ordering and dead letters.
 
 pub mod client;
+pub mod control;
 pub mod dispatch;
 pub mod format;
 pub mod sign;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+
+pub use control::{EndpointCommand, EndpointStatus, TestResult};
 
 use crate::admin::Metrics;
 use crate::call::Event;
-use crate::config::Config;
+use crate::config::{Config, EndpointConfig};
 use crate::outbox::writer::{self, Sinks};
 use crate::outbox::{Outbox, OutboxError};
 
@@ -33,6 +36,9 @@ pub enum DeliveryError {
     /// An endpoint's TLS material is unusable.
     #[error(transparent)]
     Client(#[from] client::ClientError),
+    /// The outbox writer is gone (the process is stopping).
+    #[error("delivery is stopping")]
+    Stopped,
 }
 
 /// Opens the configured outbox.
@@ -45,13 +51,46 @@ pub fn open_outbox(config: &Config) -> Result<Arc<Outbox>, DeliveryError> {
         })
 }
 
+/// Capacity of an endpoint's command queue (operator requests are rare).
+const COMMANDS: usize = 16;
+
+type Sink = mpsc::UnboundedSender<writer::Committed>;
+
+/// A running endpoint dispatcher, as [`Delivery`] keeps it.
+struct Running {
+    config: EndpointConfig,
+    /// Where the writer announces this endpoint's committed events.
+    sink: Sink,
+    commands: mpsc::Sender<EndpointCommand>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The command queues of the endpoints in force; replaced whole on reload, so a
+/// reader never sees half a reload.
+pub type Endpoints = Arc<BTreeMap<String, mpsc::Sender<EndpointCommand>>>;
+
+/// What a reload changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    /// Endpoints that did not exist before.
+    pub added: Vec<String>,
+    /// Endpoints no longer configured (their pending deliveries stay stored).
+    pub removed: Vec<String>,
+    /// Endpoints whose settings changed (restarted with the new ones).
+    pub changed: Vec<String>,
+}
+
 /// The running outbox writer and endpoint dispatchers.
 pub struct Delivery {
     /// The store, shared with the admin API and the CLI.
     pub outbox: Arc<Outbox>,
     writer: tokio::task::JoinHandle<Result<(), OutboxError>>,
-    dispatchers: JoinSet<()>,
-    shutdown: CancellationToken,
+    control: mpsc::Sender<writer::Control>,
+    running: BTreeMap<String, Running>,
+    published: watch::Sender<Endpoints>,
+    metrics: Metrics,
+    grace: Duration,
 }
 
 impl Delivery {
@@ -64,54 +103,163 @@ impl Delivery {
         echo: Option<crate::outbox::writer::Echo>,
         metrics: Metrics,
     ) -> Result<Delivery, DeliveryError> {
-        // Deliveries kept for an endpoint that was removed or renamed wait, with
-        // their events, until it is configured again: say so rather than hide it.
-        match outbox.pending_by_endpoint() {
-            Ok(by_name) => {
-                for (name, n) in by_name {
-                    if !config.endpoints.iter().any(|e| e.name == name) {
-                        tracing::warn!(endpoint = %name, pending = n, "pending deliveries for an endpoint that is not configured; they are kept until it is");
-                    }
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot scan pending deliveries"),
-        }
-        let shutdown = CancellationToken::new();
-        let mut dispatchers = JoinSet::new();
-        let mut senders = HashMap::new();
+        warn_unconfigured(&outbox, config);
+        // Every backlog is loaded before the writer runs: a scan racing the writer
+        // could see unflushed events.
         let mut prepared = Vec::new();
         for ep in &config.endpoints {
             let client = client::HttpClient::new(ep)?;
-            let d = dispatch::prepare(ep.clone(), client, outbox.clone(), metrics.clone())
-                .map_err(|source| DeliveryError::Outbox {
-                    path: config.outbox.path.display().to_string(),
-                    source,
-                })?;
-            prepared.push((ep.name.clone(), d));
+            prepared.push((ep.clone(), prepare(config, ep, client, &outbox, &metrics)?));
         }
-        // Only now may the writer add events: every dispatcher has its backlog.
-        for (name, d) in prepared {
-            let (tx, rx) = mpsc::unbounded_channel();
-            senders.insert(name, tx);
-            dispatchers.spawn(dispatch::run(d, rx, shutdown.clone()));
+        let (control, control_rx) = mpsc::channel(4);
+        let mut running = BTreeMap::new();
+        let grace = config.service.shutdown_grace;
+        for (ep, dispatcher) in prepared {
+            running.insert(ep.name.clone(), spawn(ep, dispatcher, grace));
         }
+        let sinks = running
+            .iter()
+            .map(|(name, r)| (name.clone(), r.sink.clone()))
+            .collect();
         let endpoints: Arc<[_]> = config.endpoints.clone().into();
         let writer = tokio::spawn(writer::run(
             outbox.clone(),
             endpoints,
             events,
+            control_rx,
             Sinks {
-                endpoints: senders,
+                endpoints: sinks,
                 echo,
             },
-            metrics,
+            metrics.clone(),
         ));
-        Ok(Delivery {
+        let d = Delivery {
             outbox,
             writer,
-            dispatchers,
-            shutdown,
+            control,
+            running,
+            published: watch::channel(Arc::default()).0,
+            metrics,
+            grace,
+        };
+        d.publish();
+        Ok(d)
+    }
+
+    fn publish(&self) {
+        let map: BTreeMap<_, _> = self
+            .running
+            .iter()
+            .map(|(name, r)| (name.clone(), r.commands.clone()))
+            .collect();
+        self.published.send_replace(Arc::new(map));
+    }
+
+    /// The endpoints in force, kept current across reloads (for the admin API).
+    pub fn endpoints(&self) -> watch::Receiver<Endpoints> {
+        self.published.subscribe()
+    }
+
+    /// Whether the writer and every dispatcher answer within `within`: the
+    /// watchdog's proof that delivery is not wedged.
+    pub async fn alive(&self, within: Duration) -> bool {
+        let endpoints = self.published.borrow().clone();
+        tokio::time::timeout(within, async {
+            let (tx, rx) = oneshot::channel();
+            if self.control.send(writer::Control::Ping(tx)).await.is_err() || rx.await.is_err() {
+                return false;
+            }
+            for commands in endpoints.values() {
+                let (tx, rx) = oneshot::channel();
+                if commands.send(EndpointCommand::Status(tx)).await.is_err() || rx.await.is_err() {
+                    return false;
+                }
+            }
+            true
         })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Applies a new configuration's endpoints without losing or duplicating a
+    /// delivery: the writer switches routing between two batches, then removed
+    /// and changed dispatchers stop, then new and changed ones load their backlog
+    /// from the store and run. Unchanged endpoints are not touched. An endpoint
+    /// that cannot start (unusable TLS file) rejects the reload before anything moved.
+    pub async fn reload(&mut self, config: &Config) -> Result<ReloadSummary, DeliveryError> {
+        let mut summary = ReloadSummary::default();
+        let mut fresh = Vec::new();
+        for ep in &config.endpoints {
+            match self.running.get(&ep.name) {
+                Some(r) if r.config == *ep => continue,
+                Some(_) => summary.changed.push(ep.name.clone()),
+                None => summary.added.push(ep.name.clone()),
+            }
+            fresh.push((ep.clone(), client::HttpClient::new(ep)?));
+        }
+        summary.removed = self
+            .running
+            .keys()
+            .filter(|n| !config.endpoints.iter().any(|e| &e.name == *n))
+            .cloned()
+            .collect();
+        self.grace = config.service.shutdown_grace;
+
+        // 1. Route by the new endpoints. Fresh channels buffer the new
+        //    dispatchers' events until they run.
+        let mut channels = HashMap::new();
+        let mut sinks = HashMap::new();
+        for ep in &config.endpoints {
+            if fresh.iter().any(|(f, _)| f.name == ep.name) {
+                let (tx, rx) = mpsc::unbounded_channel();
+                sinks.insert(ep.name.clone(), tx.clone());
+                channels.insert(ep.name.clone(), (tx, rx));
+            } else if let Some(r) = self.running.get(&ep.name) {
+                sinks.insert(ep.name.clone(), r.sink.clone());
+            }
+        }
+        let (applied, applied_rx) = oneshot::channel();
+        let route = writer::Control::Route {
+            endpoints: config.endpoints.clone().into(),
+            sinks,
+            applied,
+        };
+        if self.control.send(route).await.is_err() || applied_rx.await.is_err() {
+            return Err(DeliveryError::Stopped);
+        }
+        // 2. The old routing is fully announced: stop what goes away or changes.
+        for name in summary.removed.iter().chain(&summary.changed) {
+            if let Some(r) = self.running.remove(name) {
+                r.stop.cancel();
+                let _ = r.task.await;
+            }
+        }
+        for name in &summary.removed {
+            self.clear_metrics(name);
+        }
+        // 3. Start from the store, which holds every event routed to them so far.
+        for (ep, client) in fresh {
+            let dispatcher = prepare(config, &ep, client, &self.outbox, &self.metrics)?;
+            let channel = channels.remove(&ep.name);
+            let r = match channel {
+                Some(ch) => spawn_on(ep.clone(), dispatcher, self.grace, ch),
+                None => spawn(ep.clone(), dispatcher, self.grace),
+            };
+            self.running.insert(ep.name, r);
+        }
+        self.publish();
+        Ok(summary)
+    }
+
+    /// A removed endpoint's series would otherwise report its last values forever.
+    fn clear_metrics(&self, name: &str) {
+        let m = &self.metrics;
+        let _ = m.outbox_pending.remove_label_values(&[name]);
+        let _ = m.outbox_oldest_pending_seconds.remove_label_values(&[name]);
+        let _ = m.deadletters.remove_label_values(&[name]);
+        for s in ["healthy", "circuit_open", "paused"] {
+            let _ = m.endpoint_state.remove_label_values(&[name, s]);
+        }
     }
 
     /// Resolves only if the outbox writer stops on a storage error it cannot get
@@ -125,10 +273,73 @@ impl Delivery {
     }
 
     /// Waits for the writer to commit everything its input held (the input must be
-    /// closed first), then stops the dispatchers. Unfinished deliveries stay pending.
+    /// closed first), then stops the dispatchers, each giving its attempts in
+    /// flight up to `service.shutdown_grace`. Unfinished deliveries stay pending.
     pub async fn shutdown(mut self) {
         let _ = (&mut self.writer).await;
-        self.shutdown.cancel();
-        while self.dispatchers.join_next().await.is_some() {}
+        for r in self.running.values() {
+            r.stop.cancel();
+        }
+        for (_, r) in std::mem::take(&mut self.running) {
+            let _ = r.task.await;
+        }
+    }
+}
+
+/// Warns about deliveries kept for an endpoint that was removed or renamed: they
+/// wait, with their events, until it is configured again.
+fn warn_unconfigured(outbox: &Outbox, config: &Config) {
+    match outbox.pending_by_endpoint() {
+        Ok(by_name) => {
+            for (name, n) in by_name {
+                if !config.endpoints.iter().any(|e| e.name == name) {
+                    tracing::warn!(endpoint = %name, pending = n, "pending deliveries for an endpoint that is not configured; they are kept until it is");
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot scan pending deliveries"),
+    }
+}
+
+fn prepare(
+    config: &Config,
+    ep: &EndpointConfig,
+    client: client::HttpClient,
+    outbox: &Arc<Outbox>,
+    metrics: &Metrics,
+) -> Result<dispatch::Dispatcher, DeliveryError> {
+    dispatch::prepare(ep.clone(), client, outbox.clone(), metrics.clone()).map_err(|source| {
+        DeliveryError::Outbox {
+            path: config.outbox.path.display().to_string(),
+            source,
+        }
+    })
+}
+
+fn spawn(ep: EndpointConfig, dispatcher: dispatch::Dispatcher, grace: Duration) -> Running {
+    spawn_on(ep, dispatcher, grace, mpsc::unbounded_channel())
+}
+
+fn spawn_on(
+    ep: EndpointConfig,
+    dispatcher: dispatch::Dispatcher,
+    grace: Duration,
+    (sink, rx): (Sink, mpsc::UnboundedReceiver<writer::Committed>),
+) -> Running {
+    let (commands, commands_rx) = mpsc::channel(COMMANDS);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(dispatch::run(
+        dispatcher,
+        rx,
+        commands_rx,
+        stop.clone(),
+        grace,
+    ));
+    Running {
+        config: ep,
+        sink,
+        commands,
+        stop,
+        task,
     }
 }

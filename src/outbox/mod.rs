@@ -363,15 +363,35 @@ impl Outbox {
 
     /// Dead letters, optionally of one endpoint, in offset order.
     pub fn dead_letters(&self, endpoint: Option<&str>) -> Result<Vec<DeadLetter>, OutboxError> {
-        let iter = match endpoint {
-            Some(e) => self.dead.scan_prefix(prefix(e)),
-            None => self.dead.iter(),
+        self.dead_letters_page(endpoint, None, usize::MAX)
+    }
+
+    /// Up to `limit` dead letters (of one endpoint, or all by endpoint then
+    /// offset) after the one named by `after`: the admin API pages through a
+    /// backlog that may hold millions without loading it.
+    pub fn dead_letters_page(
+        &self,
+        endpoint: Option<&str>,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, OutboxError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some((e, o)) => Bound::Excluded(pending_key(e, o)),
+            None => Bound::Included(endpoint.map(prefix).unwrap_or_default()),
         };
+        let want = endpoint.map(prefix);
         let mut out = Vec::new();
-        for kv in iter {
+        for kv in self.dead.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+            if out.len() >= limit {
+                break;
+            }
             let (k, v) = kv?;
+            if want.as_ref().is_some_and(|p| !k.starts_with(p)) {
+                break;
+            }
             let offset = offset_of(&k).ok_or(OutboxError::Corrupt(0))?;
-            let endpoint = String::from_utf8_lossy(&k[..k.len() - 9]).into_owned();
+            let endpoint = String::from_utf8_lossy(&k[..k.len().saturating_sub(9)]).into_owned();
             let event_id = self.event(offset)?.map(|e| e.id).unwrap_or_default();
             out.push(DeadLetter {
                 endpoint,

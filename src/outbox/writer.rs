@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Outbox, OutboxError, call_key};
 use crate::admin::{Metrics, RateLog};
@@ -23,6 +23,27 @@ pub struct Committed {
     pub offset: u64,
     /// Per-call ordering key.
     pub call_key: u64,
+    /// When the SIP message behind it was received (ms since the epoch): the
+    /// dispatcher reports how long its oldest pending event has waited.
+    pub received_ms: i64,
+}
+
+/// Changes the writer applies between two batches, so every event is routed by
+/// exactly one endpoint set: a reload never splits a batch.
+pub enum Control {
+    /// From the next batch on, route by `endpoints` into `sinks`; `applied` fires
+    /// once every event routed the old way is committed and announced.
+    Route {
+        /// The endpoints in force.
+        endpoints: Arc<[EndpointConfig]>,
+        /// Their dispatchers' queues.
+        sinks: HashMap<String, mpsc::UnboundedSender<Committed>>,
+        /// Acknowledges the switch.
+        applied: oneshot::Sender<()>,
+    },
+    /// Answers when the writer is between batches: proof for the watchdog that it
+    /// is not wedged.
+    Ping(oneshot::Sender<()>),
 }
 
 /// Sees each committed event's JSON (`--print-events`).
@@ -36,19 +57,50 @@ pub struct Sinks {
     pub echo: Option<Echo>,
 }
 
+/// An event written in this batch, announced once the batch is durable.
+struct Stored {
+    body: Vec<u8>,
+    offset: u64,
+    call_key: u64,
+    received_ms: i64,
+    /// Indexes into the endpoint list of the endpoints that want it.
+    targets: Vec<usize>,
+}
+
 /// Stores and commits events from `rx` until it closes.
 pub async fn run(
     outbox: Arc<Outbox>,
-    endpoints: Arc<[EndpointConfig]>,
+    mut endpoints: Arc<[EndpointConfig]>,
     mut rx: mpsc::Receiver<Event>,
+    mut control: mpsc::Receiver<Control>,
     mut sinks: Sinks,
     metrics: Metrics,
 ) -> Result<(), OutboxError> {
     let mut batch: Vec<Event> = Vec::with_capacity(64);
-    let mut stored: Vec<(Vec<u8>, u64, u64, Vec<usize>)> = Vec::with_capacity(64);
+    let mut stored: Vec<Stored> = Vec::with_capacity(64);
     let mut errors = RateLog::new(Duration::from_secs(10));
     let mut size = outbox.size_on_disk();
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            biased;
+            Some(c) = control.recv() => {
+                match c {
+                    Control::Route { endpoints: e, sinks: s, applied } => {
+                        endpoints = e;
+                        sinks.endpoints = s;
+                        let _ = applied.send(());
+                    }
+                    Control::Ping(reply) => {
+                        let _ = reply.send(());
+                    }
+                }
+                continue;
+            }
+            e = rx.recv() => match e {
+                Some(e) => e,
+                None => break,
+            },
+        };
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -89,8 +141,15 @@ pub async fn run(
                 })
                 .map(|(i, _)| i)
                 .collect();
+            let received_ms = event.timestamp.millis();
             if targets.is_empty() {
-                stored.push((body, u64::MAX, call_key(&event.call.id), targets));
+                stored.push(Stored {
+                    body,
+                    offset: u64::MAX,
+                    call_key: call_key(&event.call.id),
+                    received_ms,
+                    targets,
+                });
                 continue;
             }
             let names: Vec<&str> = targets
@@ -105,7 +164,13 @@ pub async fn run(
                 _ => outbox.append(&event, &body, &names, now),
             };
             match result {
-                Ok(offset) => stored.push((body, offset, call_key(&event.call.id), targets)),
+                Ok(offset) => stored.push(Stored {
+                    body,
+                    offset,
+                    call_key: call_key(&event.call.id),
+                    received_ms,
+                    targets,
+                }),
                 Err(e) => {
                     let reason = if matches!(e, OutboxError::Full { .. }) {
                         "outbox_full"
@@ -124,7 +189,14 @@ pub async fn run(
         metrics
             .outbox_size_bytes
             .set(i64::try_from(size).unwrap_or(i64::MAX));
-        for (body, offset, key, targets) in stored.drain(..) {
+        for Stored {
+            body,
+            offset,
+            call_key: key,
+            received_ms,
+            targets,
+        } in stored.drain(..)
+        {
             if let Some(echo) = sinks.echo.as_mut() {
                 echo(&body);
             }
@@ -133,6 +205,7 @@ pub async fn run(
                     let _ = tx.send(Committed {
                         offset,
                         call_key: key,
+                        received_ms,
                     });
                 }
             }

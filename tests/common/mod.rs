@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod receiver;
 
 use std::net::SocketAddr;
@@ -58,6 +59,7 @@ pub fn test_config() -> Config {
     let mut c = Config::default();
     c.sip.udp = vec!["127.0.0.1:0".parse().unwrap()];
     c.sip.tcp = vec!["127.0.0.1:0".parse().unwrap()];
+    c.admin.listen = Some("127.0.0.1:0".parse().unwrap());
     c
 }
 
@@ -241,27 +243,53 @@ pub fn metric_value(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> f
     total
 }
 
+/// The bearer token `binary_config` writes for the admin API.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+/// A free loopback port (bound and released; the race with another process is
+/// accepted in tests).
+pub fn free_port(udp: bool) -> u16 {
+    if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+}
+
 /// Writes a config for running the real binary: SIP on a free loopback UDP port,
-/// the outbox in `dir`, one endpoint `crm` posting to `url` with `extra` keys.
-/// Returns the config path and the SIP address.
+/// the admin API on a free loopback TCP port with [`ADMIN_TOKEN`], the outbox in
+/// `dir`, one endpoint `crm` posting to `url` with `extra` keys.
+/// Returns the config path and the SIP address; [`admin_addr`] reads the admin one.
 pub fn binary_config(
     dir: &std::path::Path,
     url: &str,
     extra: &str,
 ) -> (std::path::PathBuf, String) {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let target = format!("127.0.0.1:{port}");
+    let target = format!("127.0.0.1:{}", free_port(true));
+    let admin = format!("127.0.0.1:{}", free_port(false));
+    let token = dir.join("admin.token");
+    std::fs::write(&token, format!("{ADMIN_TOKEN}\n")).unwrap();
     let config = dir.join("siphook.toml");
     let text = format!(
-        "[sip]\nudp = [\"{target}\"]\ntcp = []\n[outbox]\npath = \"{}\"\n[[endpoints]]\nname = \"crm\"\nurl = \"{url}\"\nallow_http = true\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n{extra}\n",
-        dir.join("outbox").display()
+        "[sip]\nudp = [\"{target}\"]\ntcp = []\n[outbox]\npath = \"{}\"\n[admin]\nlisten = \"{admin}\"\ntoken_file = \"{}\"\n[[endpoints]]\nname = \"crm\"\nurl = \"{url}\"\nallow_http = true\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n{extra}\n",
+        dir.join("outbox").display(),
+        token.display(),
     );
     std::fs::write(&config, text).unwrap();
     (config, target)
+}
+
+/// The admin listener address a config file names.
+pub fn admin_addr(config: &std::path::Path) -> std::net::SocketAddr {
+    Config::load(config).unwrap().admin.listen.unwrap()
 }
 
 /// Event types of a list, in order.

@@ -1,0 +1,214 @@
+//! The admin HTTP listener: `/metrics`, `/healthz`, `/readyz` for machines, and the
+//! token-protected `/v1` API for the operator on call. Loopback by default; bounded
+//! in connections, header time and body size, because it may face a hostile host.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::Metrics;
+use crate::config::Redacted;
+use crate::deliver::Endpoints;
+use crate::gateway::TrackerQuery;
+use crate::outbox::Outbox;
+
+/// Admin connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request headers within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The response type of every handler.
+pub type Reply = Response<Full<Bytes>>;
+
+/// Everything the admin API reads or asks, each through its owner's channel.
+pub struct AdminState {
+    /// The registry `/metrics` renders; also the outbox's readiness gauge.
+    pub metrics: Metrics,
+    /// Dead letters are read straight from the store (reads never conflict).
+    pub outbox: Arc<Outbox>,
+    /// Questions for the tracker task (active calls).
+    pub tracker: mpsc::Sender<TrackerQuery>,
+    /// The endpoint dispatchers in force.
+    pub endpoints: watch::Receiver<Endpoints>,
+    /// The bearer token `/v1` wants; replaced on reload.
+    pub token: watch::Receiver<Option<Redacted>>,
+    /// Set once shutdown begins: `/readyz` fails so load balancers move away.
+    pub stopping: CancellationToken,
+}
+
+/// Binds the admin listener; fails before anything runs if the address is taken.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves admin requests until `shutdown`.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+                }
+            }
+        });
+    }
+}
+
+async fn route(state: &AdminState, req: Request<Incoming>) -> Reply {
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(state.metrics.render())));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (&Method::GET, "/healthz") => json_reply(StatusCode::OK, &json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => readyz(state),
+        (_, "/metrics" | "/healthz" | "/readyz") => method_not_allowed(),
+        (_, p) if p == "/v1" || p.starts_with("/v1/") => {
+            if let Err(r) = authorize(state, &req) {
+                return *r;
+            }
+            super::api::handle(state, req).await
+        }
+        _ => problem(StatusCode::NOT_FOUND, "Not Found", "no such path"),
+    }
+}
+
+/// Ready means: SIP listeners bound (true once this server runs), the outbox takes
+/// new events, and no shutdown has begun.
+fn readyz(state: &AdminState) -> Reply {
+    let mut reasons = Vec::new();
+    if state.stopping.is_cancelled() {
+        reasons.push("shutting_down");
+    }
+    if state.metrics.outbox_accepting.get() != 1 {
+        reasons.push("outbox_full");
+    }
+    if reasons.is_empty() {
+        json_reply(StatusCode::OK, &json!({"status": "ready"}))
+    } else {
+        json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "unready", "reasons": reasons}),
+        )
+    }
+}
+
+/// Bearer token check. Both sides are hashed before comparing so the comparison
+/// takes the same time whatever the token's length or where it differs.
+fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), Box<Reply>> {
+    let unauthorized = |detail: &str| {
+        let mut r = problem(StatusCode::UNAUTHORIZED, "Unauthorized", detail);
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"siphook\""),
+        );
+        Box::new(r)
+    };
+    let token = state.token.borrow().clone();
+    let Some(Redacted(token)) = token else {
+        return Err(unauthorized(
+            "no admin token is configured (admin.token_file): /v1 is disabled",
+        ));
+    };
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let (a, b) = (
+        Sha256::digest(given.as_bytes()),
+        Sha256::digest(token.as_bytes()),
+    );
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    if given.is_empty() || diff != 0 {
+        return Err(unauthorized("missing or wrong bearer token"));
+    }
+    Ok(())
+}
+
+/// A JSON response.
+pub fn json_reply(status: StatusCode, body: &serde_json::Value) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(body).unwrap_or_default(),
+    )));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// An RFC 7807 problem document.
+pub fn problem(status: StatusCode, title: &str, detail: &str) -> Reply {
+    let mut r = json_reply(
+        status,
+        &json!({"type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail}),
+    );
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    r
+}
+
+/// 405 for a known path with the wrong method.
+pub fn method_not_allowed() -> Reply {
+    problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method Not Allowed",
+        "this path does not take that method",
+    )
+}

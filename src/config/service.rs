@@ -1,0 +1,152 @@
+//! `[admin]`, `[log]` and `[service]`: how the process is operated rather than what
+//! it does with SIP.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::Checker;
+use super::delivery::{Redacted, read_secret_file};
+
+/// Shortest admin token accepted: anything shorter can be guessed over HTTP.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// `[admin]`: the HTTP listener for metrics, health and the operator API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// Where `/metrics`, `/healthz`, `/readyz` and `/v1` are served; `None` turns
+    /// the listener off.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token `/v1` requires; without one `/v1` answers 401 to everything.
+    pub token: Option<Redacted>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9960))),
+            token: None,
+        }
+    }
+}
+
+/// `[log]`: what is logged; reloadable with SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A tracing filter: `"info"`, `"warn,siphook::deliver=debug"`. `RUST_LOG`, when
+    /// set, wins at start so a one-off debugging run needs no config edit.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// `[service]`: the process lifecycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// On SIGTERM, how long deliveries already in flight may take to finish;
+    /// whatever is not delivered by then stays pending for the next start.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct RawAdmin {
+    listen: Option<String>,
+    token_file: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct RawLog {
+    level: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct RawService {
+    shutdown_grace: Option<String>,
+}
+
+impl RawAdmin {
+    pub(super) fn validate(self, c: &mut Checker<'_>) -> AdminConfig {
+        let d = AdminConfig::default();
+        let listen = match self.listen.as_deref().map(str::trim) {
+            None => d.listen,
+            Some("") => None,
+            Some(s) => match s.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    c.problem(
+                        "admin.listen",
+                        format!("invalid socket address \"{s}\" (\"\" turns the listener off)"),
+                    );
+                    None
+                }
+            },
+        };
+        let token = match self.token_file.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(path) => read_secret_file(c, path, "admin.token_file").and_then(|t| {
+                if t.len() < MIN_TOKEN_LEN {
+                    c.problem(
+                        "admin.token_file",
+                        format!(
+                            "the token in \"{path}\" is shorter than {MIN_TOKEN_LEN} characters"
+                        ),
+                    );
+                    None
+                } else {
+                    Some(Redacted(t))
+                }
+            }),
+        };
+        AdminConfig { listen, token }
+    }
+}
+
+impl RawLog {
+    pub(super) fn validate(self, c: &mut Checker<'_>) -> LogConfig {
+        let Some(level) = self.level else {
+            return LogConfig::default();
+        };
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() || level.trim().is_empty() {
+            c.problem(
+                "log.level",
+                format!(
+                    "invalid filter \"{level}\" (e.g. \"info\", \"warn,siphook::deliver=debug\")"
+                ),
+            );
+            return LogConfig::default();
+        }
+        LogConfig { level }
+    }
+}
+
+impl RawService {
+    pub(super) fn validate(self, c: &mut Checker<'_>) -> ServiceConfig {
+        let d = ServiceConfig::default();
+        ServiceConfig {
+            shutdown_grace: c.duration(
+                "service.shutdown_grace",
+                self.shutdown_grace,
+                d.shutdown_grace,
+                Duration::ZERO,
+            ),
+        }
+    }
+}

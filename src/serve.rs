@@ -1,0 +1,288 @@
+//! The process lifecycle: start everything in order, tell systemd, prove liveness
+//! to its watchdog, apply reloads, and shut down without losing what was received.
+//!
+//! Start: outbox → listeners and tracker → writer and dispatchers → admin → READY.
+//! Stop: STOPPING → listeners close → the tracker drains → the writer commits →
+//! attempts in flight get `service.shutdown_grace` → admin closes → exit 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{AdminState, Metrics, systemd};
+use crate::config::{Config, ConfigError};
+use crate::deliver::{Delivery, DeliveryError};
+use crate::gateway::{Gateway, StartError, TrackerQuery};
+
+/// What the binary's signal handlers tell a running siphook.
+#[derive(Debug)]
+pub enum Signal {
+    /// SIGTERM or SIGINT: shut down cleanly.
+    Stop,
+    /// SIGHUP: the configuration file read again (or why it could not be).
+    Reload(Box<Result<Config, ConfigError>>),
+}
+
+/// Whether events are also printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutput {
+    /// One JSON object per line on stdout (`--print-events`), after its commit.
+    JsonLines,
+    /// Not printed.
+    Quiet,
+}
+
+/// Applies a new log filter; the binary owns the subscriber, so it passes this in.
+pub type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Where a started siphook listens (port 0 resolved): what tests and tools need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bound {
+    /// SIP over UDP.
+    pub udp: Vec<SocketAddr>,
+    /// SIP over TCP.
+    pub tcp: Vec<SocketAddr>,
+    /// The admin HTTP listener, if enabled.
+    pub admin: Option<SocketAddr>,
+}
+
+/// How [`serve`] runs beyond the configuration.
+pub struct ServeOptions {
+    /// Print events too.
+    pub output: EventOutput,
+    /// Reloads the log filter on SIGHUP.
+    pub log: Option<LogReload>,
+    /// Told the bound addresses once siphook is ready.
+    pub ready: Option<oneshot::Sender<Bound>>,
+}
+
+/// Why `serve` stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Listeners could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The outbox or an endpoint client could not start.
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
+    /// The outbox kept failing to commit; restart to reopen it.
+    #[error("outbox failed: {0}")]
+    Outbox(crate::outbox::OutboxError),
+}
+
+/// How long a pipeline stage may take to answer the watchdog's question.
+const ALIVE_WITHIN: Duration = Duration::from_secs(5);
+
+/// Runs siphook until a [`Signal::Stop`] (or the sender is dropped).
+pub async fn serve(
+    config: Config,
+    opts: ServeOptions,
+    mut signals: mpsc::Receiver<Signal>,
+) -> Result<(), ServeError> {
+    let metrics = Metrics::new();
+    let outbox = crate::deliver::open_outbox(&config)?;
+    let restore = outbox
+        .active_calls()
+        .map_err(|source| DeliveryError::Outbox {
+            path: config.outbox.path.display().to_string(),
+            source,
+        })?;
+    let admin_listener = match config.admin.listen {
+        Some(addr) => {
+            Some(
+                crate::admin::server::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        transport: "admin http",
+                        addr,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let mut gateway = Gateway::start_with(&config, metrics.clone(), restore).await?;
+    let events = std::mem::replace(&mut gateway.events, mpsc::channel(1).1);
+    let mut delivery = match Delivery::start(
+        &config,
+        outbox.clone(),
+        events,
+        echo(opts.output),
+        metrics.clone(),
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            drop(gateway.shutdown().await);
+            return Err(e.into());
+        }
+    };
+    let stopping = CancellationToken::new();
+    let admin_stop = CancellationToken::new();
+    let (token_tx, token_rx) = watch::channel(config.admin.token.clone());
+    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let admin_task = admin_listener.map(|listener| {
+        let state = Arc::new(AdminState {
+            metrics: metrics.clone(),
+            outbox,
+            tracker: gateway.queries.clone(),
+            endpoints: delivery.endpoints(),
+            token: token_rx,
+            stopping: stopping.clone(),
+        });
+        tokio::spawn(crate::admin::server::serve(
+            listener,
+            state,
+            admin_stop.clone(),
+        ))
+    });
+    tracing::info!(
+        udp = ?gateway.udp_addrs,
+        tcp = ?gateway.tcp_addrs,
+        admin = ?admin_addr,
+        endpoints = config.endpoints.len(),
+        outbox = %config.outbox.path.display(),
+        "siphook running"
+    );
+    systemd::ready();
+    if let Some(ready) = opts.ready {
+        let _ = ready.send(Bound {
+            udp: gateway.udp_addrs.clone(),
+            tcp: gateway.tcp_addrs.clone(),
+            admin: admin_addr,
+        });
+    }
+
+    let watchdog = systemd::watchdog_interval();
+    let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut current = config;
+    let failure = loop {
+        tokio::select! {
+            s = signals.recv() => match s {
+                None | Some(Signal::Stop) => break None,
+                Some(Signal::Reload(new)) => {
+                    systemd::reloading();
+                    reload(&mut current, *new, &mut delivery, &token_tx, opts.log.as_ref(), &metrics).await;
+                    systemd::ready();
+                }
+            },
+            e = delivery.failed() => break Some(e),
+            _ = tick.tick(), if watchdog.is_some() => {
+                if alive(&gateway.queries, &delivery).await {
+                    systemd::watchdog();
+                } else {
+                    tracing::error!("pipeline did not answer the watchdog; systemd restarts a wedged siphook");
+                }
+            }
+        }
+    };
+    tracing::info!("shutting down");
+    systemd::stopping();
+    stopping.cancel();
+    drop(gateway.shutdown().await);
+    if let Some(e) = failure {
+        admin_stop.cancel();
+        return Err(ServeError::Outbox(e));
+    }
+    delivery.shutdown().await;
+    admin_stop.cancel();
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn echo(output: EventOutput) -> Option<crate::outbox::writer::Echo> {
+    match output {
+        EventOutput::JsonLines => Some(Box::new(|json: &[u8]| {
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            let written = stdout
+                .write_all(json)
+                .and_then(|_| stdout.write_all(b"\n"))
+                .and_then(|_| stdout.flush());
+            if written.is_err() {
+                tracing::warn!("stdout closed; events are no longer printed");
+            }
+        })),
+        EventOutput::Quiet => None,
+    }
+}
+
+/// The tracker and every delivery stage answered a question in time.
+async fn alive(tracker: &mpsc::Sender<TrackerQuery>, delivery: &Delivery) -> bool {
+    let (tx, rx) = oneshot::channel();
+    let tracker_ok = tokio::time::timeout(ALIVE_WITHIN, async {
+        tracker.send(TrackerQuery::Ping(tx)).await.is_ok() && rx.await.is_ok()
+    })
+    .await
+    .unwrap_or(false);
+    tracker_ok && delivery.alive(ALIVE_WITHIN).await
+}
+
+/// Applies what a reload can change at run time: endpoints, the admin token and
+/// the log filter. A file that does not load changes nothing.
+async fn reload(
+    current: &mut Config,
+    new: Result<Config, ConfigError>,
+    delivery: &mut Delivery,
+    token: &watch::Sender<Option<crate::config::Redacted>>,
+    log: Option<&LogReload>,
+    metrics: &Metrics,
+) {
+    let fail = |why: &str| {
+        metrics.config_reloads.with_label_values(&["failure"]).inc();
+        tracing::error!(
+            "configuration reload rejected, the running configuration stays in force: {why}"
+        );
+    };
+    let new = match new {
+        Ok(c) => c,
+        // Problems name keys and never echo values, so they are safe to log.
+        Err(e) => return fail(&e.to_string().replace('\n', "; ")),
+    };
+    if new.log.level != current.log.level
+        && let Some(log) = log
+        && let Err(e) = log(&new.log.level)
+    {
+        return fail(&format!("log.level: {e}"));
+    }
+    let summary = match delivery.reload(&new).await {
+        Ok(s) => s,
+        Err(e) => return fail(&e.to_string()),
+    };
+    token.send_replace(new.admin.token.clone());
+    let restart_needed: Vec<&str> = [
+        ("sip", current.sip != new.sip),
+        ("outbox", current.outbox != new.outbox),
+        ("admin.listen", current.admin.listen != new.admin.listen),
+    ]
+    .into_iter()
+    .filter_map(|(k, changed)| changed.then_some(k))
+    .collect();
+    if !restart_needed.is_empty() {
+        tracing::warn!(
+            sections = ?restart_needed,
+            "these settings changed and take effect at the next restart (listeners and the outbox stay as they are)"
+        );
+    }
+    metrics.config_reloads.with_label_values(&["success"]).inc();
+    tracing::info!(
+        added = ?summary.added,
+        removed = ?summary.removed,
+        changed = ?summary.changed,
+        log_level = %new.log.level,
+        "configuration reloaded"
+    );
+    // What needs a restart keeps its running value, so the next reload still
+    // compares against what actually runs.
+    let mut applied = new;
+    applied.sip = current.sip.clone();
+    applied.outbox = current.outbox.clone();
+    applied.admin.listen = current.admin.listen;
+    *current = applied;
+}

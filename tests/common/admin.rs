@@ -1,0 +1,198 @@
+//! A plain HTTP/1.1 client for siphook's admin listener, and a reader for the
+//! Prometheus text format, so tests assert on what an SRE's tools would see.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::DEADLINE;
+
+/// One admin response.
+#[derive(Debug)]
+pub struct AdminReply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl AdminReply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// Sends one request to the admin listener at `addr`; `token` becomes a bearer
+/// `Authorization` header; `body`, when given, is sent as JSON.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> AdminReply {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let body = match body {
+        Some(b) => {
+            req = req.header("content-type", "application/json");
+            Bytes::from(serde_json::to_vec(&b).unwrap())
+        }
+        None => Bytes::new(),
+    };
+    let resp = tokio::time::timeout(DEADLINE, client.request(req.body(Full::new(body)).unwrap()))
+        .await
+        .expect("admin answers within the deadline")
+        .expect("admin request");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("admin body").to_bytes();
+    AdminReply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// GET with the token.
+pub async fn get(addr: SocketAddr, path: &str, token: &str) -> AdminReply {
+    request(addr, "GET", path, Some(token), None).await
+}
+
+/// POST with the token and a JSON body.
+pub async fn post(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> AdminReply {
+    request(addr, "POST", path, Some(token), Some(body)).await
+}
+
+/// One sample of the Prometheus text format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// Parses the Prometheus text exposition format (what `/metrics` serves).
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample line has a value");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_owned(), Vec::new()),
+            Some((name, rest)) => {
+                let rest = rest.strip_suffix('}').expect("labels end with }");
+                let mut labels = Vec::new();
+                for pair in split_labels(rest) {
+                    let (k, v) = pair.split_once('=').expect("label has =");
+                    labels.push((k.to_owned(), v.trim_matches('"').replace("\\\"", "\"")));
+                }
+                (name.to_owned(), labels)
+            }
+        };
+        out.push(Sample {
+            name,
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+fn split_labels(s: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let (mut cur, mut quoted, mut escaped) = (String::new(), false, false);
+    for c in s.chars() {
+        match c {
+            _ if escaped => {
+                cur.push(c);
+                escaped = false;
+                continue;
+            }
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    if !cur.is_empty() {
+        parts.push(cur);
+    }
+    parts
+}
+
+/// Sum of the samples named `name` whose labels include every pair of `labels`.
+pub fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+/// Whether any sample is named `name`.
+pub fn has(samples: &[Sample], name: &str) -> bool {
+    samples.iter().any(|s| s.name == name)
+}
+
+/// Polls `/metrics` until `name{labels}` reaches `at_least`, returning the last
+/// scrape; fails at the deadline.
+pub async fn wait_metric(
+    addr: SocketAddr,
+    name: &str,
+    labels: &[(&str, &str)],
+    at_least: f64,
+) -> Vec<Sample> {
+    let start = tokio::time::Instant::now();
+    loop {
+        let samples = parse_metrics(&request(addr, "GET", "/metrics", None, None).await.text());
+        let v = sum(&samples, name, labels);
+        if v >= at_least {
+            return samples;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{name}{labels:?} stayed at {v}, wanted {at_least}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
