@@ -141,7 +141,7 @@ pub async fn serve(
     tracing::info!(
         udp = ?gateway.udp_addrs,
         tcp = ?gateway.tcp_addrs,
-        admin = ?admin_addr,
+        admin = %admin_addr.map_or("off".to_owned(), |a| a.to_string()),
         endpoints = config.endpoints.len(),
         outbox = %config.outbox.path.display(),
         "siphook running"
@@ -245,16 +245,18 @@ async fn reload(
         // Problems name keys and never echo values, so they are safe to log.
         Err(e) => return fail(&e.to_string().replace('\n', "; ")),
     };
-    if new.log.level != current.log.level
-        && let Some(log) = log
-        && let Err(e) = log(&new.log.level)
-    {
-        return fail(&format!("log.level: {e}"));
-    }
+    // Delivery first: it is the part that can still refuse (an unreadable TLS
+    // file); the filter was validated with the file and cannot.
     let summary = match delivery.reload(&new).await {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string()),
     };
+    if new.log.level != current.log.level
+        && let Some(log) = log
+        && let Err(e) = log(&new.log.level)
+    {
+        tracing::error!("log.level not applied: {e}");
+    }
     token.send_replace(new.admin.token.clone());
     let restart_needed: Vec<&str> = [
         ("sip", current.sip != new.sip),

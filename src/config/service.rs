@@ -150,3 +150,63 @@ impl RawService {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(text) {
+            Ok(_) => vec![],
+            Err(ConfigError::Invalid(p)) => p.iter().map(ToString::to_string).collect(),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn admin_log_and_service_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "abc\n").unwrap();
+        let got = problems(&format!(
+            "[admin]\nlisten = \"localhost\"\ntoken_file = \"{}\"\n[log]\nlevel = \"info,=[\"\n[service]\nshutdown_grace = \"soon\"\n",
+            short.display()
+        ));
+        assert_eq!(
+            got,
+            vec![
+                "admin.listen: invalid socket address \"localhost\" (\"\" turns the listener off)"
+                    .to_owned(),
+                format!(
+                    "admin.token_file: the token in \"{}\" is shorter than 16 characters",
+                    short.display()
+                ),
+                "log.level: invalid filter \"info,=[\" (e.g. \"info\", \"warn,siphook::deliver=debug\")".into(),
+                "service.shutdown_grace: invalid duration \"soon\" (use e.g. \"250ms\", \"32s\", \"3m\", \"4h\")".into(),
+            ]
+        );
+        // The token itself never shows, even when it is refused.
+        assert!(!got.concat().contains("abc"));
+    }
+
+    #[test]
+    fn admin_can_be_turned_off_and_the_token_is_read_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+        let c = Config::parse(&format!(
+            "[admin]\nlisten = \"\"\ntoken_file = \"{}\"\n",
+            token.display()
+        ))
+        .unwrap();
+        assert_eq!(c.admin.listen, None);
+        assert_eq!(
+            c.admin.token,
+            Some(super::Redacted("0123456789abcdef0123".into()))
+        );
+        assert_eq!(format!("{:?}", c.admin.token), "Some(<redacted>)");
+        let d = Config::parse("").unwrap();
+        assert_eq!(d.admin.listen, Some("127.0.0.1:9960".parse().unwrap()));
+        assert_eq!(d.service.shutdown_grace, std::time::Duration::from_secs(10));
+    }
+}

@@ -126,6 +126,9 @@ pub struct Dispatcher {
     /// announcements of them (possible across a reload) are already queued.
     loaded_through: Option<u64>,
     last_error: Option<LastError>,
+    /// One per-event warning a second: an endpoint refusing everything must not
+    /// write a log line per event.
+    log_limit: crate::admin::RateLog,
     dead: usize,
     consecutive_failures: u32,
     next_probe: Option<Instant>,
@@ -158,6 +161,7 @@ impl Dispatcher {
             pending: BTreeMap::new(),
             loaded_through: None,
             last_error: None,
+            log_limit: crate::admin::RateLog::new(Duration::from_secs(1)),
             dead: 0,
             consecutive_failures: 0,
             next_probe: None,
@@ -455,7 +459,9 @@ impl Dispatcher {
     }
 
     fn give_up(&mut self, offset: u64, call_key: u64, state: DeliveryState, why: &str) {
-        tracing::warn!(endpoint = %self.ep.name, offset, attempts = state.attempts, last_status = ?state.last_status, last_error = ?state.last_error, "dead letter: {why}");
+        if let Some(suppressed) = self.log_limit.allow() {
+            tracing::warn!(endpoint = %self.ep.name, offset, attempts = state.attempts, last_status = ?state.last_status, last_error = ?state.last_error, suppressed, "dead letter: {why}");
+        }
         if let Err(e) = self.outbox.dead_letter(&self.ep.name, offset, &state) {
             tracing::error!(endpoint = %self.ep.name, offset, error = %e, "cannot record dead letter");
         }

@@ -95,10 +95,16 @@ impl IngestContext {
         }
     }
 
+    /// Whether a hot-path warning may be logged now (one a second across every
+    /// listener), with the count suppressed since the last: a flood of bad input
+    /// must not turn into a flood of log lines.
+    pub fn allow_log(&self) -> Option<u64> {
+        self.log_limit.lock().ok().and_then(|mut l| l.allow())
+    }
+
     /// Logs a parse failure by Call-ID at most: the raw bytes carry phone numbers.
     fn log_parse_error(&self, reason: &str, raw: &[u8], source: SocketAddr) {
-        let allowed = self.log_limit.lock().ok().and_then(|mut l| l.allow());
-        if let Some(suppressed) = allowed {
+        if let Some(suppressed) = self.allow_log() {
             let call_id = sip::sniff_call_id(raw);
             tracing::warn!(
                 reason,

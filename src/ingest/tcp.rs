@@ -61,7 +61,9 @@ pub async fn serve(
                 .tcp_closed
                 .with_label_values(&["refused_max_connections"])
                 .inc();
-            tracing::warn!(%peer, max = limits.max_connections, "TCP connection refused: max_tcp_connections reached");
+            if let Some(suppressed) = ctx.allow_log() {
+                tracing::warn!(%peer, max = limits.max_connections, suppressed, "TCP connection refused: max_tcp_connections reached");
+            }
             drop(stream);
             continue;
         }
@@ -139,7 +141,9 @@ async fn connection(
                         .sip_parse_errors
                         .with_label_values(&["tcp", e.reason()])
                         .inc();
-                    tracing::warn!(%peer, reason = e.reason(), "closing SIP TCP connection: {e}");
+                    if let Some(suppressed) = ctx.allow_log() {
+                        tracing::warn!(%peer, reason = e.reason(), suppressed, "closing SIP TCP connection: {e}");
+                    }
                     return e.reason();
                 }
             }
