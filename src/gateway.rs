@@ -75,6 +75,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Questions for the tracker task.
     pub queries: mpsc::Sender<TrackerQuery>,
+    /// A task ended before shutdown; the watchdog is no longer fed.
+    broken: bool,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -172,9 +174,32 @@ impl Gateway {
             events: ev_rx,
             metrics,
             queries,
+            broken: false,
             shutdown,
             tasks,
         })
+    }
+
+    /// Whether every listener and the tracker still run and the tracker answers
+    /// within `within`: what the systemd watchdog wants proven. A task that ended
+    /// before shutdown (a listener that failed) means a broken pipeline.
+    pub async fn alive(&mut self, within: Duration) -> bool {
+        if let Some(ended) = self.tasks.try_join_next() {
+            tracing::error!(
+                panicked = ended.is_err(),
+                "a listener or the tracker task ended unexpectedly"
+            );
+            self.broken = true;
+        }
+        if self.broken {
+            return false;
+        }
+        let (tx, rx) = oneshot::channel();
+        tokio::time::timeout(within, async {
+            self.queries.send(TrackerQuery::Ping(tx)).await.is_ok() && rx.await.is_ok()
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// A token that stops the gateway when cancelled.

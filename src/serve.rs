@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{AdminState, Metrics, systemd};
 use crate::config::{Config, ConfigError};
 use crate::deliver::{Delivery, DeliveryError};
-use crate::gateway::{Gateway, StartError, TrackerQuery};
+use crate::gateway::{Gateway, StartError};
 
 /// What the binary's signal handlers tell a running siphook.
 #[derive(Debug)]
@@ -171,7 +171,7 @@ pub async fn serve(
             },
             e = delivery.failed() => break Some(e),
             _ = tick.tick(), if watchdog.is_some() => {
-                if alive(&gateway.queries, &delivery).await {
+                if gateway.alive(ALIVE_WITHIN).await && delivery.alive(ALIVE_WITHIN).await {
                     systemd::watchdog();
                 } else {
                     tracing::error!("pipeline did not answer the watchdog; systemd restarts a wedged siphook");
@@ -211,17 +211,6 @@ fn echo(output: EventOutput) -> Option<crate::outbox::writer::Echo> {
         })),
         EventOutput::Quiet => None,
     }
-}
-
-/// The tracker and every delivery stage answered a question in time.
-async fn alive(tracker: &mpsc::Sender<TrackerQuery>, delivery: &Delivery) -> bool {
-    let (tx, rx) = oneshot::channel();
-    let tracker_ok = tokio::time::timeout(ALIVE_WITHIN, async {
-        tracker.send(TrackerQuery::Ping(tx)).await.is_ok() && rx.await.is_ok()
-    })
-    .await
-    .unwrap_or(false);
-    tracker_ok && delivery.alive(ALIVE_WITHIN).await
 }
 
 /// Applies what a reload can change at run time: endpoints, the admin token and
