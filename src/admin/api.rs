@@ -329,7 +329,7 @@ async fn replay(state: &AdminState, req: Request<Incoming>) -> Reply {
         let done = ask(
             commands,
             |reply| EndpointCommand::Replay {
-                offsets: Some(offsets),
+                offsets,
                 reply,
             },
             ANSWER_WITHIN,

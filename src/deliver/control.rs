@@ -14,11 +14,11 @@ pub enum EndpointCommand {
     Status(oneshot::Sender<EndpointStatus>),
     /// Lift a 410 pause; answers whether the endpoint was paused.
     Resume(oneshot::Sender<bool>),
-    /// Move dead letters back to pending and queue them (all of this endpoint's
-    /// when `offsets` is `None`); answers the offsets replayed.
+    /// Move dead letters back to pending and queue them; answers the offsets
+    /// that were dead letters of this endpoint.
     Replay {
         /// Which dead letters.
-        offsets: Option<Vec<u64>>,
+        offsets: Vec<u64>,
         /// The offsets that were dead letters and are pending again.
         reply: oneshot::Sender<Vec<u64>>,
     },

@@ -587,18 +587,8 @@ impl Dispatcher {
     }
 
     /// Dead letters back to pending, queued behind their call's other events.
-    fn replay(&mut self, offsets: Option<Vec<u64>>) -> Vec<u64> {
+    fn replay(&mut self, wanted: Vec<u64>) -> Vec<u64> {
         let name = self.ep.name.clone();
-        let wanted = match offsets {
-            Some(o) => o,
-            None => match self.outbox.dead_letters(Some(&name)) {
-                Ok(dead) => dead.iter().map(|d| d.offset).collect(),
-                Err(e) => {
-                    tracing::error!(endpoint = %name, error = %e, "cannot list dead letters");
-                    return Vec::new();
-                }
-            },
-        };
         let mut replayed = Vec::new();
         for offset in wanted {
             let now = now_ms();
