@@ -328,10 +328,7 @@ async fn replay(state: &AdminState, req: Request<Incoming>) -> Reply {
         };
         let done = ask(
             commands,
-            |reply| EndpointCommand::Replay {
-                offsets,
-                reply,
-            },
+            |reply| EndpointCommand::Replay { offsets, reply },
             ANSWER_WITHIN,
         )
         .await;

@@ -2,9 +2,12 @@
 //! API), and what it answers. The dispatcher owns its endpoint's delivery rows in
 //! the outbox while it runs, so changes to them go through it, never around it.
 
+use std::time::Duration;
+
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use super::client::Outcome;
 use crate::call::Timestamp;
 
 /// A request to one endpoint's dispatcher; each carries its reply channel.
@@ -73,6 +76,28 @@ pub struct TestResult {
     pub latency_ms: f64,
     /// Why it failed, if it did.
     pub error: Option<String>,
+}
+
+impl TestResult {
+    /// What one test attempt came to, in the operator's terms.
+    pub fn new(endpoint: &str, event_id: String, outcome: &Outcome, elapsed: Duration) -> Self {
+        let (status, error) = match outcome {
+            Outcome::Delivered { status } => (Some(*status), None),
+            Outcome::Retry { status, error, .. } => (*status, Some(error.clone())),
+            Outcome::Gone => (Some(410), Some("HTTP 410 Gone".into())),
+            Outcome::Rejected { status, error } => {
+                ((*status > 0).then_some(*status), Some(error.clone()))
+            }
+        };
+        TestResult {
+            endpoint: endpoint.to_owned(),
+            event_id,
+            outcome: outcome.label(),
+            status,
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+            error,
+        }
+    }
 }
 
 /// The `webhook.test` event: the shape of a call event's envelope without a call,

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{self, HttpClient, Outcome};
-use super::control::{EndpointCommand, EndpointStatus, LastError, TestResult};
+use super::control::{EndpointCommand, LastError};
 use crate::admin::Metrics;
 use crate::call::Timestamp;
 use crate::config::EndpointConfig;
@@ -55,6 +55,8 @@ struct Attempted {
     outcome: Outcome,
     elapsed: Duration,
 }
+
+mod operator;
 
 /// A dispatcher with its pending deliveries loaded. Load every endpoint before the
 /// outbox writer routes events to it: a scan racing the writer could see unflushed
@@ -521,124 +523,5 @@ impl Dispatcher {
         self.rng ^= self.rng << 17;
         let factor = 0.8 + (self.rng % 4001) as f64 / 10_000.0;
         d.mul_f64(factor)
-    }
-
-    fn status(&self) -> EndpointStatus {
-        EndpointStatus {
-            name: self.ep.name.clone(),
-            state: self.state().as_str(),
-            pending: self.pending.len(),
-            oldest_pending_seconds: self.oldest_pending_seconds(),
-            in_flight: self.in_flight.len(),
-            dead_letters: self.dead,
-            consecutive_failures: self.consecutive_failures,
-            last_error: self.last_error.clone(),
-        }
-    }
-
-    /// An operator's request (admin API).
-    fn command(&mut self, c: EndpointCommand) {
-        match c {
-            EndpointCommand::Status(reply) => {
-                let _ = reply.send(self.status());
-            }
-            EndpointCommand::Resume(reply) => {
-                let was = self.paused;
-                if was {
-                    if let Err(e) = self.outbox.set_paused(&self.ep.name, false) {
-                        tracing::error!(endpoint = %self.ep.name, error = %e, "cannot record the resume; the pause returns at the next start");
-                    }
-                    self.paused = false;
-                    self.consecutive_failures = 0;
-                    tracing::info!(endpoint = %self.ep.name, "endpoint resumed by the operator");
-                    self.publish_state();
-                }
-                let _ = reply.send(was);
-            }
-            EndpointCommand::Replay { offsets, reply } => {
-                let _ = reply.send(self.replay(offsets));
-            }
-            EndpointCommand::Test(reply) => {
-                let (ep, client) = (self.ep.clone(), self.client.clone());
-                tokio::spawn(async move {
-                    let now = Timestamp::now();
-                    let (id, body) = super::control::test_event(&ep.name, now);
-                    let (outcome, elapsed) =
-                        client::attempt(&client, &ep, &id, &body, now.millis() / 1000).await;
-                    let (status, error) = match &outcome {
-                        Outcome::Delivered { status } => (Some(*status), None),
-                        Outcome::Retry { status, error, .. } => (*status, Some(error.clone())),
-                        Outcome::Gone => (Some(410), Some("HTTP 410 Gone".into())),
-                        Outcome::Rejected { status, error } => {
-                            ((*status > 0).then_some(*status), Some(error.clone()))
-                        }
-                    };
-                    let _ = reply.send(TestResult {
-                        endpoint: ep.name.clone(),
-                        event_id: id,
-                        outcome: outcome.label(),
-                        status,
-                        latency_ms: elapsed.as_secs_f64() * 1000.0,
-                        error,
-                    });
-                });
-            }
-        }
-    }
-
-    /// Dead letters back to pending, queued behind their call's other events.
-    fn replay(&mut self, wanted: Vec<u64>) -> Vec<u64> {
-        let name = self.ep.name.clone();
-        let mut replayed = Vec::new();
-        for offset in wanted {
-            let now = now_ms();
-            match self.outbox.replay(&name, offset, now) {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    tracing::error!(endpoint = %name, offset, error = %e, "cannot replay dead letter");
-                    continue;
-                }
-            }
-            self.dead = self.dead.saturating_sub(1);
-            replayed.push(offset);
-            match self.outbox.event(offset) {
-                Ok(Some(ev)) => self.enqueue(
-                    offset,
-                    ev.call_key,
-                    ev.received_ms,
-                    DeliveryState {
-                        next_at_ms: now,
-                        ..Default::default()
-                    },
-                ),
-                _ => {
-                    let _ = self.outbox.delivered(&name, offset);
-                }
-            }
-        }
-        if !replayed.is_empty() {
-            tracing::info!(endpoint = %name, count = replayed.len(), "dead letters replayed by the operator");
-        }
-        self.publish_counts();
-        replayed
-    }
-
-    /// Lets attempts in flight finish, up to `grace`, recording their outcome;
-    /// the rest are abandoned and stay pending (sent again, same `webhook-id`).
-    async fn drain(&mut self, grace: Duration) {
-        let deadline = tokio::time::Instant::now() + grace;
-        while !self.in_flight.is_empty() {
-            match tokio::time::timeout_at(deadline, self.in_flight.join_next_with_id()).await {
-                Ok(Some(done)) => self.joined(done),
-                Ok(None) => break,
-                Err(_) => {
-                    tracing::warn!(endpoint = %self.ep.name, abandoned = self.in_flight.len(), "shutdown grace over: attempts in flight abandoned; they are sent again after the next start");
-                    self.in_flight.abort_all();
-                    break;
-                }
-            }
-        }
-        self.publish_counts();
     }
 }
