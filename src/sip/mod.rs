@@ -3,6 +3,7 @@
 
 pub mod addr;
 pub mod framer;
+pub mod hep;
 pub mod message;
 pub mod normalize;
 pub mod stir;
