@@ -15,7 +15,7 @@ use crate::call::{
 };
 use crate::config::Config;
 use crate::ingest::tcp::TcpLimits;
-use crate::ingest::{self, Inbound, IngestContext};
+use crate::ingest::{self, Inbound, IngestContext, Wire};
 use crate::sip::ParseOptions;
 
 /// Events waiting for their consumer; the tracker waits when it is full.
@@ -68,6 +68,10 @@ pub struct Gateway {
     pub udp_addrs: Vec<SocketAddr>,
     /// Bound TCP addresses, in config order (port 0 resolved).
     pub tcp_addrs: Vec<SocketAddr>,
+    /// Bound HEP-over-UDP addresses, in config order.
+    pub hep_udp_addrs: Vec<SocketAddr>,
+    /// Bound HEP-over-TCP addresses, in config order.
+    pub hep_tcp_addrs: Vec<SocketAddr>,
     /// Every call event, in emission order. Must be consumed, or the tracker stalls
     /// and ingest sheds load.
     pub events: mpsc::Receiver<Event>,
@@ -97,29 +101,46 @@ impl Gateway {
     ) -> Result<Gateway, StartError> {
         let sip = &config.sip;
         let mut udp = Vec::new();
-        for addr in &sip.udp {
+        let udp_wanted = sip.udp.iter().map(|a| (a, Wire::Sip));
+        for (addr, wire) in udp_wanted.chain(config.hep.udp.iter().map(|a| (a, Wire::Hep))) {
             let socket = ingest::udp::bind(*addr, sip.udp_receive_buffer).map_err(|source| {
                 StartError::Bind {
-                    transport: "udp",
+                    transport: if wire == Wire::Sip { "udp" } else { "hep udp" },
                     addr: *addr,
                     source,
                 }
             })?;
-            udp.push(socket);
+            udp.push((socket, wire));
         }
         let mut tcp = Vec::new();
-        for addr in &sip.tcp {
+        let tcp_wanted = sip.tcp.iter().map(|a| (a, Wire::Sip));
+        for (addr, wire) in tcp_wanted.chain(config.hep.tcp.iter().map(|a| (a, Wire::Hep))) {
             let listener = ingest::tcp::bind(*addr)
                 .await
                 .map_err(|source| StartError::Bind {
-                    transport: "tcp",
+                    transport: if wire == Wire::Sip { "tcp" } else { "hep tcp" },
                     addr: *addr,
                     source,
                 })?;
-            tcp.push(listener);
+            tcp.push((listener, wire));
         }
-        let udp_addrs = udp.iter().filter_map(|s| s.local_addr().ok()).collect();
-        let tcp_addrs = tcp.iter().filter_map(|s| s.local_addr().ok()).collect();
+        let bound = |wire: Wire, udp_side: bool| -> Vec<SocketAddr> {
+            if udp_side {
+                udp.iter()
+                    .filter(|(_, w)| *w == wire)
+                    .filter_map(|(s, _)| s.local_addr().ok())
+                    .collect()
+            } else {
+                tcp.iter()
+                    .filter(|(_, w)| *w == wire)
+                    .filter_map(|(s, _)| s.local_addr().ok())
+                    .collect()
+            }
+        };
+        let udp_addrs = bound(Wire::Sip, true);
+        let tcp_addrs = bound(Wire::Sip, false);
+        let hep_udp_addrs = bound(Wire::Hep, true);
+        let hep_tcp_addrs = bound(Wire::Hep, false);
 
         let shutdown = CancellationToken::new();
         let (in_tx, in_rx) = mpsc::channel(sip.queue_capacity);
@@ -131,19 +152,26 @@ impl Gateway {
                 max_message_bytes: sip.max_message_bytes,
             },
             metrics.clone(),
-        );
+        )
+        .with_hep_auth(config.hep.auth_key.as_ref().map(|k| k.0.as_bytes()));
         let limits = TcpLimits {
             max_message_bytes: sip.max_message_bytes,
             idle_timeout: sip.tcp_idle_timeout,
             max_connections: sip.max_tcp_connections,
         };
         let mut tasks = JoinSet::new();
-        for socket in udp {
-            tasks.spawn(ingest::udp::serve(socket, ctx.clone(), shutdown.clone()));
+        for (socket, wire) in udp {
+            tasks.spawn(ingest::udp::serve(
+                socket,
+                wire,
+                ctx.clone(),
+                shutdown.clone(),
+            ));
         }
-        for listener in tcp {
+        for (listener, wire) in tcp {
             tasks.spawn(ingest::tcp::serve(
                 listener,
+                wire,
                 ctx.clone(),
                 limits,
                 shutdown.clone(),
@@ -171,6 +199,8 @@ impl Gateway {
         Ok(Gateway {
             udp_addrs,
             tcp_addrs,
+            hep_udp_addrs,
+            hep_tcp_addrs,
             events: ev_rx,
             metrics,
             queries,

@@ -45,6 +45,10 @@ pub struct Bound {
     pub udp: Vec<SocketAddr>,
     /// SIP over TCP.
     pub tcp: Vec<SocketAddr>,
+    /// HEP over UDP.
+    pub hep_udp: Vec<SocketAddr>,
+    /// HEP over TCP.
+    pub hep_tcp: Vec<SocketAddr>,
     /// The admin HTTP listener, if enabled.
     pub admin: Option<SocketAddr>,
 }
@@ -141,6 +145,8 @@ pub async fn serve(
     tracing::info!(
         udp = ?gateway.udp_addrs,
         tcp = ?gateway.tcp_addrs,
+        hep_udp = ?gateway.hep_udp_addrs,
+        hep_tcp = ?gateway.hep_tcp_addrs,
         admin = %admin_addr.map_or("off".to_owned(), |a| a.to_string()),
         endpoints = config.endpoints.len(),
         outbox = %config.outbox.path.display(),
@@ -151,6 +157,8 @@ pub async fn serve(
         let _ = ready.send(Bound {
             udp: gateway.udp_addrs.clone(),
             tcp: gateway.tcp_addrs.clone(),
+            hep_udp: gateway.hep_udp_addrs.clone(),
+            hep_tcp: gateway.hep_tcp_addrs.clone(),
             admin: admin_addr,
         });
     }
@@ -249,6 +257,7 @@ async fn reload(
     token.send_replace(new.admin.token.clone());
     let restart_needed: Vec<&str> = [
         ("sip", current.sip != new.sip),
+        ("hep", current.hep != new.hep),
         ("outbox", current.outbox != new.outbox),
         ("admin.listen", current.admin.listen != new.admin.listen),
     ]
@@ -273,6 +282,7 @@ async fn reload(
     // compares against what actually runs.
     let mut applied = new;
     applied.sip = current.sip.clone();
+    applied.hep = current.hep.clone();
     applied.outbox = current.outbox.clone();
     applied.admin.listen = current.admin.listen;
     *current = applied;

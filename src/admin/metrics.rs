@@ -57,6 +57,9 @@ pub struct Metrics {
     pub deadletters: IntGaugeVec,
     /// 1 for the state each endpoint is in (healthy, circuit_open, paused).
     pub endpoint_state: IntGaugeVec,
+    /// HEP packets not handed on, by the transport they came over and reason
+    /// (malformed, auth_failed, not_sip).
+    pub hep_dropped: IntCounterVec,
     /// Configuration reloads (SIGHUP) by result: a rejected file must be visible
     /// on a dashboard, not only in a log.
     pub config_reloads: IntCounterVec,
@@ -237,6 +240,12 @@ impl Metrics {
                     ),
                     &["endpoint"],
                 ),
+            ),
+            hep_dropped: counter(
+                &r,
+                "siphook_hep_packets_dropped_total",
+                "HEP packets dropped: malformed, failed auth, or not SIP.",
+                &["transport", "reason"],
             ),
             config_reloads: counter(
                 &r,

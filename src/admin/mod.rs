@@ -9,4 +9,4 @@ pub mod systemd;
 
 pub use metrics::Metrics;
 pub use ratelog::RateLog;
-pub use server::AdminState;
+pub use server::{AdminState, same_secret};

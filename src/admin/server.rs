@@ -143,8 +143,18 @@ fn readyz(state: &AdminState) -> Reply {
     }
 }
 
-/// Bearer token check. Both sides are hashed before comparing so the comparison
-/// takes the same time whatever the token's length or where it differs.
+/// Compares a presented secret with the configured one in constant time: both are
+/// hashed first, so neither the length nor the first differing byte shows in the
+/// time taken.
+pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    let (a, b) = (Sha256::digest(given), Sha256::digest(expected));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// Bearer token check (constant time, see [`same_secret`]).
 fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), Box<Reply>> {
     let unauthorized = |detail: &str| {
         let mut r = problem(StatusCode::UNAUTHORIZED, "Unauthorized", detail);
@@ -166,15 +176,7 @@ fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), Box<Repl
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let (a, b) = (
-        Sha256::digest(given.as_bytes()),
-        Sha256::digest(token.as_bytes()),
-    );
-    let diff = a
-        .iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    if given.is_empty() || diff != 0 {
+    if given.is_empty() || !same_secret(given.as_bytes(), token.as_bytes()) {
         return Err(unauthorized("missing or wrong bearer token"));
     }
     Ok(())

@@ -12,12 +12,14 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod delivery;
+mod hep;
 mod problems;
 mod service;
 
 use problems::{MAX_TYPE_ERRORS, display_path, format_path, remove_at, without_value};
 
 pub use delivery::{Auth, Encoding, EndpointConfig, Format, OutboxConfig, Redacted, glob_match};
+pub use hep::HepConfig;
 pub use service::{AdminConfig, LogConfig, ServiceConfig};
 
 /// The validated configuration the process runs on.
@@ -25,6 +27,8 @@ pub use service::{AdminConfig, LogConfig, ServiceConfig};
 pub struct Config {
     /// SIP listeners, limits and call timers.
     pub sip: SipConfig,
+    /// HEPv3 listeners (capture agents); none by default.
+    pub hep: HepConfig,
     /// The durable event store.
     pub outbox: OutboxConfig,
     /// Where events are delivered; none means events are only stored and printed.
@@ -83,6 +87,7 @@ impl Default for Config {
                 correlation_headers: vec!["Session-ID".into(), "X-CID".into()],
                 queue_capacity: 65_536,
             },
+            hep: HepConfig::default(),
             outbox: OutboxConfig::default(),
             endpoints: Vec::new(),
             admin: AdminConfig::default(),
@@ -206,6 +211,7 @@ impl Config {
 #[serde(default)]
 struct RawConfig {
     sip: RawSip,
+    hep: hep::RawHep,
     outbox: delivery::RawOutbox,
     endpoints: Vec<delivery::RawEndpoint>,
     admin: service::RawAdmin,
@@ -423,6 +429,7 @@ impl RawConfig {
         let outbox = self.outbox.validate(&mut c);
         let endpoints = delivery::validate_endpoints(self.endpoints, &mut c);
         Config {
+            hep: self.hep.validate(&mut c, &sip),
             sip,
             outbox,
             endpoints,

@@ -1,4 +1,5 @@
-//! Listeners: SIP over UDP and TCP. Each parses what it receives and hands typed
+//! Listeners: SIP over UDP and TCP, and HEPv3 (SIP as a capture agent saw it) over
+//! UDP and TCP. Each parses what it receives and hands typed
 //! messages to the tracker through a bounded queue it never waits on, so a slow
 //! tracker or a flood sheds load (counted) instead of stalling the sockets.
 
@@ -13,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::admin::{Metrics, RateLog};
 use crate::call::{Meta, Timestamp, Transport};
-use crate::sip::{self, ParseOptions, SipMessage, StartLine};
+use crate::sip::{self, ParseOptions, SipMessage, StartLine, hep};
 
 /// A parsed message and where it came from: what flows from ingest to the tracker.
 #[derive(Debug)]
@@ -35,6 +36,17 @@ pub struct IngestContext {
     pub metrics: Metrics,
     /// Limits one parse-error log line per second across listeners.
     log_limit: Arc<Mutex<RateLog>>,
+    /// HEP packets must carry this auth key, when set.
+    hep_auth: Option<Arc<[u8]>>,
+}
+
+/// What a listener's bytes are: plain SIP, or SIP inside HEPv3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// SIP messages as sent.
+    Sip,
+    /// HEPv3 packets from a capture agent.
+    Hep,
 }
 
 impl IngestContext {
@@ -45,7 +57,67 @@ impl IngestContext {
             parse: Arc::new(parse),
             metrics,
             log_limit: Arc::new(Mutex::new(RateLog::new(Duration::from_secs(1)))),
+            hep_auth: None,
         }
+    }
+
+    /// Requires HEP packets to carry `key` in their auth-key chunk.
+    pub fn with_hep_auth(mut self, key: Option<&[u8]>) -> IngestContext {
+        self.hep_auth = key.map(Arc::from);
+        self
+    }
+
+    /// Unwraps one HEPv3 packet and handles its SIP payload as if seen on the wire
+    /// it was captured on: the original addresses, protocol and capture time, and
+    /// HEP's correlation id when no configured header gives one. `wire` is the
+    /// transport the HEP packet itself came over (a metrics label).
+    pub fn handle_hep(&self, raw: &[u8], wire: Transport, peer: SocketAddr, local: SocketAddr) {
+        let dropped = |reason: &str| {
+            self.metrics
+                .hep_dropped
+                .with_label_values(&[wire.as_str(), reason])
+                .inc();
+        };
+        let packet = match hep::decode(raw) {
+            Ok(p) => p,
+            Err(e) => {
+                dropped(e.reason());
+                if let Some(suppressed) = self.allow_log() {
+                    tracing::warn!(%peer, reason = e.reason(), suppressed, "HEP packet dropped: {e}");
+                }
+                return;
+            }
+        };
+        if let Some(key) = &self.hep_auth
+            && !packet
+                .auth_key
+                .is_some_and(|k| crate::admin::same_secret(k, key))
+        {
+            dropped("auth_failed");
+            if let Some(suppressed) = self.allow_log() {
+                tracing::warn!(%peer, suppressed, "HEP packet dropped: missing or wrong auth key");
+            }
+            return;
+        }
+        if packet.protocol_type != Some(hep::PROTO_SIP) {
+            dropped("not_sip");
+            return;
+        }
+        let transport = match packet.ip_protocol {
+            Some(6) => Transport::Tcp,
+            _ => Transport::Udp,
+        };
+        let meta = Meta {
+            transport,
+            source: packet.source.unwrap_or(peer),
+            destination: packet.destination.unwrap_or(local),
+            received_at: packet.timestamp.unwrap_or_else(Timestamp::now),
+        };
+        let fallback = packet
+            .correlation_id
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .filter(|c| c.len() <= 256 && c.chars().all(|ch| !ch.is_control()));
+        self.handle_meta(packet.payload, "hep", meta, fallback);
     }
 
     /// Parses one message and queues it; counts every outcome. Never blocks.
@@ -56,9 +128,19 @@ impl IngestContext {
         source: SocketAddr,
         destination: SocketAddr,
     ) {
-        let t = transport.as_str();
-        let received_at = Timestamp::now();
-        let msg = match sip::parse(raw, &self.parse) {
+        let meta = Meta {
+            transport,
+            source,
+            destination,
+            received_at: Timestamp::now(),
+        };
+        self.handle_meta(raw, transport.as_str(), meta, None);
+    }
+
+    /// Parses, counts under the `t` transport label, and queues one message.
+    fn handle_meta(&self, raw: &[u8], t: &str, meta: Meta, correlation: Option<&str>) {
+        let source = meta.source;
+        let mut msg = match sip::parse(raw, &self.parse) {
             Ok(m) => m,
             Err(e) => {
                 self.metrics
@@ -77,12 +159,9 @@ impl IngestContext {
             .sip_messages
             .with_label_values(&[t, kind, msg.method().as_str()])
             .inc();
-        let meta = Meta {
-            transport,
-            source,
-            destination,
-            received_at,
-        };
+        if msg.correlation_id.is_none() {
+            msg.correlation_id = correlation.map(str::to_owned);
+        }
         if let Err(e) = self.tx.try_send(Inbound { msg, meta }) {
             let reason = match e {
                 mpsc::error::TrySendError::Full(_) => "queue_full",

@@ -1,5 +1,6 @@
-//! SIP over TCP: frames each connection's stream by Content-Length. A bad frame
-//! closes only that connection, since the next message's start is unknown.
+//! SIP over TCP: frames each connection's stream by Content-Length; HEP over TCP:
+//! by each packet's length field. A bad frame closes only that connection, since
+//! the next message's start is unknown.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,9 +13,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::IngestContext;
+use super::{IngestContext, Wire};
 use crate::call::Transport;
 use crate::sip::Framer;
+use crate::sip::hep::HepFramer;
 
 /// Limits applied to every connection.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +37,7 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Accepts connections until `shutdown`, then closes them all.
 pub async fn serve(
     listener: TcpListener,
+    wire: Wire,
     ctx: IngestContext,
     limits: TcpLimits,
     shutdown: CancellationToken,
@@ -72,7 +75,7 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         conns.spawn(async move {
             let _guard = guard;
-            let reason = connection(stream, peer, &ctx, limits, shutdown).await;
+            let reason = connection(stream, peer, wire, &ctx, limits, shutdown).await;
             ctx.metrics.tcp_closed.with_label_values(&[reason]).inc();
         });
     }
@@ -104,6 +107,7 @@ impl Drop for ConnGuard {
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
+    wire: Wire,
     ctx: &IngestContext,
     limits: TcpLimits,
     shutdown: CancellationToken,
@@ -112,8 +116,11 @@ async fn connection(
         Ok(a) => a,
         Err(_) => return "io_error",
     };
-    let bytes = ctx.metrics.sip_received_bytes.with_label_values(&["tcp"]);
-    let mut framer = Framer::new(limits.max_message_bytes);
+    let (label, mut framer) = match wire {
+        Wire::Sip => ("tcp", Frames::Sip(Framer::new(limits.max_message_bytes))),
+        Wire::Hep => ("hep", Frames::Hep(HepFramer::new())),
+    };
+    let bytes = ctx.metrics.sip_received_bytes.with_label_values(&[label]);
     loop {
         framer.buffer_mut().reserve(8192);
         let read = tokio::select! {
@@ -133,20 +140,44 @@ async fn connection(
             Ok(Ok(n)) => bytes.inc_by(n as u64),
         }
         loop {
-            match framer.next_message() {
-                Ok(Some(msg)) => ctx.handle(&msg, Transport::Tcp, peer, local),
+            let next = match &mut framer {
+                Frames::Sip(f) => f.next_message().map_err(|e| (e.reason(), e.to_string())),
+                Frames::Hep(f) => f.next_packet().map_err(|e| (e.reason(), e.to_string())),
+            };
+            match next {
+                Ok(Some(msg)) => match wire {
+                    Wire::Sip => ctx.handle(&msg, Transport::Tcp, peer, local),
+                    Wire::Hep => ctx.handle_hep(&msg, Transport::Tcp, peer, local),
+                },
                 Ok(None) => break,
-                Err(e) => {
-                    ctx.metrics
-                        .sip_parse_errors
-                        .with_label_values(&["tcp", e.reason()])
-                        .inc();
-                    if let Some(suppressed) = ctx.allow_log() {
-                        tracing::warn!(%peer, reason = e.reason(), suppressed, "closing SIP TCP connection: {e}");
+                Err((reason, e)) => {
+                    match wire {
+                        Wire::Sip => &ctx.metrics.sip_parse_errors,
+                        Wire::Hep => &ctx.metrics.hep_dropped,
                     }
-                    return e.reason();
+                    .with_label_values(&["tcp", reason])
+                    .inc();
+                    if let Some(suppressed) = ctx.allow_log() {
+                        tracing::warn!(%peer, reason, suppressed, "closing {label} TCP connection: {e}");
+                    }
+                    return reason;
                 }
             }
+        }
+    }
+}
+
+/// One connection's framing.
+enum Frames {
+    Sip(Framer),
+    Hep(HepFramer),
+}
+
+impl Frames {
+    fn buffer_mut(&mut self) -> &mut bytes::BytesMut {
+        match self {
+            Frames::Sip(f) => f.buffer_mut(),
+            Frames::Hep(f) => f.buffer_mut(),
         }
     }
 }

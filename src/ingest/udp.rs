@@ -1,4 +1,5 @@
-//! SIP over UDP: one datagram, one message (RFC 3261 §18.3).
+//! SIP over UDP: one datagram, one message (RFC 3261 §18.3); HEP over UDP: one
+//! datagram, one packet.
 
 use std::io;
 use std::net::SocketAddr;
@@ -7,7 +8,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use super::IngestContext;
+use super::{IngestContext, Wire};
 use crate::call::Transport;
 
 /// Largest UDP payload (65,535 minus IP and UDP headers still fits in this buffer).
@@ -29,8 +30,9 @@ pub fn bind(addr: SocketAddr, receive_buffer: usize) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// Receives datagrams until `shutdown`; each is parsed and queued.
-pub async fn serve(socket: UdpSocket, ctx: IngestContext, shutdown: CancellationToken) {
+/// Receives datagrams until `shutdown`; each (a SIP message, or a HEP packet) is
+/// parsed and queued.
+pub async fn serve(socket: UdpSocket, wire: Wire, ctx: IngestContext, shutdown: CancellationToken) {
     let local = match socket.local_addr() {
         Ok(a) => a,
         Err(e) => {
@@ -38,7 +40,11 @@ pub async fn serve(socket: UdpSocket, ctx: IngestContext, shutdown: Cancellation
             return;
         }
     };
-    let bytes = ctx.metrics.sip_received_bytes.with_label_values(&["udp"]);
+    let label = match wire {
+        Wire::Sip => "udp",
+        Wire::Hep => "hep",
+    };
+    let bytes = ctx.metrics.sip_received_bytes.with_label_values(&[label]);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let received = tokio::select! {
@@ -48,7 +54,10 @@ pub async fn serve(socket: UdpSocket, ctx: IngestContext, shutdown: Cancellation
         match received {
             Ok((n, peer)) => {
                 bytes.inc_by(n as u64);
-                ctx.handle(&buf[..n], Transport::Udp, peer, local);
+                match wire {
+                    Wire::Sip => ctx.handle(&buf[..n], Transport::Udp, peer, local),
+                    Wire::Hep => ctx.handle_hep(&buf[..n], Transport::Udp, peer, local),
+                }
             }
             // ICMP port-unreachable and similar surface here on some systems; the
             // socket stays usable.

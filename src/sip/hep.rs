@@ -102,6 +102,33 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, HepError> {
     Ok(Some(len))
 }
 
+/// Cuts a TCP byte stream into HEP packets by their length field.
+#[derive(Debug, Default)]
+pub struct HepFramer {
+    buf: bytes::BytesMut,
+}
+
+impl HepFramer {
+    /// An empty stream.
+    pub fn new() -> HepFramer {
+        HepFramer::default()
+    }
+
+    /// Where the socket reads into.
+    pub fn buffer_mut(&mut self) -> &mut bytes::BytesMut {
+        &mut self.buf
+    }
+
+    /// The next whole packet, `Ok(None)` until one is buffered. An error means the
+    /// stream is lost (the next packet's start is unknown): close the connection.
+    pub fn next_packet(&mut self) -> Result<Option<bytes::Bytes>, HepError> {
+        match frame_len(&self.buf)? {
+            Some(len) if self.buf.len() >= len => Ok(Some(self.buf.split_to(len).freeze())),
+            _ => Ok(None),
+        }
+    }
+}
+
 /// Decodes one whole HEPv3 packet; `buf` must be exactly the packet (one UDP
 /// datagram, or one frame cut by [`frame_len`]).
 pub fn decode(buf: &[u8]) -> Result<HepPacket<'_>, HepError> {
@@ -170,10 +197,26 @@ impl<'a> Chunks<'a> {
     fn take(&mut self, kind: u16, b: &'a [u8]) {
         match kind {
             2 => self.ip_protocol = u8_of(b),
-            3 => self.src_ip = <[u8; 4]>::try_from(b).ok().map(|a| Ipv4Addr::from(a).into()),
-            4 => self.dst_ip = <[u8; 4]>::try_from(b).ok().map(|a| Ipv4Addr::from(a).into()),
-            5 => self.src_ip = <[u8; 16]>::try_from(b).ok().map(|a| Ipv6Addr::from(a).into()),
-            6 => self.dst_ip = <[u8; 16]>::try_from(b).ok().map(|a| Ipv6Addr::from(a).into()),
+            3 => {
+                self.src_ip = <[u8; 4]>::try_from(b)
+                    .ok()
+                    .map(|a| Ipv4Addr::from(a).into())
+            }
+            4 => {
+                self.dst_ip = <[u8; 4]>::try_from(b)
+                    .ok()
+                    .map(|a| Ipv4Addr::from(a).into())
+            }
+            5 => {
+                self.src_ip = <[u8; 16]>::try_from(b)
+                    .ok()
+                    .map(|a| Ipv6Addr::from(a).into())
+            }
+            6 => {
+                self.dst_ip = <[u8; 16]>::try_from(b)
+                    .ok()
+                    .map(|a| Ipv6Addr::from(a).into())
+            }
             7 => self.src_port = u16_of(b),
             8 => self.dst_port = u16_of(b),
             9 => self.secs = u32_of(b),
@@ -317,6 +360,36 @@ mod tests {
         assert_eq!(p.correlation_id, Some(&b"corr-1"[..]));
         assert_eq!(p.payload, b"INVITE sip:x SIP/2.0\r\n\r\n");
         assert_eq!(frame_len(&buf), Ok(Some(buf.len())));
+    }
+
+    #[test]
+    fn a_stream_is_cut_at_each_length_in_any_chunking() {
+        let one = sample();
+        let stream: Vec<u8> = [one.clone(), one.clone(), one.clone()].concat();
+        for step in [
+            1,
+            5,
+            6,
+            7,
+            one.len() - 1,
+            one.len(),
+            one.len() + 3,
+            stream.len(),
+        ] {
+            let mut f = HepFramer::new();
+            let mut got = Vec::new();
+            for piece in stream.chunks(step) {
+                f.buffer_mut().extend_from_slice(piece);
+                while let Some(p) = f.next_packet().unwrap() {
+                    got.push(p);
+                }
+            }
+            assert_eq!(got.len(), 3, "step {step}");
+            assert!(got.iter().all(|p| p[..] == one[..]));
+        }
+        let mut f = HepFramer::new();
+        f.buffer_mut().extend_from_slice(b"INVITE sip:");
+        assert_eq!(f.next_packet(), Err(HepError::BadMagic));
     }
 
     #[test]

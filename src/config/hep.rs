@@ -1,0 +1,64 @@
+//! `[hep]`: HEPv3 listeners, for capture agents that encapsulate what they saw
+//! (Kamailio siptrace, OpenSIPS proto_hep, FreeSWITCH, Asterisk res_hep, heplify).
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use super::Checker;
+use super::delivery::{Redacted, read_secret_file};
+
+/// `[hep]`, validated.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HepConfig {
+    /// UDP listen addresses (one HEP packet per datagram).
+    pub udp: Vec<SocketAddr>,
+    /// TCP listen addresses (a stream of HEP packets framed by their length).
+    pub tcp: Vec<SocketAddr>,
+    /// When set, packets whose auth-key chunk does not match are dropped, counted.
+    pub auth_key: Option<Redacted>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct RawHep {
+    udp: Option<Vec<String>>,
+    tcp: Option<Vec<String>>,
+    auth_key: Option<String>,
+    auth_key_file: Option<String>,
+}
+
+impl RawHep {
+    pub(super) fn validate(self, c: &mut Checker<'_>, sip: &super::SipConfig) -> HepConfig {
+        let udp = c.addrs("hep.udp", self.udp, Vec::new());
+        let tcp = c.addrs("hep.tcp", self.tcp, Vec::new());
+        for (i, a) in udp.iter().enumerate() {
+            if sip.udp.contains(a) {
+                c.problem(
+                    format!("hep.udp[{i}]"),
+                    format!("{a} is also a [sip] UDP address"),
+                );
+            }
+        }
+        for (i, a) in tcp.iter().enumerate() {
+            if sip.tcp.contains(a) {
+                c.problem(
+                    format!("hep.tcp[{i}]"),
+                    format!("{a} is also a [sip] TCP address"),
+                );
+            }
+        }
+        let auth_key = match (self.auth_key, self.auth_key_file) {
+            (Some(k), None) if k.is_empty() => None,
+            (Some(k), None) => Some(Redacted(k)),
+            (None, Some(f)) if f.trim().is_empty() => None,
+            (None, Some(f)) => read_secret_file(c, &f, "hep.auth_key_file").map(Redacted),
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                c.problem("hep", "auth_key and auth_key_file are exclusive".into());
+                None
+            }
+        };
+        HepConfig { udp, tcp, auth_key }
+    }
+}
