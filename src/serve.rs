@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{AdminState, Metrics, systemd};
 use crate::config::{Config, ConfigError};
-use crate::deliver::{Delivery, DeliveryError};
+use crate::deliver::{Delivery, DeliveryError, ReloadError};
 use crate::gateway::{Gateway, StartError};
 
 /// What the binary's signal handlers tell a running siphook.
@@ -75,6 +75,9 @@ pub enum ServeError {
     /// The outbox kept failing to commit; restart to reopen it.
     #[error("outbox failed: {0}")]
     Outbox(crate::outbox::OutboxError),
+    /// A reload failed halfway; restart to start clean from the store.
+    #[error(transparent)]
+    Reload(ReloadError),
 }
 
 /// How long a pipeline stage may take to answer the watchdog's question.
@@ -173,11 +176,13 @@ pub async fn serve(
                 None | Some(Signal::Stop) => break None,
                 Some(Signal::Reload(new)) => {
                     systemd::reloading();
-                    reload(&mut current, *new, &mut delivery, &token_tx, opts.log.as_ref(), &metrics).await;
+                    if let Err(e) = reload(&mut current, *new, &mut delivery, &token_tx, opts.log.as_ref(), &metrics).await {
+                        break Some(ServeError::Reload(e));
+                    }
                     systemd::ready();
                 }
             },
-            e = delivery.failed() => break Some(e),
+            e = delivery.failed() => break Some(ServeError::Outbox(e)),
             _ = tick.tick(), if watchdog.is_some() => {
                 if gateway.alive(ALIVE_WITHIN).await && delivery.alive(ALIVE_WITHIN).await {
                     systemd::watchdog();
@@ -191,14 +196,17 @@ pub async fn serve(
     systemd::stopping();
     stopping.cancel();
     drop(gateway.shutdown().await);
-    if let Some(e) = failure {
+    if let Some(e @ ServeError::Outbox(_)) = failure {
         admin_stop.cancel();
-        return Err(ServeError::Outbox(e));
+        return Err(e);
     }
     delivery.shutdown().await;
     admin_stop.cancel();
     if let Some(t) = admin_task {
         let _ = t.await;
+    }
+    if let Some(e) = failure {
+        return Err(e);
     }
     tracing::info!("stopped");
     Ok(())
@@ -222,7 +230,8 @@ fn echo(output: EventOutput) -> Option<crate::outbox::writer::Echo> {
 }
 
 /// Applies what a reload can change at run time: endpoints, the admin token and
-/// the log filter. A file that does not load changes nothing.
+/// the log filter. A file that does not load changes nothing; only a reload that
+/// broke halfway is returned, for the process to exit on.
 async fn reload(
     current: &mut Config,
     new: Result<Config, ConfigError>,
@@ -230,7 +239,7 @@ async fn reload(
     token: &watch::Sender<Option<crate::config::Redacted>>,
     log: Option<&LogReload>,
     metrics: &Metrics,
-) {
+) -> Result<(), ReloadError> {
     let fail = |why: &str| {
         metrics.config_reloads.with_label_values(&["failure"]).inc();
         tracing::error!(
@@ -240,13 +249,23 @@ async fn reload(
     let new = match new {
         Ok(c) => c,
         // Problems name keys and never echo values, so they are safe to log.
-        Err(e) => return fail(&e.to_string().replace('\n', "; ")),
+        Err(e) => {
+            fail(&e.to_string().replace('\n', "; "));
+            return Ok(());
+        }
     };
     // Delivery first: it is the part that can still refuse (an unreadable TLS
     // file); the filter was validated with the file and cannot.
     let summary = match delivery.reload(&new).await {
         Ok(s) => s,
-        Err(e) => return fail(&e.to_string()),
+        Err(ReloadError::Rejected(e)) => {
+            fail(&e.to_string());
+            return Ok(());
+        }
+        Err(e) => {
+            metrics.config_reloads.with_label_values(&["failure"]).inc();
+            return Err(e);
+        }
     };
     if new.log.level != current.log.level
         && let Some(log) = log
@@ -286,4 +305,5 @@ async fn reload(
     applied.outbox = current.outbox.clone();
     applied.admin.listen = current.admin.listen;
     *current = applied;
+    Ok(())
 }

@@ -418,6 +418,9 @@ impl Dispatcher {
                     self.next_probe = Some(Instant::now() + self.ep.circuit_probe_interval);
                 }
                 self.note_error(status, &error);
+                if let Some(suppressed) = self.log_limit.allow() {
+                    tracing::warn!(endpoint = %name, offset, attempts = state.attempts, ?status, %error, suppressed, "delivery attempt failed; retrying on schedule");
+                }
                 state.last_status = status;
                 state.last_error = Some(error);
                 match self.ep.retry_schedule.get(state.attempts as usize).copied() {

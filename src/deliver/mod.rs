@@ -41,6 +41,19 @@ pub enum DeliveryError {
     Stopped,
 }
 
+/// Why a reload did not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// Refused before anything changed: the old endpoints run on.
+    #[error(transparent)]
+    Rejected(DeliveryError),
+    /// Failed halfway (the store could not be read after routing switched): some
+    /// endpoint may have no dispatcher. The process should exit so its supervisor
+    /// restarts it from the store, which holds every pending delivery.
+    #[error("reload failed halfway, restart needed: {0}")]
+    Broken(DeliveryError),
+}
+
 /// Opens the configured outbox.
 pub fn open_outbox(config: &Config) -> Result<Arc<Outbox>, DeliveryError> {
     Outbox::open(&config.outbox.path, config.outbox.max_bytes)
@@ -186,7 +199,7 @@ impl Delivery {
     /// and changed dispatchers stop, then new and changed ones load their backlog
     /// from the store and run. Unchanged endpoints are not touched. An endpoint
     /// that cannot start (unusable TLS file) rejects the reload before anything moved.
-    pub async fn reload(&mut self, config: &Config) -> Result<ReloadSummary, DeliveryError> {
+    pub async fn reload(&mut self, config: &Config) -> Result<ReloadSummary, ReloadError> {
         let mut summary = ReloadSummary::default();
         let mut fresh = Vec::new();
         for ep in &config.endpoints {
@@ -195,7 +208,9 @@ impl Delivery {
                 Some(_) => summary.changed.push(ep.name.clone()),
                 None => summary.added.push(ep.name.clone()),
             }
-            fresh.push((ep.clone(), client::HttpClient::new(ep)?));
+            let client = client::HttpClient::new(ep)
+                .map_err(|e| ReloadError::Rejected(DeliveryError::Client(e)))?;
+            fresh.push((ep.clone(), client));
         }
         summary.removed = self
             .running
@@ -225,7 +240,7 @@ impl Delivery {
             applied,
         };
         if self.control.send(route).await.is_err() || applied_rx.await.is_err() {
-            return Err(DeliveryError::Stopped);
+            return Err(ReloadError::Broken(DeliveryError::Stopped));
         }
         // 2. The old routing is fully announced: stop what goes away or changes.
         for name in summary.removed.iter().chain(&summary.changed) {
@@ -239,7 +254,13 @@ impl Delivery {
         }
         // 3. Start from the store, which holds every event routed to them so far.
         for (ep, client) in fresh {
-            let dispatcher = prepare(config, &ep, client, &self.outbox, &self.metrics)?;
+            let dispatcher = match prepare(config, &ep, client, &self.outbox, &self.metrics) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.publish();
+                    return Err(ReloadError::Broken(e));
+                }
+            };
             let channel = channels.remove(&ep.name);
             let r = match channel {
                 Some(ch) => spawn_on(ep.clone(), dispatcher, self.grace, ch),
