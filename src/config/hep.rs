@@ -62,3 +62,31 @@ impl RawHep {
         HepConfig { udp, tcp, auth_key }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    #[test]
+    fn hep_addresses_must_not_collide_with_sip_and_the_key_is_redacted() {
+        let err = Config::parse(
+            "[sip]\nudp = [\"127.0.0.1:5060\"]\n[hep]\nudp = [\"127.0.0.1:5060\", \"x\"]\nauth_key = \"k\"\nauth_key_file = \"/nonexistent\"\n",
+        );
+        let Err(ConfigError::Invalid(p)) = err else {
+            panic!("{err:?}")
+        };
+        let p: Vec<String> = p.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            p,
+            [
+                "hep.udp[1]: invalid socket address \"x\"",
+                "hep.udp[0]: 127.0.0.1:5060 is also a [sip] UDP address",
+                "hep: auth_key and auth_key_file are exclusive",
+            ]
+        );
+        let c =
+            Config::parse("[hep]\nudp = [\"127.0.0.1:9060\"]\nauth_key = \"s3cret\"\n").unwrap();
+        assert_eq!(c.hep.udp, ["127.0.0.1:9060".parse().unwrap()]);
+        assert!(!format!("{:?}", c.hep).contains("s3cret"));
+    }
+}

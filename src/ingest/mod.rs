@@ -40,6 +40,12 @@ pub struct IngestContext {
     hep_auth: Option<Arc<[u8]>>,
 }
 
+/// How far a HEP capture time may be from this host's clock and still be used.
+/// The tracker's timers run on this host's clock; a capture agent whose clock is
+/// off by more would fire (or hold back) invite and session timers wrongly, so its
+/// packets get the local receive time instead, counted.
+const MAX_HEP_SKEW_MS: i64 = 10_000;
+
 /// What a listener's bytes are: plain SIP, or SIP inside HEPv3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {
@@ -107,11 +113,23 @@ impl IngestContext {
             Some(6) => Transport::Tcp,
             _ => Transport::Udp,
         };
+        let now = Timestamp::now();
+        let received_at = match packet.timestamp {
+            Some(t) if (t.millis() - now.millis()).abs() <= MAX_HEP_SKEW_MS => t,
+            Some(_) => {
+                self.metrics
+                    .hep_clock_skew
+                    .with_label_values(&[wire.as_str()])
+                    .inc();
+                now
+            }
+            None => now,
+        };
         let meta = Meta {
             transport,
             source: packet.source.unwrap_or(peer),
             destination: packet.destination.unwrap_or(local),
-            received_at: packet.timestamp.unwrap_or_else(Timestamp::now),
+            received_at,
         };
         let fallback = packet
             .correlation_id

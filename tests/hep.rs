@@ -1,0 +1,280 @@
+//! HEPv3 ingest over real loopback sockets: what a capture agent (Kamailio
+//! siptrace, heplify, …) sends becomes the same events as plain SIP, with the
+//! captured packet's addresses, protocol and time.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::{CallSpec, Harness, metric_value, test_config};
+use siphook::call::Timestamp;
+use siphook::sip::hep::HepBuilder;
+use tokio::io::AsyncWriteExt;
+
+const CALLER: &str = "192.0.2.10:5062";
+const CALLEE: &str = "198.51.100.20:5060";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Wraps one SIP message as a capture agent would, caller → callee.
+fn hep(msg: &str, at: i64, proto: u8) -> Vec<u8> {
+    HepBuilder::new()
+        .sip(
+            proto,
+            addr(CALLER),
+            addr(CALLEE),
+            Timestamp(at),
+            msg.as_bytes(),
+        )
+        .build()
+}
+
+async fn harness(auth_key: Option<&str>) -> Harness {
+    let mut c = test_config();
+    c.hep.udp = vec![addr("127.0.0.1:0")];
+    c.hep.tcp = vec![addr("127.0.0.1:0")];
+    c.hep.auth_key = auth_key.map(|k| siphook::config::Redacted(k.into()));
+    Harness::with_config(c).await
+}
+
+#[tokio::test]
+async fn hep_over_udp_gives_the_captured_addresses_time_and_correlation_id() {
+    let mut h = harness(None).await;
+    let target = h.gw.hep_udp_addrs[0];
+    let call = CallSpec::new("hep-udp-1");
+    // Capture times 500 ms apart, starting 5 s ago: the events carry them, not
+    // the moment siphook read the socket.
+    let t0 = Timestamp::now().millis() - 5000;
+    for (i, m) in call.answered_flow().iter().enumerate() {
+        let mut packet = HepBuilder::new().sip(
+            17,
+            addr(CALLER),
+            addr(CALLEE),
+            Timestamp(t0 + i as i64 * 500),
+            m.as_bytes(),
+        );
+        if i == 0 {
+            packet = packet.chunk(0, 17, b"hep-corr-77");
+        }
+        h.udp.send_to(&packet.build(), target).await.unwrap();
+    }
+    let events = h.expect_answered_calls(1).await;
+    let first = &events[0];
+    assert_eq!(first["call"]["signaling"]["source"], CALLER);
+    assert_eq!(first["call"]["signaling"]["destination"], CALLEE);
+    assert_eq!(first["call"]["signaling"]["transport"], "udp");
+    assert_eq!(first["call"]["correlation_id"], "hep-corr-77");
+    assert_eq!(first["timestamp"], Timestamp(t0).to_string());
+    let done = &events[3];
+    // Answered by the 200 (4th message), ended by the BYE (6th): exact capture times.
+    assert_eq!(
+        done["call"]["answered_at"],
+        Timestamp(t0 + 1500).to_string()
+    );
+    assert_eq!(done["call"]["ended_at"], Timestamp(t0 + 2500).to_string());
+    assert_eq!(done["data"]["talk_ms"], 1000);
+    assert_eq!(h.metric("siphook_hep_clock_skew_total", &[]), 0.0);
+    assert_eq!(
+        h.metric("siphook_sip_messages_total", &[("transport", "hep")]),
+        7.0
+    );
+}
+
+#[tokio::test]
+async fn a_capture_clock_far_off_is_replaced_by_the_receive_time_and_counted() {
+    let mut h = harness(None).await;
+    let target = h.gw.hep_udp_addrs[0];
+    let call = CallSpec::new("hep-skew-1");
+    let an_hour_ago = Timestamp::now().millis() - 3_600_000;
+    let before = Timestamp::now().millis();
+    h.udp
+        .send_to(&hep(&call.invite(1), an_hour_ago, 17), target)
+        .await
+        .unwrap();
+    let e = h.next_event().await;
+    let at = common::ms(&e["timestamp"]);
+    assert!(
+        at >= before && at <= Timestamp::now().millis(),
+        "receive time, not the skewed capture time"
+    );
+    assert_eq!(
+        h.metric("siphook_hep_clock_skew_total", &[("transport", "udp")]),
+        1.0
+    );
+    // Its invite timer runs from the receive time: the call is still active.
+    assert!(h.barrier().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_configured_correlation_header_wins_over_the_hep_chunk() {
+    let mut h = harness(None).await;
+    let target = h.gw.hep_udp_addrs[0];
+    let call = CallSpec::new("hep-corr-2");
+    let packet = HepBuilder::new()
+        .sip(
+            17,
+            addr(CALLER),
+            addr(CALLEE),
+            Timestamp::now(),
+            call.invite_with(1, &["X-CID: from-header"]).as_bytes(),
+        )
+        .chunk(0, 17, b"from-hep")
+        .build();
+    h.udp.send_to(&packet, target).await.unwrap();
+    let e = h.next_event().await;
+    assert_eq!(e["call"]["correlation_id"], "from-header");
+}
+
+#[tokio::test]
+async fn hep_over_tcp_is_framed_by_length_across_any_segmentation() {
+    let mut h = harness(None).await;
+    let mut stream = tokio::net::TcpStream::connect(h.gw.hep_tcp_addrs[0])
+        .await
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    let call = CallSpec::new("hep-tcp-1");
+    let now = Timestamp::now().millis();
+    let bytes: Vec<u8> = call
+        .answered_flow()
+        .iter()
+        .flat_map(|m| hep(m, now, 6))
+        .collect();
+    // Odd-sized writes split packets and headers anywhere.
+    for piece in bytes.chunks(37) {
+        stream.write_all(piece).await.unwrap();
+        stream.flush().await.unwrap();
+    }
+    let events = h.expect_answered_calls(1).await;
+    assert_eq!(
+        events[0]["call"]["signaling"]["transport"], "tcp",
+        "the captured packet's protocol"
+    );
+    assert_eq!(events[0]["call"]["signaling"]["source"], CALLER);
+}
+
+#[tokio::test]
+async fn bad_hep_is_counted_and_a_bad_tcp_stream_closes_only_its_connection() {
+    let mut h = harness(None).await;
+    let target = h.gw.hep_udp_addrs[0];
+    let good = hep(
+        &CallSpec::new("hep-bad-1").invite(1),
+        Timestamp::now().millis(),
+        17,
+    );
+    // Truncated, wrong magic, length mismatch, RTCP instead of SIP.
+    h.udp
+        .send_to(&good[..good.len() - 3], target)
+        .await
+        .unwrap();
+    h.udp.send_to(b"HEP2\x00\x06", target).await.unwrap();
+    let mut longer = good.clone();
+    longer.extend_from_slice(b"xx");
+    h.udp.send_to(&longer, target).await.unwrap();
+    let rtcp = HepBuilder::new()
+        .chunk(0, 11, &[5])
+        .chunk(0, 15, b"\x80\xc8")
+        .build();
+    h.udp.send_to(&rtcp, target).await.unwrap();
+    h.wait_metric(
+        "siphook_hep_packets_dropped_total",
+        &[("transport", "udp")],
+        4.0,
+    )
+    .await;
+    assert_eq!(
+        h.metric(
+            "siphook_hep_packets_dropped_total",
+            &[("reason", "hep_bad_length")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        h.metric(
+            "siphook_hep_packets_dropped_total",
+            &[("reason", "hep_bad_magic")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        h.metric(
+            "siphook_hep_packets_dropped_total",
+            &[("reason", "not_sip")]
+        ),
+        1.0
+    );
+
+    // Plain SIP on the HEP TCP port: the connection is closed and counted.
+    let mut wrong = tokio::net::TcpStream::connect(h.gw.hep_tcp_addrs[0])
+        .await
+        .unwrap();
+    wrong
+        .write_all(CallSpec::new("hep-bad-2").invite(1).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(
+        common::DEADLINE,
+        tokio::io::AsyncReadExt::read(&mut wrong, &mut buf),
+    )
+    .await
+    .expect("siphook closes the connection")
+    .unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    h.wait_metric(
+        "siphook_tcp_connections_closed_total",
+        &[("reason", "hep_bad_magic")],
+        1.0,
+    )
+    .await;
+    // Nothing of the above became an event; a good packet still does.
+    h.udp.send_to(&good, target).await.unwrap();
+    let e = h.next_event().await;
+    assert_eq!(e["call"]["sip_call_id"], "hep-bad-1");
+}
+
+#[tokio::test]
+async fn with_an_auth_key_only_matching_packets_are_taken() {
+    let mut h = harness(Some("capture-s3cret")).await;
+    let target = h.gw.hep_udp_addrs[0];
+    let now = Timestamp::now();
+    let packet = |id: &str, key: Option<&[u8]>| {
+        let b = HepBuilder::new().sip(
+            17,
+            addr(CALLER),
+            addr(CALLEE),
+            now,
+            CallSpec::new(id).invite(1).as_bytes(),
+        );
+        match key {
+            Some(k) => b.chunk(0, 14, k),
+            None => b,
+        }
+        .build()
+    };
+    h.udp
+        .send_to(&packet("auth-none", None), target)
+        .await
+        .unwrap();
+    h.udp
+        .send_to(&packet("auth-wrong", Some(b"capture-s3cres")), target)
+        .await
+        .unwrap();
+    h.udp
+        .send_to(&packet("auth-ok", Some(b"capture-s3cret")), target)
+        .await
+        .unwrap();
+    let e = h.next_event().await;
+    assert_eq!(e["call"]["sip_call_id"], "auth-ok");
+    assert_eq!(
+        metric_value(
+            &h.gw.metrics,
+            "siphook_hep_packets_dropped_total",
+            &[("reason", "auth_failed")]
+        ),
+        2.0
+    );
+    // The barrier proves the two refused INVITEs made no event either.
+    assert!(h.barrier().await.is_empty());
+}
