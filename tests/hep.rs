@@ -75,7 +75,7 @@ async fn hep_over_udp_gives_the_captured_addresses_time_and_correlation_id() {
     );
     assert_eq!(done["call"]["ended_at"], Timestamp(t0 + 2500).to_string());
     assert_eq!(done["data"]["talk_ms"], 1000);
-    assert_eq!(h.metric("siphook_hep_clock_skew_total", &[]), 0.0);
+    assert_eq!(h.metric("siphook_capture_clock_skew_total", &[]), 0.0);
     assert_eq!(
         h.metric("siphook_sip_messages_total", &[("transport", "hep")]),
         7.0
@@ -100,7 +100,7 @@ async fn a_capture_clock_far_off_is_replaced_by_the_receive_time_and_counted() {
         "receive time, not the skewed capture time"
     );
     assert_eq!(
-        h.metric("siphook_hep_clock_skew_total", &[("transport", "udp")]),
+        h.metric("siphook_capture_clock_skew_total", &[("source", "hep")]),
         1.0
     );
     // Its invite timer runs from the receive time: the call is still active.
@@ -277,4 +277,35 @@ async fn with_an_auth_key_only_matching_packets_are_taken() {
     );
     // The barrier proves the two refused INVITEs made no event either.
     assert!(h.barrier().await.is_empty());
+}
+
+/// Kamailio siptrace in plain (duplicate) mode with `xheaders_write`: the copy
+/// comes from the proxy, the headers name the original packet.
+#[tokio::test]
+async fn siptrace_x_headers_on_a_plain_mirror_copy_name_the_original_packet() {
+    let mut h = harness(None).await;
+    let call = CallSpec::new("xtrace-1");
+    let at = Timestamp::now().millis() - 2000;
+    let trace = [
+        "X-Siptrace-Fromip: tcp:192.0.2.10:5062".to_owned(),
+        "X-Siptrace-Toip: udp:[2001:db8::20]:5060".to_owned(),
+        format!("X-Siptrace-Time: {} {}", at / 1000, (at % 1000) * 1000),
+        "X-Siptrace-Method: INVITE".to_owned(),
+        "X-Siptrace-Dir: in".to_owned(),
+    ];
+    let extra: Vec<&str> = trace.iter().map(String::as_str).collect();
+    h.send(&call.invite_with(1, &extra)).await;
+    let e = h.next_event().await;
+    assert_eq!(e["call"]["signaling"]["source"], "192.0.2.10:5062");
+    assert_eq!(e["call"]["signaling"]["destination"], "[2001:db8::20]:5060");
+    assert_eq!(e["call"]["signaling"]["transport"], "tcp");
+    assert_eq!(e["timestamp"], Timestamp(at).to_string());
+    // Without the headers, the socket's view stands.
+    let plain = CallSpec::new("xtrace-2");
+    h.send(&plain.invite(1)).await;
+    let e = h.next_event().await;
+    assert_eq!(
+        e["call"]["signaling"]["destination"],
+        h.udp_target.to_string()
+    );
 }

@@ -60,9 +60,9 @@ pub struct Metrics {
     /// HEP packets not handed on, by the transport they came over and reason
     /// (malformed, auth_failed, not_sip).
     pub hep_dropped: IntCounterVec,
-    /// HEP packets whose capture time was too far from this host's clock to use
-    /// (the capture agent's clock is off).
-    pub hep_clock_skew: IntCounterVec,
+    /// Messages whose capture time (HEP, or X-Siptrace-Time) was too far from this
+    /// host's clock to use: the capture agent's or proxy's clock is off.
+    pub capture_clock_skew: IntCounterVec,
     /// Configuration reloads (SIGHUP) by result: a rejected file must be visible
     /// on a dashboard, not only in a log.
     pub config_reloads: IntCounterVec,
@@ -250,11 +250,11 @@ impl Metrics {
                 "HEP packets dropped: malformed, failed auth, or not SIP.",
                 &["transport", "reason"],
             ),
-            hep_clock_skew: counter(
+            capture_clock_skew: counter(
                 &r,
-                "siphook_hep_clock_skew_total",
-                "HEP packets whose capture time was over 10s from this host's clock; the receive time was used.",
-                &["transport"],
+                "siphook_capture_clock_skew_total",
+                "Messages whose capture time was over 10s from this host's clock; the receive time was used.",
+                &["source"],
             ),
             config_reloads: counter(
                 &r,

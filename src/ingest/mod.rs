@@ -40,11 +40,11 @@ pub struct IngestContext {
     hep_auth: Option<Arc<[u8]>>,
 }
 
-/// How far a HEP capture time may be from this host's clock and still be used.
-/// The tracker's timers run on this host's clock; a capture agent whose clock is
-/// off by more would fire (or hold back) invite and session timers wrongly, so its
-/// packets get the local receive time instead, counted.
-const MAX_HEP_SKEW_MS: i64 = 10_000;
+/// How far a capture time (HEP, X-Siptrace-Time) may be from this host's clock
+/// and still be used. The tracker's timers run on this host's clock; an agent
+/// whose clock is off by more would fire (or hold back) invite and session timers
+/// wrongly, so its messages get the local receive time instead, counted.
+const MAX_CAPTURE_SKEW_MS: i64 = 10_000;
 
 /// What a listener's bytes are: plain SIP, or SIP inside HEPv3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,23 +113,11 @@ impl IngestContext {
             Some(6) => Transport::Tcp,
             _ => Transport::Udp,
         };
-        let now = Timestamp::now();
-        let received_at = match packet.timestamp {
-            Some(t) if (t.millis() - now.millis()).abs() <= MAX_HEP_SKEW_MS => t,
-            Some(_) => {
-                self.metrics
-                    .hep_clock_skew
-                    .with_label_values(&[wire.as_str()])
-                    .inc();
-                now
-            }
-            None => now,
-        };
         let meta = Meta {
             transport,
             source: packet.source.unwrap_or(peer),
             destination: packet.destination.unwrap_or(local),
-            received_at,
+            received_at: self.capture_time(packet.timestamp, "hep"),
         };
         let fallback = packet
             .correlation_id
@@ -155,8 +143,27 @@ impl IngestContext {
         self.handle_meta(raw, transport.as_str(), meta, None);
     }
 
+    /// The capture time when it is within [`MAX_CAPTURE_SKEW_MS`] of now, else now
+    /// (counted under `source`).
+    fn capture_time(&self, at: Option<Timestamp>, source: &str) -> Timestamp {
+        let now = Timestamp::now();
+        match at {
+            Some(t) if (t.millis() - now.millis()).abs() <= MAX_CAPTURE_SKEW_MS => t,
+            Some(_) => {
+                self.metrics
+                    .capture_clock_skew
+                    .with_label_values(&[source])
+                    .inc();
+                now
+            }
+            None => now,
+        }
+    }
+
     /// Parses, counts under the `t` transport label, and queues one message.
-    fn handle_meta(&self, raw: &[u8], t: &str, meta: Meta, correlation: Option<&str>) {
+    /// A plain mirror copy that carries Kamailio's X-Siptrace headers is taken
+    /// as the original packet they describe.
+    fn handle_meta(&self, raw: &[u8], t: &str, mut meta: Meta, correlation: Option<&str>) {
         let source = meta.source;
         let mut msg = match sip::parse(raw, &self.parse) {
             Ok(m) => m,
@@ -179,6 +186,14 @@ impl IngestContext {
             .inc();
         if msg.correlation_id.is_none() {
             msg.correlation_id = correlation.map(str::to_owned);
+        }
+        if let Some(trace) = msg.siptrace {
+            meta.source = trace.source.unwrap_or(meta.source);
+            meta.destination = trace.destination.unwrap_or(meta.destination);
+            meta.transport = trace.transport.unwrap_or(meta.transport);
+            if trace.at.is_some() {
+                meta.received_at = self.capture_time(trace.at, "siptrace");
+            }
         }
         if let Err(e) = self.tx.try_send(Inbound { msg, meta }) {
             let reason = match e {

@@ -5,6 +5,7 @@
 use super::addr::{NameAddr, Reason, ReferTo, Replaces};
 use super::normalize::{self, NormalizeError};
 use super::stir::StirShaken;
+use std::net::SocketAddr;
 
 /// SIP methods siphook distinguishes; rsip rejects any other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -101,6 +102,49 @@ pub enum StartLine {
     },
 }
 
+/// The original packet behind a mirror copy, from `X-Siptrace-Fromip`,
+/// `X-Siptrace-Toip` (`proto:ip:port`) and `X-Siptrace-Time` (`sec usec`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Siptrace {
+    /// Original sender.
+    pub source: Option<SocketAddr>,
+    /// Original receiver.
+    pub destination: Option<SocketAddr>,
+    /// Original transport (from the `proto:` prefix).
+    pub transport: Option<crate::call::Transport>,
+    /// When the proxy saw it.
+    pub at: Option<crate::call::Timestamp>,
+}
+
+impl Siptrace {
+    /// Parses `udp:10.0.0.1:5060`, `tcp:[2001:db8::1]:5061` (or an unbracketed
+    /// IPv6 address before the last colon).
+    pub fn parse_addr(v: &str) -> Option<(crate::call::Transport, SocketAddr)> {
+        let (proto, rest) = v.trim().split_once(':')?;
+        let transport = match proto.to_ascii_lowercase().as_str() {
+            "udp" => crate::call::Transport::Udp,
+            "tcp" | "tls" | "ws" | "wss" | "sctp" => crate::call::Transport::Tcp,
+            _ => return None,
+        };
+        let addr = rest.parse::<SocketAddr>().ok().or_else(|| {
+            let (ip, port) = rest.rsplit_once(':')?;
+            Some(SocketAddr::new(ip.parse().ok()?, port.parse().ok()?))
+        })?;
+        Some((transport, addr))
+    }
+
+    /// Parses `1795330803 512000`.
+    pub fn parse_time(v: &str) -> Option<crate::call::Timestamp> {
+        let mut parts = v.split_ascii_whitespace();
+        let secs: i64 = parts.next()?.parse().ok()?;
+        let usecs: i64 = parts.next().map_or(Some(0), |u| u.parse().ok())?;
+        Some(crate::call::Timestamp(
+            secs.checked_mul(1000)?
+                .checked_add(usecs.clamp(0, 999_999) / 1000)?,
+        ))
+    }
+}
+
 /// The facts of one message that drive the call tracker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SipMessage {
@@ -134,6 +178,9 @@ pub struct SipMessage {
     pub session_expires: Option<u32>,
     /// Value of the first configured correlation header present.
     pub correlation_id: Option<String>,
+    /// What Kamailio's siptrace (`xheaders_write`) says about the original packet
+    /// of a plain-SIP mirror copy.
+    pub siptrace: Option<Siptrace>,
     /// User-Agent (requests) or Server (responses).
     pub user_agent: Option<String>,
     /// PASSporT claims of the Identity header.
@@ -362,5 +409,30 @@ l: 4\r\n\r\nv=0\r\ntrailing";
         assert_eq!(m.event_id.as_deref(), Some("3"));
         assert_eq!(m.sipfrag_status, Some(200));
         assert_eq!(m.reason.unwrap().q850_cause, Some(16));
+    }
+
+    #[test]
+    fn siptrace_addresses_and_time() {
+        use crate::call::{Timestamp, Transport};
+        assert_eq!(
+            Siptrace::parse_addr("udp:10.0.0.1:5060"),
+            Some((Transport::Udp, "10.0.0.1:5060".parse().unwrap()))
+        );
+        assert_eq!(
+            Siptrace::parse_addr("TLS:[2001:db8::1]:5061"),
+            Some((Transport::Tcp, "[2001:db8::1]:5061".parse().unwrap()))
+        );
+        assert_eq!(
+            Siptrace::parse_addr("udp:2001:db8::1:5060"),
+            Some((Transport::Udp, "[2001:db8::1]:5060".parse().unwrap()))
+        );
+        assert_eq!(Siptrace::parse_addr("any:255.255.255.255"), None);
+        assert_eq!(Siptrace::parse_addr("10.0.0.1:5060"), None);
+        assert_eq!(
+            Siptrace::parse_time("1795330803 512345"),
+            Some(Timestamp(1_795_330_803_512))
+        );
+        assert_eq!(Siptrace::parse_time("x 1"), None);
+        assert_eq!(Siptrace::parse_time("99999999999999999999 0"), None);
     }
 }

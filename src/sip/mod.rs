@@ -11,5 +11,7 @@ mod view;
 
 pub use addr::{NameAddr, Reason, ReferTo, Replaces};
 pub use framer::{FrameError, Framer};
-pub use message::{Method, ParseError, ParseOptions, SipMessage, StartLine, parse, sniff_call_id};
+pub use message::{
+    Method, ParseError, ParseOptions, SipMessage, Siptrace, StartLine, parse, sniff_call_id,
+};
 pub use stir::StirShaken;

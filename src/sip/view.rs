@@ -4,7 +4,7 @@
 use rsip::headers::UntypedHeader;
 
 use super::addr::{NameAddr, Reason, ReferTo, Replaces, split_outside_quotes};
-use super::message::{Method, ParseError, ParseOptions, SipMessage, StartLine};
+use super::message::{Method, ParseError, ParseOptions, SipMessage, Siptrace, StartLine};
 use super::stir::{self, StirShaken};
 
 /// Builds the typed view from rsip's parse; `request_uri` is the text rsip was not
@@ -50,6 +50,7 @@ pub(super) fn build(
     let mut event_id = None;
     let mut refer_sub = None;
     let mut content_type: Option<String> = None;
+    let mut siptrace = Siptrace::default();
 
     for header in headers.iter() {
         let (name, value) = name_value(header);
@@ -111,6 +112,7 @@ pub(super) fn build(
                         session_expires: &mut session_expires,
                         stir_shaken: &mut stir_shaken,
                         refer_sub: &mut refer_sub,
+                        siptrace: &mut siptrace,
                     },
                 );
             }
@@ -147,6 +149,7 @@ pub(super) fn build(
         p_asserted_identity: pai,
         session_expires,
         correlation_id: correlation.map(|(_, v)| clip(v)),
+        siptrace: (siptrace != Siptrace::default()).then_some(siptrace),
         user_agent: user_agent.map(clip),
         stir_shaken,
         event_package,
@@ -217,6 +220,7 @@ struct Others<'a> {
     session_expires: &'a mut Option<u32>,
     stir_shaken: &'a mut Option<StirShaken>,
     refer_sub: &'a mut Option<bool>,
+    siptrace: &'a mut Siptrace,
 }
 
 fn match_other(name: &str, value: &str, o: &mut Others<'_>) {
@@ -252,6 +256,15 @@ fn match_other(name: &str, value: &str, o: &mut Others<'_>) {
         }
     } else if is("Refer-Sub") {
         *o.refer_sub = Some(!value.trim().eq_ignore_ascii_case("false"));
+    } else if is("X-Siptrace-Fromip") {
+        if let Some((t, a)) = Siptrace::parse_addr(value) {
+            o.siptrace.transport = Some(t);
+            o.siptrace.source = Some(a);
+        }
+    } else if is("X-Siptrace-Toip") {
+        o.siptrace.destination = Siptrace::parse_addr(value).map(|(_, a)| a);
+    } else if is("X-Siptrace-Time") {
+        o.siptrace.at = Siptrace::parse_time(value);
     }
 }
 
