@@ -78,6 +78,10 @@ pub enum ServeError {
     /// A reload failed halfway; restart to start clean from the store.
     #[error(transparent)]
     Reload(ReloadError),
+    /// The outbox writer stopped taking events while siphook ran (the tracker
+    /// is gone): nothing would be delivered any more.
+    #[error("the event pipeline stopped unexpectedly")]
+    PipelineEnded,
 }
 
 /// How long a pipeline stage may take to answer the watchdog's question.
@@ -176,13 +180,23 @@ pub async fn serve(
                 None | Some(Signal::Stop) => break None,
                 Some(Signal::Reload(new)) => {
                     systemd::reloading();
-                    if let Err(e) = reload(&mut current, *new, &mut delivery, &token_tx, opts.log.as_ref(), &metrics).await {
+                    // A reload waits for changed endpoints' attempts (up to the
+                    // grace): keep systemd's watchdog fed meanwhile; the wait is
+                    // bounded, so this cannot hide a wedge for long.
+                    let applied = tokio::select! {
+                        r = reload(&mut current, *new, &mut delivery, &token_tx, opts.log.as_ref(), &metrics) => r,
+                        never = keep_watchdog_fed(watchdog) => match never {},
+                    };
+                    if let Err(e) = applied {
                         break Some(ServeError::Reload(e));
                     }
                     systemd::ready();
                 }
             },
-            e = delivery.failed() => break Some(ServeError::Outbox(e)),
+            r = delivery.failed() => break Some(match r {
+                Err(e) => ServeError::Outbox(e),
+                Ok(()) => ServeError::PipelineEnded,
+            }),
             _ = tick.tick(), if watchdog.is_some() => {
                 if gateway.alive(ALIVE_WITHIN).await && delivery.alive(ALIVE_WITHIN).await {
                     systemd::watchdog();
@@ -200,7 +214,7 @@ pub async fn serve(
         admin_stop.cancel();
         return Err(e);
     }
-    delivery.shutdown().await;
+    let committed = delivery.shutdown().await;
     admin_stop.cancel();
     if let Some(t) = admin_task {
         let _ = t.await;
@@ -208,8 +222,22 @@ pub async fn serve(
     if let Some(e) = failure {
         return Err(e);
     }
+    committed.map_err(ServeError::Outbox)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Sends WATCHDOG=1 every `interval` forever (never, without a watchdog).
+async fn keep_watchdog_fed(interval: Option<Duration>) -> std::convert::Infallible {
+    loop {
+        match interval {
+            Some(i) => {
+                tokio::time::sleep(i).await;
+                systemd::watchdog();
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
 }
 
 fn echo(output: EventOutput) -> Option<crate::outbox::writer::Echo> {

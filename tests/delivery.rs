@@ -111,7 +111,7 @@ async fn signed_webhooks_for_every_event_in_order() {
         .await;
     assert!(delivery.outbox.dead_letters(None).unwrap().is_empty());
     drop(h.gw.shutdown().await);
-    delivery.shutdown().await;
+    delivery.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -545,7 +545,7 @@ async fn a_gone_pause_survives_a_restart_until_resumed() {
     )
     .await;
     drop(h.gw.shutdown().await);
-    d.shutdown().await;
+    d.shutdown().await.unwrap();
 
     // Restarted: still paused, the event still pending.
     let (h, d) = run(config.clone()).await;
@@ -559,7 +559,7 @@ async fn a_gone_pause_survives_a_restart_until_resumed() {
     assert_eq!(d.outbox.pending_count("test"), 1);
     // What `siphook endpoints resume` does, with siphook stopped.
     drop(h.gw.shutdown().await);
-    d.shutdown().await;
+    d.shutdown().await.unwrap();
     let ob = open_when_free(&config).await;
     assert!(ob.is_paused("test"));
     ob.set_paused("test", false).unwrap();

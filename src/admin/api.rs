@@ -2,7 +2,7 @@
 //! active calls, endpoint states, resuming a paused endpoint, dead letters and
 //! their replay, and a signed test delivery. Described in `docs/admin-api.yaml`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Limited};
@@ -21,6 +21,10 @@ const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 /// Largest request body (replay by ids).
 const MAX_BODY: usize = 1 << 20;
+/// Most ids one replay request may name.
+const MAX_REPLAY_IDS: usize = 10_000;
+/// Dead letters handed to a dispatcher per command.
+const REPLAY_CHUNK: usize = 1000;
 /// How long an internal owner (tracker, dispatcher) may take to answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
@@ -188,7 +192,9 @@ async fn endpoints(state: &AdminState) -> Reply {
     for (name, commands) in all.iter() {
         match ask(commands, EndpointCommand::Status, ANSWER_WITHIN).await {
             Some(s) => items.push(serde_json::to_value(s).unwrap_or(Value::Null)),
-            None => items.push(json!({"name": name, "state": "unknown"})),
+            None => {
+                return unavailable(&format!("the dispatcher of \"{name}\" did not answer"));
+            }
         }
     }
     json_reply(StatusCode::OK, &json!({"items": items}))
@@ -239,6 +245,11 @@ fn dead_letters(state: &AdminState, query: &BTreeMap<String, String>) -> Reply {
         Some(None) => return bad_request("after must be a cursor from a previous page"),
     };
     let endpoint = query.get("endpoint").map(String::as_str);
+    if let (Some(e), Some((from, _))) = (endpoint, &after)
+        && e != from
+    {
+        return bad_request("after is a cursor of another endpoint's listing");
+    }
     let page = state.outbox.dead_letters_page(
         endpoint,
         after.as_ref().map(|(e, o)| (e.as_str(), *o)),
@@ -288,7 +299,12 @@ async fn replay(state: &AdminState, req: Request<Incoming>) -> Reply {
     if !r.ids.is_empty() && r.all {
         return bad_request("\"ids\" and \"all\" are exclusive");
     }
-    let dead = match state.outbox.dead_letters(r.endpoint.as_deref()) {
+    if r.ids.len() > MAX_REPLAY_IDS {
+        return bad_request(&format!(
+            "at most {MAX_REPLAY_IDS} ids per request; use \"endpoint\" or \"all\" for more"
+        ));
+    }
+    let dead = match state.outbox.dead_offsets(r.endpoint.as_deref()) {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %e, "cannot list dead letters");
@@ -299,25 +315,16 @@ async fn replay(state: &AdminState, req: Request<Incoming>) -> Reply {
             );
         }
     };
-    let mut by_endpoint: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for d in &dead {
-        if r.ids.is_empty() || r.ids.contains(&d.offset) {
-            by_endpoint
-                .entry(d.endpoint.clone())
-                .or_default()
-                .push(d.offset);
-        }
-    }
-    let not_found: Vec<u64> = r
-        .ids
-        .iter()
-        .copied()
-        .filter(|id| !dead.iter().any(|d| d.offset == *id))
-        .collect();
+    let wanted: HashSet<u64> = r.ids.iter().copied().collect();
+    let mut found: HashSet<u64> = HashSet::new();
     let configured = state.endpoints.borrow().clone();
     let mut replayed = Vec::new();
     let mut skipped = Vec::new();
-    for (endpoint, offsets) in by_endpoint {
+    for (endpoint, mut offsets) in dead {
+        if !wanted.is_empty() {
+            offsets.retain(|o| wanted.contains(o));
+            found.extend(offsets.iter().copied());
+        }
         let Some(commands) = configured.get(&endpoint) else {
             for o in offsets {
                 skipped.push(
@@ -326,21 +333,31 @@ async fn replay(state: &AdminState, req: Request<Incoming>) -> Reply {
             }
             continue;
         };
-        let done = ask(
-            commands,
-            |reply| EndpointCommand::Replay { offsets, reply },
-            ANSWER_WITHIN,
-        )
-        .await;
-        match done {
-            Some(ids) => {
-                for o in ids {
-                    replayed.push(json!({"endpoint": endpoint, "id": o}));
-                }
+        // In slices, so the dispatcher keeps delivering (and answering the
+        // watchdog) between them, however many dead letters there are.
+        for chunk in offsets.chunks(REPLAY_CHUNK) {
+            let done = ask(
+                commands,
+                |reply| EndpointCommand::Replay {
+                    offsets: chunk.to_vec(),
+                    reply,
+                },
+                ANSWER_WITHIN,
+            )
+            .await;
+            let Some(ids) = done else {
+                return unavailable(&format!(
+                    "the dispatcher of \"{endpoint}\" did not answer; {} dead letter(s) were replayed before it stopped answering",
+                    replayed.len()
+                ));
+            };
+            for o in ids {
+                replayed.push(json!({"endpoint": endpoint, "id": o}));
             }
-            None => return unavailable("an endpoint's dispatcher did not answer"),
         }
     }
+    let mut not_found: Vec<u64> = wanted.difference(&found).copied().collect();
+    not_found.sort_unstable();
     json_reply(
         StatusCode::OK,
         &json!({"replayed": replayed, "skipped": skipped, "not_found": not_found}),

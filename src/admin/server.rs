@@ -174,8 +174,10 @@ fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), Box<Repl
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(|v| v.split_once(' '))
+        // The scheme is case-insensitive (RFC 7235 §2.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim());
     if given.is_empty() || !same_secret(given.as_bytes(), token.as_bytes()) {
         return Err(unauthorized("missing or wrong bearer token"));
     }

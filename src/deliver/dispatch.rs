@@ -82,7 +82,7 @@ pub async fn run(
     mut rx: mpsc::UnboundedReceiver<Committed>,
     mut commands: mpsc::Receiver<EndpointCommand>,
     shutdown: CancellationToken,
-    grace: Duration,
+    grace: tokio::sync::watch::Receiver<Duration>,
 ) {
     let mut tick = tokio::time::interval(AGE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -103,6 +103,7 @@ pub async fn run(
             _ = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600))), if wake.is_some() => {}
         }
     }
+    let grace = *grace.borrow();
     d.drain(grace).await;
 }
 
@@ -176,7 +177,7 @@ impl Dispatcher {
 
     /// Rebuilds the queues from the outbox after a start.
     fn load(&mut self) -> Result<(), crate::outbox::OutboxError> {
-        self.dead = self.outbox.dead_letters(Some(&self.ep.name))?.len();
+        self.dead = self.outbox.dead_count(&self.ep.name);
         self.paused = self.outbox.is_paused(&self.ep.name);
         if self.paused {
             tracing::warn!(endpoint = %self.ep.name, "endpoint paused after 410 Gone; resume it with `siphook endpoints resume`");

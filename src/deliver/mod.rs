@@ -98,12 +98,15 @@ pub struct ReloadSummary {
 pub struct Delivery {
     /// The store, shared with the admin API and the CLI.
     pub outbox: Arc<Outbox>,
-    writer: tokio::task::JoinHandle<Result<(), OutboxError>>,
+    /// Taken when it ends: a finished handle must not be polled again.
+    writer: Option<tokio::task::JoinHandle<Result<(), OutboxError>>>,
     control: mpsc::Sender<writer::Control>,
     running: BTreeMap<String, Running>,
     published: watch::Sender<Endpoints>,
     metrics: Metrics,
-    grace: Duration,
+    /// `service.shutdown_grace`, read by each dispatcher when it stops, so a
+    /// reloaded value applies to every endpoint.
+    grace: watch::Sender<Duration>,
 }
 
 impl Delivery {
@@ -126,9 +129,10 @@ impl Delivery {
         }
         let (control, control_rx) = mpsc::channel(4);
         let mut running = BTreeMap::new();
-        let grace = config.service.shutdown_grace;
+        let grace = watch::channel(config.service.shutdown_grace).0;
         for (ep, dispatcher) in prepared {
-            running.insert(ep.name.clone(), spawn(ep, dispatcher, grace));
+            let r = spawn(ep.clone(), dispatcher, grace.subscribe());
+            running.insert(ep.name, r);
         }
         let sinks = running
             .iter()
@@ -148,7 +152,7 @@ impl Delivery {
         ));
         let d = Delivery {
             outbox,
-            writer,
+            writer: Some(writer),
             control,
             running,
             published: watch::channel(Arc::default()).0,
@@ -218,7 +222,7 @@ impl Delivery {
             .filter(|n| !config.endpoints.iter().any(|e| &e.name == *n))
             .cloned()
             .collect();
-        self.grace = config.service.shutdown_grace;
+        self.grace.send_replace(config.service.shutdown_grace);
 
         // 1. Route by the new endpoints. Fresh channels buffer the new
         //    dispatchers' events until they run.
@@ -242,12 +246,19 @@ impl Delivery {
         if self.control.send(route).await.is_err() || applied_rx.await.is_err() {
             return Err(ReloadError::Broken(DeliveryError::Stopped));
         }
-        // 2. The old routing is fully announced: stop what goes away or changes.
-        for name in summary.removed.iter().chain(&summary.changed) {
-            if let Some(r) = self.running.remove(name) {
-                r.stop.cancel();
-                let _ = r.task.await;
-            }
+        // 2. The old routing is fully announced: stop what goes away or changes,
+        //    all at once, so the graces run side by side rather than add up.
+        let stopping: Vec<Running> = summary
+            .removed
+            .iter()
+            .chain(&summary.changed)
+            .filter_map(|name| self.running.remove(name))
+            .collect();
+        for r in &stopping {
+            r.stop.cancel();
+        }
+        for r in stopping {
+            let _ = r.task.await;
         }
         for name in &summary.removed {
             self.clear_metrics(name);
@@ -263,8 +274,8 @@ impl Delivery {
             };
             let channel = channels.remove(&ep.name);
             let r = match channel {
-                Some(ch) => spawn_on(ep.clone(), dispatcher, self.grace, ch),
-                None => spawn(ep.clone(), dispatcher, self.grace),
+                Some(ch) => spawn_on(ep.clone(), dispatcher, self.grace.subscribe(), ch),
+                None => spawn(ep.clone(), dispatcher, self.grace.subscribe()),
             };
             self.running.insert(ep.name, r);
         }
@@ -283,27 +294,42 @@ impl Delivery {
         }
     }
 
-    /// Resolves only if the outbox writer stops on a storage error it cannot get
-    /// past (a disk that keeps failing); the process should then exit.
-    pub async fn failed(&mut self) -> OutboxError {
-        match (&mut self.writer).await {
-            Ok(Err(e)) => e,
-            // Input closed (shutdown) or the task ended otherwise: not a failure.
-            _ => std::future::pending().await,
+    /// Resolves if the outbox writer ends while siphook runs: on a storage error
+    /// it cannot get past (a disk that keeps failing), or because its input
+    /// closed (the tracker is gone). Either way the process should exit.
+    pub async fn failed(&mut self) -> Result<(), OutboxError> {
+        let Some(writer) = self.writer.as_mut() else {
+            return std::future::pending().await;
+        };
+        let ended = writer.await;
+        self.writer = None;
+        match ended {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!("the outbox writer task failed: {e}");
+                Ok(())
+            }
         }
     }
 
     /// Waits for the writer to commit everything its input held (the input must be
     /// closed first), then stops the dispatchers, each giving its attempts in
-    /// flight up to `service.shutdown_grace`. Unfinished deliveries stay pending.
-    pub async fn shutdown(mut self) {
-        let _ = (&mut self.writer).await;
+    /// flight up to `service.shutdown_grace`, and commits what they recorded.
+    /// Unfinished deliveries stay pending.
+    pub async fn shutdown(mut self) -> Result<(), OutboxError> {
+        let written = match self.writer.take() {
+            Some(w) => w.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        };
         for r in self.running.values() {
             r.stop.cancel();
         }
         for (_, r) in std::mem::take(&mut self.running) {
             let _ = r.task.await;
         }
+        // Deliveries, dead letters and pauses recorded during the grace.
+        let recorded = self.outbox.commit().await;
+        written.and(recorded)
     }
 }
 
@@ -337,14 +363,18 @@ fn prepare(
     })
 }
 
-fn spawn(ep: EndpointConfig, dispatcher: dispatch::Dispatcher, grace: Duration) -> Running {
+fn spawn(
+    ep: EndpointConfig,
+    dispatcher: dispatch::Dispatcher,
+    grace: watch::Receiver<Duration>,
+) -> Running {
     spawn_on(ep, dispatcher, grace, mpsc::unbounded_channel())
 }
 
 fn spawn_on(
     ep: EndpointConfig,
     dispatcher: dispatch::Dispatcher,
-    grace: Duration,
+    grace: watch::Receiver<Duration>,
     (sink, rx): (Sink, mpsc::UnboundedReceiver<writer::Committed>),
 ) -> Running {
     let (commands, commands_rx) = mpsc::channel(COMMANDS);

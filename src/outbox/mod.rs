@@ -361,6 +361,36 @@ impl Outbox {
         Ok(())
     }
 
+    /// Dead-letter offsets per endpoint (of one endpoint, if given), from the keys
+    /// alone: what replaying "all" needs, without reading a single event.
+    pub fn dead_offsets(
+        &self,
+        endpoint: Option<&str>,
+    ) -> Result<std::collections::BTreeMap<String, Vec<u64>>, OutboxError> {
+        let keys = match endpoint {
+            Some(e) => self.dead.scan_prefix(prefix(e)).keys(),
+            None => self.dead.iter().keys(),
+        };
+        let mut out: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+        for k in keys {
+            let k = k?;
+            let offset = offset_of(&k).ok_or(OutboxError::Corrupt(0))?;
+            let name = String::from_utf8_lossy(&k[..k.len().saturating_sub(9)]);
+            match out.get_mut(name.as_ref()) {
+                Some(v) => v.push(offset),
+                None => {
+                    out.insert(name.into_owned(), vec![offset]);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of dead letters of an endpoint (keys only).
+    pub fn dead_count(&self, endpoint: &str) -> usize {
+        self.dead.scan_prefix(prefix(endpoint)).keys().count()
+    }
+
     /// Dead letters, optionally of one endpoint, in offset order.
     pub fn dead_letters(&self, endpoint: Option<&str>) -> Result<Vec<DeadLetter>, OutboxError> {
         self.dead_letters_page(endpoint, None, usize::MAX)

@@ -74,18 +74,19 @@ impl Dispatcher {
             }
             self.dead = self.dead.saturating_sub(1);
             replayed.push(offset);
+            let pending = DeliveryState {
+                next_at_ms: now,
+                ..Default::default()
+            };
             match self.outbox.event(offset) {
-                Ok(Some(ev)) => self.enqueue(
-                    offset,
-                    ev.call_key,
-                    ev.received_ms,
-                    DeliveryState {
-                        next_at_ms: now,
-                        ..Default::default()
-                    },
-                ),
-                _ => {
+                Ok(Some(ev)) => self.enqueue(offset, ev.call_key, ev.received_ms, pending),
+                // The event is gone: nothing left to send.
+                Ok(None) => {
                     let _ = self.outbox.delivered(&name, offset);
+                }
+                // Stays pending in the store; the next start loads it again.
+                Err(e) => {
+                    tracing::error!(endpoint = %name, offset, error = %e, "cannot read a replayed event; it is sent after the next start");
                 }
             }
         }
