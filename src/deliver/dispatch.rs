@@ -125,8 +125,9 @@ pub struct Dispatcher {
     /// Every queued offset with its SIP receive time: the pending count, the
     /// oldest pending age, and a guard against queuing one delivery twice.
     pending: BTreeMap<u64, i64>,
-    /// Offsets up to this one were loaded from the store at start; the writer's
-    /// announcements of them (possible across a reload) are already queued.
+    /// Offsets up to this one were committed when the backlog was loaded, and
+    /// loaded if pending; the writer's announcements of them (possible across a
+    /// reload) are already queued.
     loaded_through: Option<u64>,
     last_error: Option<LastError>,
     /// One per-event warning a second: an endpoint refusing everything must not
@@ -182,8 +183,14 @@ impl Dispatcher {
         if self.paused {
             tracing::warn!(endpoint = %self.ep.name, "endpoint paused after 410 Gone; resume it with `siphook endpoints resume`");
         }
+        // Only what is committed: later events reach this dispatcher from the
+        // writer, after their commit.
+        let durable = self.outbox.durable_below();
+        self.loaded_through = durable.checked_sub(1);
         for (offset, state) in self.outbox.pending(&self.ep.name)? {
-            self.loaded_through = Some(offset);
+            if offset >= durable {
+                break;
+            }
             match self.outbox.event(offset)? {
                 Some(ev) => self.enqueue(offset, ev.call_key, ev.received_ms, state),
                 // The event is gone (a crash between its removal and this entry's):

@@ -72,6 +72,9 @@ type Sink = mpsc::UnboundedSender<writer::Committed>;
 /// A running endpoint dispatcher, as [`Delivery`] keeps it.
 struct Running {
     config: EndpointConfig,
+    /// The TLS files' contents when it started: a certificate renewed in place
+    /// changes no setting, yet must reach the client on reload.
+    tls_files: [u8; 32],
     /// Where the writer announces this endpoint's committed events.
     sink: Sink,
     commands: mpsc::Sender<EndpointCommand>,
@@ -208,7 +211,7 @@ impl Delivery {
         let mut fresh = Vec::new();
         for ep in &config.endpoints {
             match self.running.get(&ep.name) {
-                Some(r) if r.config == *ep => continue,
+                Some(r) if r.config == *ep && r.tls_files == tls_files_digest(ep) => continue,
                 Some(_) => summary.changed.push(ep.name.clone()),
                 None => summary.added.push(ep.name.clone()),
             }
@@ -363,6 +366,22 @@ fn prepare(
     })
 }
 
+/// Digest of an endpoint's CA, client certificate and key files (an unreadable
+/// file counts as its error text, so a fix to it is a change too).
+fn tls_files_digest(ep: &EndpointConfig) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for path in [&ep.ca_file, &ep.client_cert_file, &ep.client_key_file] {
+        match path.as_ref().map(std::fs::read) {
+            Some(Ok(bytes)) => h.update(&bytes),
+            Some(Err(e)) => h.update(e.to_string().as_bytes()),
+            None => {}
+        }
+        h.update([0]);
+    }
+    h.finalize().into()
+}
+
 fn spawn(
     ep: EndpointConfig,
     dispatcher: dispatch::Dispatcher,
@@ -387,6 +406,7 @@ fn spawn_on(
         grace,
     ));
     Running {
+        tls_files: tls_files_digest(&ep),
         config: ep,
         sink,
         commands,

@@ -93,6 +93,9 @@ pub struct Outbox {
     calls: sled::Tree,
     meta: sled::Tree,
     next_offset: AtomicU64,
+    /// Every offset below this is on disk: a dispatcher started while the writer
+    /// runs (a reload) must not send what a crash could still take back.
+    durable_below: AtomicU64,
     max_bytes: u64,
 }
 
@@ -161,6 +164,7 @@ impl Outbox {
             calls,
             meta,
             next_offset: AtomicU64::new(next),
+            durable_below: AtomicU64::new(next),
             max_bytes,
         })
     }
@@ -189,7 +193,7 @@ impl Outbox {
         endpoints: &[&str],
         now_ms: i64,
     ) -> Result<u64, OutboxError> {
-        let offset = self.next_offset.fetch_add(1, Ordering::Relaxed);
+        let offset = self.next_offset.fetch_add(1, Ordering::AcqRel);
         let id = event.id.as_bytes();
         let id_len = u8::try_from(id.len()).map_err(|_| OutboxError::Corrupt(offset))?;
         let refs = u16::try_from(endpoints.len()).unwrap_or(u16::MAX);
@@ -219,8 +223,15 @@ impl Outbox {
     /// Flushes everything written so far to disk (fsync). Callers group many
     /// appends under one commit.
     pub async fn commit(&self) -> Result<(), OutboxError> {
+        let upto = self.next_offset.load(Ordering::Acquire);
         self.db.flush_async().await?;
+        self.durable_below.fetch_max(upto, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Every event below this offset has been committed.
+    pub fn durable_below(&self) -> u64 {
+        self.durable_below.load(Ordering::Acquire)
     }
 
     /// Whether an endpoint answered 410 Gone and has not been resumed since; kept

@@ -80,6 +80,11 @@ pub async fn run(
     let mut stored: Vec<Stored> = Vec::with_capacity(64);
     let mut errors = RateLog::new(Duration::from_secs(10));
     let mut size = outbox.size_on_disk();
+    // Readiness is right from the start and follows the store while no event
+    // arrives (a full store drained by deliveries, or space freed by hand).
+    let _ = refresh_space(&outbox, &metrics, size);
+    let mut recheck = tokio::time::interval(SPACE_RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
             biased;
@@ -100,6 +105,11 @@ pub async fn run(
                 Some(e) => e,
                 None => break,
             },
+            _ = recheck.tick() => {
+                size = outbox.size_on_disk();
+                let _ = refresh_space(&outbox, &metrics, size);
+                continue;
+            }
         };
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -110,18 +120,7 @@ pub async fn run(
         }
         let now = Timestamp::now().millis();
         // Measured once per batch, after its commit: listing sled's files is not free.
-        let space = outbox.check_space(size);
-        // The readiness signal (/readyz reads the same gauge): log only the changes.
-        let accepting = space.is_ok();
-        if accepting != (metrics.outbox_accepting.get() == 1) {
-            metrics.outbox_accepting.set(i64::from(accepting));
-            match &space {
-                Err(e) => {
-                    tracing::error!(error = %e, "outbox full: refusing new events, not ready")
-                }
-                Ok(()) => tracing::info!(size, "outbox below max_bytes again: accepting events"),
-            }
-        }
+        let space = refresh_space(&outbox, &metrics, size);
         for event in batch.drain(..) {
             if let Err(e) = outbox.track_call(&event)
                 && let Some(suppressed) = errors.allow()
@@ -212,6 +211,24 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// How often the store's size is measured while no event arrives.
+const SPACE_RECHECK: Duration = Duration::from_secs(5);
+
+/// Whether the store, at `size` bytes, takes new events; keeps the readiness gauge
+/// (`/readyz` reads it) current and logs only its changes.
+fn refresh_space(outbox: &Outbox, metrics: &Metrics, size: u64) -> Result<(), OutboxError> {
+    let space = outbox.check_space(size);
+    let accepting = space.is_ok();
+    if accepting != (metrics.outbox_accepting.get() == 1) {
+        metrics.outbox_accepting.set(i64::from(accepting));
+        match &space {
+            Err(e) => tracing::error!(error = %e, "outbox full: refusing new events, not ready"),
+            Ok(()) => tracing::info!(size, "outbox below max_bytes again: accepting events"),
+        }
+    }
+    space
 }
 
 /// How long a failing flush is retried before the writer gives up.
