@@ -150,3 +150,33 @@ async fn mutual_tls_presents_the_configured_client_certificate() {
             .is_some()
     );
 }
+
+/// A CA file renewed in place changes no setting, yet a reload must pick it up:
+/// first refused under the old CA, then trusted after the file changes and the
+/// configuration is reloaded unchanged.
+#[tokio::test]
+async fn a_ca_file_renewed_in_place_applies_on_reload() {
+    let issuer = ca("siphook test CA");
+    let mut rx = https_receiver(&issuer).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (h, mut d) = start(&rx, &ca("the old CA").pem(), &dir).await;
+    h.send(&CallSpec::new("rotate-1").invite(1)).await;
+    h.wait_metric("siphook_deadletters", &[("endpoint", "tls")], 1.0)
+        .await;
+
+    std::fs::write(dir.path().join("ca.pem"), issuer.pem()).unwrap();
+    let text = format!(
+        "[outbox]\npath = \"{}\"\n[[endpoints]]\nname = \"tls\"\nurl = \"https://localhost:{}/hook\"\nevents = [\"call.initiated\"]\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\nca_file = \"{}\"\nretry_schedule = [\"0s\"]\n\n",
+        dir.path().join("outbox").display(),
+        rx.addr.port(),
+        dir.path().join("ca.pem").display()
+    );
+    let same = Config::parse(&text).unwrap();
+    let summary = d.reload(&same).await.unwrap();
+    assert_eq!(summary.changed, ["tls"]);
+    h.send(&CallSpec::new("rotate-2").invite(1)).await;
+    assert_eq!(rx.next().await.json()["call"]["sip_call_id"], "rotate-2");
+    // A second reload with nothing changed touches nothing.
+    let again = d.reload(&same).await.unwrap();
+    assert_eq!(again, siphook::deliver::ReloadSummary::default());
+}
