@@ -10,5 +10,6 @@ pub mod deliver;
 pub mod gateway;
 pub mod ingest;
 pub mod outbox;
+pub mod replay;
 pub mod serve;
 pub mod sip;

@@ -47,6 +47,27 @@ enum Command {
         #[command(subcommand)]
         action: Endpoints,
     },
+    /// Replay a pcap or pcapng capture through the call tracker, on the capture's
+    /// clock: events as JSON lines on stdout, a summary on stderr.
+    Replay {
+        /// The capture file.
+        file: PathBuf,
+        /// Configuration (timers, correlation headers; endpoints with --deliver).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Send the events through the outbox to the configured endpoints instead.
+        #[arg(long, requires = "config")]
+        deliver: bool,
+        /// Pace events at N times the capture's speed (default: as fast as possible).
+        #[arg(long, conflicts_with = "as_fast_as_possible")]
+        speed: Option<f64>,
+        /// No pacing (the default).
+        #[arg(long)]
+        as_fast_as_possible: bool,
+        /// At the end, complete calls still open as their timeouts would.
+        #[arg(long)]
+        drain: bool,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -124,6 +145,20 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Replay {
+            file,
+            config,
+            deliver,
+            speed,
+            as_fast_as_possible: _,
+            drain,
+        } => match replay(&file, config.as_deref(), deliver, speed, drain) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("siphook: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run {
             config,
             print_events,
@@ -168,6 +203,54 @@ fn run(path: &std::path::Path, print_events: bool, log: LogReload) -> anyhow::Re
         siphook::serve::serve(config, opts, signals).await?;
         Ok::<_, anyhow::Error>(())
     })?;
+    Ok(())
+}
+
+fn replay(
+    file: &std::path::Path,
+    config: Option<&std::path::Path>,
+    deliver: bool,
+    speed: Option<f64>,
+    drain: bool,
+) -> anyhow::Result<()> {
+    use siphook::replay::{Pace, ReplayOptions};
+    anyhow::ensure!(
+        speed.is_none_or(|s| s.is_finite() && s > 0.0),
+        "--speed must be a positive number"
+    );
+    let config = match config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let opts = ReplayOptions::from_config(&config, drain);
+    let summary = if deliver {
+        let _reload = init_logging(LogFormat::Text, &config.log.level);
+        let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+        runtime.block_on(async {
+            let stop = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            siphook::replay::replay_and_deliver(file, &config, opts, speed, stop).await
+        })?
+    } else {
+        use std::io::Write;
+        let mut pace = Pace::new(speed);
+        let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut closed = false;
+        let summary = siphook::replay::replay(file, &opts, |e| {
+            pace.wait(e);
+            if !closed {
+                let json = e.to_json();
+                closed = stdout
+                    .write_all(&json)
+                    .and_then(|_| stdout.write_all(b"\n"))
+                    .is_err();
+            }
+        })?;
+        let _ = stdout.flush();
+        summary
+    };
+    eprint!("{summary}");
     Ok(())
 }
 

@@ -109,20 +109,8 @@ impl IngestContext {
             dropped("not_sip");
             return;
         }
-        let transport = match packet.ip_protocol {
-            Some(6) => Transport::Tcp,
-            _ => Transport::Udp,
-        };
-        let meta = Meta {
-            transport,
-            source: packet.source.unwrap_or(peer),
-            destination: packet.destination.unwrap_or(local),
-            received_at: self.capture_time(packet.timestamp, "hep"),
-        };
-        let fallback = packet
-            .correlation_id
-            .and_then(|c| std::str::from_utf8(c).ok())
-            .filter(|c| c.len() <= 256 && c.chars().all(|ch| !ch.is_control()));
+        let (mut meta, fallback) = hep_meta(&packet, peer, local, Timestamp::now());
+        meta.received_at = self.capture_time(packet.timestamp, "hep");
         self.handle_meta(packet.payload, "hep", meta, fallback);
     }
 
@@ -184,16 +172,9 @@ impl IngestContext {
             .sip_messages
             .with_label_values(&[t, kind, msg.method().as_str()])
             .inc();
-        if msg.correlation_id.is_none() {
-            msg.correlation_id = correlation.map(str::to_owned);
-        }
-        if let Some(trace) = msg.siptrace {
-            meta.source = trace.source.unwrap_or(meta.source);
-            meta.destination = trace.destination.unwrap_or(meta.destination);
-            meta.transport = trace.transport.unwrap_or(meta.transport);
-            if trace.at.is_some() {
-                meta.received_at = self.capture_time(trace.at, "siptrace");
-            }
+        apply_hints(&mut msg, &mut meta, correlation);
+        if let Some(at) = msg.siptrace.and_then(|t| t.at) {
+            meta.received_at = self.capture_time(Some(at), "siptrace");
         }
         if let Err(e) = self.tx.try_send(Inbound { msg, meta }) {
             let reason = match e {
@@ -226,5 +207,47 @@ impl IngestContext {
                 "unparseable SIP message dropped"
             );
         }
+    }
+}
+
+/// Where and when the packet inside a HEP packet was seen: its captured transport
+/// and addresses (the socket's when a chunk is missing) and capture time (else
+/// `fallback_time`), with HEP's correlation id when it is printable.
+pub fn hep_meta<'a>(
+    packet: &hep::HepPacket<'a>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    fallback_time: Timestamp,
+) -> (Meta, Option<&'a str>) {
+    let transport = match packet.ip_protocol {
+        Some(6) => Transport::Tcp,
+        _ => Transport::Udp,
+    };
+    let meta = Meta {
+        transport,
+        source: packet.source.unwrap_or(peer),
+        destination: packet.destination.unwrap_or(local),
+        received_at: packet.timestamp.unwrap_or(fallback_time),
+    };
+    let correlation = packet
+        .correlation_id
+        .and_then(|c| std::str::from_utf8(c).ok())
+        .filter(|c| c.len() <= 256 && c.chars().all(|ch| !ch.is_control()));
+    (meta, correlation)
+}
+
+/// What a message says about itself: Kamailio's X-Siptrace headers on a mirror
+/// copy name the original packet (taken as is: live ingest re-checks the time
+/// against its clock), and a capture agent's correlation id fills in when no
+/// configured header gave one.
+pub fn apply_hints(msg: &mut SipMessage, meta: &mut Meta, correlation: Option<&str>) {
+    if msg.correlation_id.is_none() {
+        msg.correlation_id = correlation.map(str::to_owned);
+    }
+    if let Some(trace) = msg.siptrace {
+        meta.source = trace.source.unwrap_or(meta.source);
+        meta.destination = trace.destination.unwrap_or(meta.destination);
+        meta.transport = trace.transport.unwrap_or(meta.transport);
+        meta.received_at = trace.at.unwrap_or(meta.received_at);
     }
 }

@@ -1,0 +1,431 @@
+//! Capture replay: drives the same parser and call tracker as live ingest with
+//! the packets of a pcap or pcapng file, on the capture's own clock, so durations
+//! come out exactly as they happened. Engineers debug with captures; this is how
+//! they see what siphook would have sent.
+
+pub mod capture;
+pub mod packet;
+pub mod tcp;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use crate::call::{Event, EventData, Meta, Timestamp, Tracker, TrackerConfig, Transport};
+use crate::config::Config;
+use crate::ingest::{apply_hints, hep_meta};
+use crate::sip::{self, ParseOptions, hep};
+
+/// Why a capture could not be replayed (a damaged tail only ends it early).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The file could not be read.
+    #[error("cannot read {0}: {1}")]
+    Io(String, std::io::Error),
+    /// Not a pcap or pcapng file, or a damaged one.
+    #[error("not a readable pcap or pcapng capture: {0}")]
+    Format(String),
+}
+
+/// What the replay saw and did: printed at the end, on stderr.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Frames read.
+    pub packets: u64,
+    /// Frames that gave no UDP or TCP payload, by reason.
+    pub skipped: BTreeMap<&'static str, u64>,
+    /// SIP messages parsed (directly, inside HEP, or from TCP streams).
+    pub sip_messages: u64,
+    /// SIP messages that did not parse, by reason.
+    pub parse_errors: BTreeMap<&'static str, u64>,
+    /// UDP payloads that were neither SIP nor HEP carrying SIP.
+    pub other_payloads: u64,
+    /// HEP packets read, and those dropped (malformed or not SIP).
+    pub hep_packets: u64,
+    /// HEP packets that were malformed or not SIP.
+    pub hep_dropped: u64,
+    /// TCP: segments dropped as retransmissions, resynchronisations, gaps.
+    pub tcp_retransmissions: u64,
+    /// TCP streams that had to be resynchronised (started mid-message).
+    pub tcp_framing_errors: u64,
+    /// TCP bytes missing from the capture.
+    pub tcp_gaps: u64,
+    /// Calls started.
+    pub calls: u64,
+    /// Events by type.
+    pub events: BTreeMap<&'static str, u64>,
+    /// Calls still open at the end of the capture (SIP Call-IDs), unless drained.
+    pub open_calls: Vec<String>,
+    /// The damage that ended the file early, if any.
+    pub truncated: Option<String>,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "packets: {}", self.packets)?;
+        for (why, n) in &self.skipped {
+            writeln!(f, "  skipped, {why}: {n}")?;
+        }
+        writeln!(f, "SIP messages: {}", self.sip_messages)?;
+        for (why, n) in &self.parse_errors {
+            writeln!(f, "  parse errors, {why}: {n}")?;
+        }
+        if self.other_payloads > 0 {
+            writeln!(
+                f,
+                "  UDP payloads neither SIP nor HEP: {}",
+                self.other_payloads
+            )?;
+        }
+        if self.hep_packets > 0 {
+            writeln!(
+                f,
+                "HEP packets: {} ({} dropped)",
+                self.hep_packets, self.hep_dropped
+            )?;
+        }
+        if self.tcp_retransmissions + self.tcp_framing_errors + self.tcp_gaps > 0 {
+            writeln!(
+                f,
+                "TCP: {} retransmissions dropped, {} resynchronisations, {} gaps",
+                self.tcp_retransmissions, self.tcp_framing_errors, self.tcp_gaps
+            )?;
+        }
+        writeln!(f, "calls: {}", self.calls)?;
+        for (t, n) in &self.events {
+            writeln!(f, "  {t}: {n}")?;
+        }
+        writeln!(f, "calls still open: {}", self.open_calls.len())?;
+        for c in &self.open_calls {
+            writeln!(f, "  {c}")?;
+        }
+        if let Some(t) = &self.truncated {
+            writeln!(f, "capture ended early: {t}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How to replay.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// Parse settings (correlation headers, size limit).
+    pub parse: ParseOptions,
+    /// Tracker timers and limits.
+    pub tracker: TrackerConfig,
+    /// At the end, complete open calls as their timeouts would.
+    pub drain: bool,
+}
+
+impl ReplayOptions {
+    /// Options from a configuration's `[sip]` section.
+    pub fn from_config(config: &Config, drain: bool) -> ReplayOptions {
+        ReplayOptions {
+            parse: ParseOptions {
+                correlation_headers: config.sip.correlation_headers.clone(),
+                max_message_bytes: config.sip.max_message_bytes,
+            },
+            tracker: TrackerConfig::from(&config.sip),
+            drain,
+        }
+    }
+}
+
+/// Replays a capture file, calling `emit` with each event in order.
+pub fn replay(
+    path: &Path,
+    opts: &ReplayOptions,
+    mut emit: impl FnMut(&Event),
+) -> Result<Summary, ReplayError> {
+    let mut cap = capture::Capture::open(path)?;
+    let mut r = Replayer::new(opts);
+    loop {
+        match cap.next_frame() {
+            None => break,
+            Some(Ok(frame)) => r.frame(&frame, &mut emit),
+            // A capture cut short (a crashed tcpdump) still replays up to the damage.
+            Some(Err(e)) => {
+                r.summary.truncated = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    Ok(r.finish(&mut emit))
+}
+
+/// The state of one replay.
+struct Replayer<'o> {
+    opts: &'o ReplayOptions,
+    decoder: packet::Decoder,
+    streams: tcp::Streams,
+    tracker: Tracker,
+    out: Vec<Event>,
+    units: Vec<tcp::Unit>,
+    last: Timestamp,
+    summary: Summary,
+}
+
+impl<'o> Replayer<'o> {
+    fn new(opts: &'o ReplayOptions) -> Replayer<'o> {
+        Replayer {
+            opts,
+            decoder: packet::Decoder::new(),
+            streams: tcp::Streams::new(opts.parse.max_message_bytes),
+            tracker: Tracker::new(opts.tracker.clone()),
+            out: Vec::new(),
+            units: Vec::new(),
+            last: Timestamp(0),
+            summary: Summary::default(),
+        }
+    }
+
+    fn frame(&mut self, frame: &capture::Frame, emit: &mut impl FnMut(&Event)) {
+        self.summary.packets += 1;
+        let at = Timestamp(i64::try_from(frame.ts_ns / 1_000_000).unwrap_or(i64::MAX));
+        // Capture time never runs backwards for the tracker (merged captures can).
+        let at = if at.millis() < self.last.millis() {
+            self.last
+        } else {
+            at
+        };
+        self.last = at;
+        match self.decoder.decode(frame) {
+            Err(skip) => *self.summary.skipped.entry(skip.as_str()).or_default() += 1,
+            Ok(packet::Segment::Udp { src, dst, payload }) => {
+                self.payload(&payload, Transport::Udp, src, dst, at, emit)
+            }
+            Ok(seg @ packet::Segment::Tcp { src, dst, .. }) => {
+                let mut units = std::mem::take(&mut self.units);
+                self.streams.segment(&seg, &mut units);
+                for unit in units.drain(..) {
+                    match unit {
+                        tcp::Unit::Sip(m) => self.sip(&m, Transport::Tcp, src, dst, at, None, emit),
+                        tcp::Unit::Hep(p) => self.hep(&p, src, dst, at, emit),
+                    }
+                }
+                self.units = units;
+            }
+        }
+    }
+
+    fn payload(
+        &mut self,
+        data: &[u8],
+        transport: Transport,
+        src: SocketAddr,
+        dst: SocketAddr,
+        at: Timestamp,
+        emit: &mut impl FnMut(&Event),
+    ) {
+        if data.starts_with(hep::MAGIC) {
+            self.hep(data, src, dst, at, emit);
+        } else if looks_like_sip(data) {
+            self.sip(data, transport, src, dst, at, None, emit);
+        } else {
+            self.summary.other_payloads += 1;
+        }
+    }
+
+    fn hep(
+        &mut self,
+        data: &[u8],
+        src: SocketAddr,
+        dst: SocketAddr,
+        at: Timestamp,
+        emit: &mut impl FnMut(&Event),
+    ) {
+        self.summary.hep_packets += 1;
+        let packet = match hep::decode(data) {
+            Ok(p) if p.protocol_type == Some(hep::PROTO_SIP) => p,
+            _ => {
+                self.summary.hep_dropped += 1;
+                return;
+            }
+        };
+        let (meta, correlation) = hep_meta(&packet, src, dst, at);
+        self.message(packet.payload, meta, correlation, emit);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sip(
+        &mut self,
+        data: &[u8],
+        transport: Transport,
+        source: SocketAddr,
+        destination: SocketAddr,
+        at: Timestamp,
+        correlation: Option<&str>,
+        emit: &mut impl FnMut(&Event),
+    ) {
+        let meta = Meta {
+            transport,
+            source,
+            destination,
+            received_at: at,
+        };
+        self.message(data, meta, correlation, emit);
+    }
+
+    fn message(
+        &mut self,
+        data: &[u8],
+        mut meta: Meta,
+        correlation: Option<&str>,
+        emit: &mut impl FnMut(&Event),
+    ) {
+        let mut msg = match sip::parse(data, &self.opts.parse) {
+            Ok(m) => m,
+            Err(e) => {
+                *self.summary.parse_errors.entry(e.reason()).or_default() += 1;
+                return;
+            }
+        };
+        self.summary.sip_messages += 1;
+        apply_hints(&mut msg, &mut meta, correlation);
+        // Timers run on capture time: what fell due before this message fires first.
+        self.tracker.on_time(meta.received_at, &mut self.out);
+        let _ = self.tracker.on_message(&msg, &meta, &mut self.out);
+        self.flush(emit);
+    }
+
+    fn flush(&mut self, emit: &mut impl FnMut(&Event)) {
+        for e in self.out.drain(..) {
+            *self
+                .summary
+                .events
+                .entry(e.event_type.as_str())
+                .or_default() += 1;
+            if matches!(e.data, EventData::Initiated(_)) {
+                self.summary.calls += 1;
+            }
+            emit(&e);
+        }
+    }
+
+    fn finish(mut self, emit: &mut impl FnMut(&Event)) -> Summary {
+        // What fell due by the last packet's time, as a live run would have seen.
+        self.tracker.on_time(self.last, &mut self.out);
+        self.flush(emit);
+        if self.opts.drain {
+            // Every remaining timer, in order, as if time ran on until all ended.
+            // Each turn retires at least one timer; the bound is a backstop.
+            for _ in 0..MAX_DRAIN_TURNS {
+                let Some(t) = self.tracker.next_deadline() else {
+                    break;
+                };
+                self.tracker.on_time(t, &mut self.out);
+                self.flush(emit);
+            }
+        }
+        self.summary.open_calls = self
+            .tracker
+            .calls_page(None, self.tracker.active_calls())
+            .into_iter()
+            .map(|c| c.sip_call_id)
+            .collect();
+        self.summary.tcp_retransmissions = self.streams.retransmissions;
+        self.summary.tcp_framing_errors = self.streams.framing_errors;
+        self.summary.tcp_gaps = self.streams.gaps;
+        self.summary
+    }
+}
+
+/// Upper bound on the timer turns of `--drain`.
+const MAX_DRAIN_TURNS: usize = 100_000_000;
+
+/// A request line (`METHOD uri SIP/2.0`) or status line (`SIP/2.0 …`) start;
+/// lets RTP, DNS and the rest of a capture pass without counting as parse errors.
+fn looks_like_sip(data: &[u8]) -> bool {
+    let line = data.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    line.starts_with(b"SIP/2.0 ") || line.windows(8).any(|w| w == b" SIP/2.0")
+}
+
+/// Paces events to the capture's own rhythm, `speed` times faster; `None` is as
+/// fast as possible.
+#[derive(Debug)]
+pub struct Pace {
+    speed: Option<f64>,
+    start: Option<(i64, std::time::Instant)>,
+}
+
+impl Pace {
+    /// A pacer; `speed` must be positive when given.
+    pub fn new(speed: Option<f64>) -> Pace {
+        Pace {
+            speed: speed.filter(|s| s.is_finite() && *s > 0.0),
+            start: None,
+        }
+    }
+
+    /// Sleeps until `event` is due.
+    pub fn wait(&mut self, event: &Event) {
+        let Some(speed) = self.speed else { return };
+        let at = event.timestamp.millis();
+        let (first, wall) = *self.start.get_or_insert((at, std::time::Instant::now()));
+        let due = std::time::Duration::from_secs_f64(((at - first).max(0) as f64 / 1000.0) / speed);
+        if let Some(left) = due.checked_sub(wall.elapsed()) {
+            std::thread::sleep(left);
+        }
+    }
+}
+
+/// Why `--deliver` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    /// The capture could not be read.
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+    /// The outbox or an endpoint could not start.
+    #[error(transparent)]
+    Delivery(#[from] crate::deliver::DeliveryError),
+    /// The outbox failed.
+    #[error("outbox: {0}")]
+    Outbox(#[from] crate::outbox::OutboxError),
+}
+
+/// Replays a capture into the configured outbox and endpoints, as a live run
+/// would, and waits until every delivery is done or `stop` resolves (what is
+/// left stays pending for the next start).
+pub async fn replay_and_deliver(
+    path: &Path,
+    config: &Config,
+    opts: ReplayOptions,
+    speed: Option<f64>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Summary, DeliverError> {
+    let metrics = crate::admin::Metrics::new();
+    let outbox = crate::deliver::open_outbox(config)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4096);
+    let mut delivery = crate::deliver::Delivery::start(config, outbox.clone(), rx, None, metrics)?;
+    let path = path.to_owned();
+    let replayed = tokio::task::spawn_blocking(move || {
+        let mut pace = Pace::new(speed);
+        replay(&path, &opts, |e| {
+            pace.wait(e);
+            let _ = tx.blocking_send(e.clone());
+        })
+    })
+    .await
+    .map_err(|e| ReplayError::Format(format!("replay task failed: {e}")))??;
+    // The writer ends once the sender is gone and the last batch is committed;
+    // then wait for the endpoints, bounded by the operator's patience.
+    delivery.failed().await?;
+    tokio::pin!(stop);
+    let names: Vec<String> = config.endpoints.iter().map(|e| e.name.clone()).collect();
+    loop {
+        let left: usize = names.iter().map(|n| outbox.pending_count(n)).sum();
+        if left == 0 {
+            break;
+        }
+        tokio::select! {
+            _ = &mut stop => {
+                tracing::warn!(pending = left, "stopped before every delivery was done; the rest goes out on the next start");
+                break;
+            }
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+        }
+    }
+    delivery.shutdown().await?;
+    Ok(replayed)
+}

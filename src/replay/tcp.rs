@@ -1,0 +1,319 @@
+//! TCP streams in a capture: segments put back in sequence order per flow,
+//! retransmissions dropped, then framed into SIP messages (by Content-Length) or
+//! HEP packets (by their length), like the live listeners do.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+use super::packet::Segment;
+use crate::sip::Framer;
+use crate::sip::hep::{self, HepFramer};
+
+/// Out-of-order bytes held per flow before the gap is given up on.
+const MAX_HELD: usize = 1 << 20;
+/// Flows followed at once; the oldest is forgotten past it.
+const MAX_FLOWS: usize = 65_536;
+
+/// What comes out of a flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unit {
+    /// One SIP message.
+    Sip(Bytes),
+    /// One HEP packet.
+    Hep(Bytes),
+}
+
+enum Frames {
+    Undecided,
+    Sip(Framer),
+    Hep(HepFramer),
+}
+
+struct Flow {
+    /// Sequence number of the next byte expected.
+    next: Option<u32>,
+    /// Segments past a gap, by sequence number.
+    held: BTreeMap<u32, Vec<u8>>,
+    held_bytes: usize,
+    frames: Frames,
+    last_used: u64,
+}
+
+/// Every TCP flow of a capture.
+#[derive(Default)]
+pub struct Streams {
+    flows: HashMap<(SocketAddr, SocketAddr), Flow>,
+    max_message_bytes: usize,
+    clock: u64,
+    /// Segments dropped as retransmissions (already-seen bytes).
+    pub retransmissions: u64,
+    /// Times a stream could not be framed (mid-message start, garbage) and
+    /// its buffer was dropped to resynchronise.
+    pub framing_errors: u64,
+    /// Gaps given up on (bytes missing from the capture).
+    pub gaps: u64,
+}
+
+/// `a` is before `b` in sequence space (RFC 793 wrap-around).
+fn before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+impl Streams {
+    /// No flows yet; SIP messages over `max_message_bytes` break their stream.
+    pub fn new(max_message_bytes: usize) -> Streams {
+        Streams {
+            max_message_bytes,
+            ..Streams::default()
+        }
+    }
+
+    /// Feeds one TCP segment (anything else is ignored); whole messages it
+    /// completes go to `out`.
+    pub fn segment(&mut self, seg: &Segment, out: &mut Vec<Unit>) {
+        let &Segment::Tcp {
+            src,
+            dst,
+            seq,
+            syn,
+            end,
+            ref payload,
+        } = seg
+        else {
+            return;
+        };
+        self.clock += 1;
+        if self.flows.len() >= MAX_FLOWS && !self.flows.contains_key(&(src, dst)) {
+            self.evict_oldest();
+        }
+        let max = self.max_message_bytes;
+        let flow = self.flows.entry((src, dst)).or_insert_with(|| Flow {
+            next: None,
+            held: BTreeMap::new(),
+            held_bytes: 0,
+            frames: Frames::Undecided,
+            last_used: 0,
+        });
+        flow.last_used = self.clock;
+        if syn {
+            flow.next = Some(seq.wrapping_add(1));
+            flow.held.clear();
+            flow.held_bytes = 0;
+            flow.frames = Frames::Undecided;
+        }
+        let data_seq = if syn { seq.wrapping_add(1) } else { seq };
+        if !payload.is_empty() {
+            // A capture that starts mid-stream starts at the first byte it has.
+            let next = *flow.next.get_or_insert(data_seq);
+            let mut stats = (0, 0, 0);
+            accept(flow, data_seq, next, payload, max, out, &mut stats);
+            self.retransmissions += stats.0;
+            self.framing_errors += stats.1;
+            self.gaps += stats.2;
+        }
+        if end {
+            self.flows.remove(&(src, dst));
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(key) = self
+            .flows
+            .iter()
+            .min_by_key(|(_, f)| f.last_used)
+            .map(|(k, _)| *k)
+        {
+            self.flows.remove(&key);
+        }
+    }
+}
+
+fn accept(
+    flow: &mut Flow,
+    seq: u32,
+    next: u32,
+    payload: &[u8],
+    max: usize,
+    out: &mut Vec<Unit>,
+    stats: &mut (u64, u64, u64),
+) {
+    let end = seq.wrapping_add(payload.len() as u32);
+    if !before(next, end) {
+        stats.0 += 1; // every byte seen already
+        return;
+    }
+    if before(next, seq) {
+        // A gap: hold until it fills, within bounds.
+        if flow.held.contains_key(&seq) {
+            stats.0 += 1; // the same out-of-order segment again
+            return;
+        }
+        if flow.held_bytes + payload.len() <= MAX_HELD {
+            flow.held_bytes += payload.len();
+            flow.held.insert(seq, payload.to_vec());
+            return;
+        }
+        // The missing bytes are not in the capture: skip past them.
+        stats.2 += 1;
+        flow.held.clear();
+        flow.held_bytes = 0;
+        reset(&mut flow.frames);
+        flow.next = Some(seq);
+        return accept(flow, seq, seq, payload, max, out, stats);
+    }
+    // Overlap with what was seen: keep only the new bytes.
+    let skip = next.wrapping_sub(seq) as usize;
+    push(flow, &payload[skip..], max, out, stats);
+    flow.next = Some(end);
+    // Held segments that now follow on.
+    while let Some((&s, _)) = flow.held.first_key_value() {
+        let n = flow.next.unwrap_or(s);
+        if before(n, s) {
+            break;
+        }
+        let Some((s, data)) = flow.held.pop_first() else {
+            break;
+        };
+        flow.held_bytes -= data.len();
+        let e = s.wrapping_add(data.len() as u32);
+        if before(n, e) {
+            let skip = n.wrapping_sub(s) as usize;
+            push(flow, &data[skip..], max, out, stats);
+            flow.next = Some(e);
+        } else {
+            stats.0 += 1;
+        }
+    }
+}
+
+fn reset(frames: &mut Frames) {
+    *frames = Frames::Undecided;
+}
+
+fn push(
+    flow: &mut Flow,
+    data: &[u8],
+    max: usize,
+    out: &mut Vec<Unit>,
+    stats: &mut (u64, u64, u64),
+) {
+    if let Frames::Undecided = flow.frames {
+        flow.frames = if data.starts_with(hep::MAGIC) {
+            Frames::Hep(HepFramer::new())
+        } else {
+            Frames::Sip(Framer::new(max))
+        };
+    }
+    match &mut flow.frames {
+        Frames::Sip(f) => {
+            f.extend(data);
+            loop {
+                match f.next_message() {
+                    Ok(Some(m)) => out.push(Unit::Sip(m)),
+                    Ok(None) => break,
+                    Err(_) => {
+                        stats.1 += 1;
+                        flow.frames = Frames::Undecided;
+                        break;
+                    }
+                }
+            }
+        }
+        Frames::Hep(f) => {
+            f.buffer_mut().extend_from_slice(data);
+            loop {
+                match f.next_packet() {
+                    Ok(Some(p)) => out.push(Unit::Hep(p)),
+                    Ok(None) => break,
+                    Err(_) => {
+                        stats.1 += 1;
+                        flow.frames = Frames::Undecided;
+                        break;
+                    }
+                }
+            }
+        }
+        Frames::Undecided => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a() -> SocketAddr {
+        "10.0.0.1:5060".parse().unwrap()
+    }
+    fn b() -> SocketAddr {
+        "10.0.0.2:5060".parse().unwrap()
+    }
+    fn seg(seq: u32, syn: bool, payload: &[u8]) -> Segment {
+        Segment::Tcp {
+            src: a(),
+            dst: b(),
+            seq,
+            syn,
+            end: false,
+            payload: payload.to_vec(),
+        }
+    }
+    fn msg(n: u32) -> Vec<u8> {
+        format!("OPTIONS sip:x SIP/2.0\r\nCall-ID: {n}\r\nContent-Length: 0\r\n\r\n").into_bytes()
+    }
+
+    #[test]
+    fn out_of_order_and_retransmitted_segments_give_each_message_once() {
+        let stream: Vec<u8> = (0..3).flat_map(msg).collect();
+        let pieces: Vec<(u32, &[u8])> = stream
+            .chunks(17)
+            .enumerate()
+            .map(|(i, c)| (1000 + 1 + (i * 17) as u32, c))
+            .collect();
+        let mut s = Streams::new(65536);
+        let mut out = Vec::new();
+        s.segment(&seg(1000, true, &[]), &mut out);
+        // Reverse pairs, and every piece twice.
+        let mut order: Vec<usize> = (0..pieces.len()).collect();
+        for pair in order.chunks_mut(2) {
+            pair.reverse();
+        }
+        for i in order {
+            let (seq, data) = pieces[i];
+            s.segment(&seg(seq, false, data), &mut out);
+            s.segment(&seg(seq, false, data), &mut out);
+        }
+        assert_eq!(
+            out,
+            (0..3).map(|n| Unit::Sip(msg(n).into())).collect::<Vec<_>>()
+        );
+        assert!(s.retransmissions >= pieces.len() as u64);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_around() {
+        let m = msg(7);
+        let mut s = Streams::new(65536);
+        let mut out = Vec::new();
+        let start = u32::MAX - 5;
+        s.segment(&seg(start, false, &m[..10]), &mut out);
+        s.segment(&seg(start.wrapping_add(10), false, &m[10..]), &mut out);
+        assert_eq!(out, [Unit::Sip(m.into())]);
+    }
+
+    #[test]
+    fn a_capture_starting_mid_message_resynchronises() {
+        let m = msg(1);
+        let mut s = Streams::new(65536);
+        let mut out = Vec::new();
+        // The tail of an earlier message, then whole ones.
+        s.segment(&seg(50, false, b"garbage tail\r\n\r\n"), &mut out);
+        let mut seq = 50 + 16;
+        for _ in 0..2 {
+            s.segment(&seg(seq, false, &m), &mut out);
+            seq += m.len() as u32;
+        }
+        assert!(out.contains(&Unit::Sip(m.clone().into())), "{out:?}");
+    }
+}
