@@ -488,3 +488,40 @@ fn the_cli_prints_json_lines_and_a_summary_on_stderr() {
     assert!(stderr.contains("packets: 18"), "{stderr}");
     assert!(stderr.contains("calls still open: 0"), "{stderr}");
 }
+
+/// `--deliver` goes through the outbox and the configured endpoint, then exits
+/// once every delivery is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_sends_every_event_signed_through_the_outbox() {
+    let mut rx = common::receiver::Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = common::binary_config(dir.path(), &rx.url(), "");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_siphook"))
+        .args(["replay", "--deliver", "--config"])
+        .arg(&config)
+        .arg(data("sipp-udp-3-calls.pcap"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(common::DEADLINE, child.wait_with_output())
+        .await
+        .expect("replay --deliver finishes")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "events go to the endpoint, not stdout"
+    );
+    let mut got = Vec::new();
+    while let Ok(req) = rx.requests.try_recv() {
+        assert!(req.header("webhook-signature").starts_with("v1,"));
+        got.push(req.json());
+    }
+    assert_answered_calls(&got, 3);
+}
