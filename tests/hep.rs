@@ -309,3 +309,70 @@ async fn siptrace_x_headers_on_a_plain_mirror_copy_name_the_original_packet() {
         h.udp_target.to_string()
     );
 }
+
+/// A proxy's mirror seen through HEP shows both legs: the caller's and each
+/// branch's. A branch's failure towards the proxy does not end the call; what the
+/// proxy sends the caller does; the proxy's own CANCEL of a branch is not the
+/// caller's.
+#[tokio::test]
+async fn both_legs_of_a_forking_proxy() {
+    let mut h = harness(None).await;
+    let target = h.gw.hep_udp_addrs[0];
+    let (c, p) = (addr("192.0.2.10:5062"), addr("192.0.2.1:5060"));
+    let (u1, u2) = (addr("198.51.100.1:5060"), addr("198.51.100.2:5060"));
+    let now = Timestamp::now().millis();
+    let send = |src: SocketAddr, dst: SocketAddr, m: String| {
+        HepBuilder::new()
+            .sip(17, src, dst, Timestamp(now), m.as_bytes())
+            .build()
+    };
+    // 1. One branch busy at once, the other answers.
+    let call = CallSpec::new("two-legs-fork");
+    for (src, dst, m) in [
+        (c, p, call.invite(1)),
+        (p, u1, call.invite(1)),
+        (p, u2, call.invite(1)),
+        (u2, p, call.resp(486, 1, "INVITE", Some("b2"))),
+        (u1, p, call.resp(180, 1, "INVITE", Some("b1"))),
+        (p, c, call.resp(180, 1, "INVITE", Some("b1"))),
+        (u1, p, call.resp(200, 1, "INVITE", Some("b1"))),
+        (p, c, call.resp(200, 1, "INVITE", Some("b1"))),
+        (c, p, call.ack(1, "b1")),
+        (c, p, call.bye(2, "b1")),
+        (p, u1, call.bye(2, "b1")),
+    ] {
+        h.udp.send_to(&send(src, dst, m), target).await.unwrap();
+    }
+    let events = h.expect_answered_calls(1).await;
+    assert_eq!(events[3]["data"]["disposition"], "answered");
+    assert_eq!(events[3]["call"]["to"]["tag"], "b1");
+
+    // 2. The proxy gives up ringing: 408 to the caller with its own tag, then it
+    //    cancels the branch, which answers 487.
+    let call = CallSpec::new("two-legs-timeout");
+    for (src, dst, m) in [
+        (c, p, call.invite(1)),
+        (p, u1, call.invite(1)),
+        (u1, p, call.resp(180, 1, "INVITE", Some("b1"))),
+        (p, c, call.resp(180, 1, "INVITE", Some("b1"))),
+        (p, c, call.resp(408, 1, "INVITE", Some("proxy-tag"))),
+        (p, u1, call.cancel(1)),
+        (u1, p, call.resp(200, 1, "CANCEL", Some("b1"))),
+        (u1, p, call.resp(487, 1, "INVITE", Some("b1"))),
+    ] {
+        h.udp.send_to(&send(src, dst, m), target).await.unwrap();
+    }
+    let events = h.events(3).await;
+    assert_eq!(
+        common::types(&events),
+        ["call.initiated", "call.ringing", "call.completed"]
+    );
+    let done = &events[2]["data"];
+    assert_eq!(
+        (&done["disposition"], &done["sip_status"], &done["ended_by"]),
+        (&"no_answer".into(), &408.into(), &"callee".into()),
+        "the caller got a 408 and never cancelled"
+    );
+    let after = h.barrier().await;
+    assert!(after.is_empty(), "nothing after the completion: {after:?}");
+}

@@ -70,6 +70,9 @@ pub(super) struct Call {
     pub(super) replacing: Option<Box<ReplacingInvite>>,
     /// Early dialogs seen (hash of the To tag, and whether that fork failed).
     pub(super) early: Vec<(u64, bool)>,
+    /// The mirror shows both legs of a proxy (it forwarded the initial INVITE,
+    /// and the copy came from it): only what the caller is sent decides the call.
+    pub(super) two_legs: bool,
     /// Hashes of recently seen messages (bounded ring) for deduplication.
     pub(super) seen: [u64; SEEN],
     pub(super) seen_next: u8,
@@ -101,6 +104,18 @@ fn tag_hash(tag: &str) -> u64 {
     let mut h = DefaultHasher::new();
     tag.hash(&mut h);
     h.finish()
+}
+
+/// Which side of a proxy a message travelled, when the mirror shows both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Hop {
+    /// One leg only (an SBC mirror, a direct call): every message counts as is.
+    Single,
+    /// Between the caller and the first hop: what the caller sends and is sent.
+    CallerSide,
+    /// Between the proxy and a branch: a branch's failure is the proxy's to
+    /// handle (it may try another), a CANCEL is the proxy's own.
+    ProxySide,
 }
 
 /// What a message does to a call.
@@ -174,8 +189,38 @@ impl Call {
     /// Records a message's identity; false if it was seen before. The Via branch
     /// is deliberately left out: a proxy's mirror shows each message twice with
     /// different top Vias.
-    pub(super) fn remember(&mut self, msg: &SipMessage) -> bool {
+    /// Where `msg` travelled relative to the proxy the call's first INVITE went
+    /// to (its first copy's destination). The proxy forwarding the INVITE (a
+    /// copy from that address) shows the mirror sees both legs; from then on,
+    /// messages to or from the caller are the caller's side.
+    pub(super) fn hop(&mut self, msg: &SipMessage, meta: &super::tracker::Meta) -> Hop {
+        let caller = self.info.signaling.source;
+        let proxy = self.info.signaling.destination;
+        if !self.two_legs
+            && msg.method() == Method::Invite
+            && matches!(msg.start, StartLine::Request { .. })
+            && msg.to.tag.is_none()
+            && meta.source == proxy
+            && proxy != caller
+        {
+            self.two_legs = true;
+        }
+        if !self.two_legs {
+            Hop::Single
+        } else if meta.source == caller || meta.destination == caller {
+            Hop::CallerSide
+        } else {
+            Hop::ProxySide
+        }
+    }
+
+    pub(super) fn remember(&mut self, msg: &SipMessage, hop: Hop) -> bool {
         let mut h = DefaultHasher::new();
+        // A final failure reaches the proxy and then, maybe, the caller: two
+        // different facts when both legs are seen, not a retransmission.
+        if let StartLine::Response { status: 300.. } = msg.start {
+            (hop == Hop::CallerSide).hash(&mut h);
+        }
         msg.cseq.hash(&mut h);
         msg.cseq_method.hash(&mut h);
         match &msg.start {
@@ -230,6 +275,7 @@ impl Call {
         &mut self,
         msg: &SipMessage,
         by_caller: bool,
+        hop: Hop,
         now: Timestamp,
         cfg: &TrackerConfig,
     ) -> Step {
@@ -251,7 +297,8 @@ impl Call {
                 self.arm_answered(now, cfg);
                 Step::Rearm
             }
-            Method::Cancel if by_caller && !answered => {
+            // A proxy cancelling its other branches is not the caller giving up.
+            Method::Cancel if by_caller && !answered && hop != Hop::ProxySide => {
                 if !matches!(self.phase, Phase::Cancelling { .. }) {
                     self.phase = Phase::Cancelling { at: now };
                     self.deadline = now.plus(cfg.challenge_window);
@@ -337,6 +384,7 @@ impl Call {
         &mut self,
         msg: &SipMessage,
         status: u16,
+        hop: Hop,
         now: Timestamp,
         cfg: &TrackerConfig,
     ) -> Step {
@@ -345,7 +393,7 @@ impl Call {
             // call restored after a restart may not have seen.
             Method::Invite if msg.cseq >= self.invite_cseq && self.phase != Phase::Answered => {
                 self.invite_cseq = msg.cseq;
-                self.on_invite_response(msg, status, now, cfg)
+                self.on_invite_response(msg, status, hop, now, cfg)
             }
             Method::Invite | Method::Update
                 if self.phase == Phase::Answered && (200..300).contains(&status) =>
@@ -386,6 +434,7 @@ impl Call {
         &mut self,
         msg: &SipMessage,
         status: u16,
+        hop: Hop,
         now: Timestamp,
         cfg: &TrackerConfig,
     ) -> Step {
@@ -423,8 +472,16 @@ impl Call {
                     ring_ms: now.since(self.info.started_at),
                 })
             }
+            _ if hop == Hop::ProxySide => {
+                // A branch failed towards the proxy, which may try another or
+                // send the caller its own answer: that answer decides.
+                let _ = self.fork_failed_while_others_live(msg);
+                Step::Nothing
+            }
             _ => {
-                if self.fork_failed_while_others_live(msg) {
+                // With both legs seen, a final answer to the caller means every
+                // branch is done (a stateful proxy sends one only then).
+                if hop == Hop::Single && self.fork_failed_while_others_live(msg) {
                     // Another branch may still answer; a CANCEL's own deadline already
                     // bounds the wait, otherwise the challenge window does.
                     if !matches!(self.phase, Phase::Cancelling { .. } | Phase::Failing { .. }) {

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::dialog::{Call, End, PendingRefer, Phase, ReplacingInvite, SEEN, Step};
+use super::dialog::{Call, End, Hop, PendingRefer, Phase, ReplacingInvite, SEEN, Step};
 use super::event::{
     CallInfo, CallSnapshot, CompletedData, Event, EventData, InitiatedData, Signaling, Timestamp,
     TransferKind, TransferredData, Transport, stable_id,
@@ -198,6 +198,7 @@ impl Tracker {
                 refers: Vec::new(),
                 replacing: None,
                 early: Vec::new(),
+                two_legs: false,
                 seen: [0; SEEN],
                 seen_next: 0,
                 info: snap.info,
@@ -252,12 +253,13 @@ impl Tracker {
         let Some(Slot::Live(call)) = self.calls.get_mut(key.as_str()) else {
             return Err(Ignored::AfterEnd);
         };
-        if !call.remember(msg) {
+        let hop = call.hop(msg, meta);
+        if !call.remember(msg, hop) {
             return Err(Ignored::Duplicate);
         }
         let step = match &msg.start {
-            StartLine::Request { .. } => call.on_request(msg, by_caller, now, &self.cfg),
-            StartLine::Response { status } => call.on_response(msg, *status, now, &self.cfg),
+            StartLine::Request { .. } => call.on_request(msg, by_caller, hop, now, &self.cfg),
+            StartLine::Response { status } => call.on_response(msg, *status, hop, now, &self.cfg),
         };
         self.apply(&key, step, meta.received_at, out)
     }
@@ -352,11 +354,12 @@ impl Tracker {
             refers: Vec::new(),
             replacing,
             early: Vec::new(),
+            two_legs: false,
             seen: [0; SEEN],
             seen_next: 0,
             armed: None,
         });
-        call.remember(msg);
+        call.remember(msg, Hop::Single);
         let data = EventData::Initiated(InitiatedData {
             request_uri: uri.clone(),
             user_agent: msg.user_agent.clone(),
