@@ -525,3 +525,24 @@ async fn deliver_sends_every_event_signed_through_the_outbox() {
     }
     assert_answered_calls(&got, 3);
 }
+
+/// A real Kamailio 5.6 capture: siptrace sending HEPv3 for a proxied SIPp call
+/// (tests/kamailio/proxy.cfg), each message traced as received and as forwarded.
+#[test]
+fn a_kamailio_hep_capture_gives_each_event_once_with_the_callers_addresses() {
+    let (events, summary) = run(&data("kamailio-hep-2-calls.pcap"), false);
+    assert_answered_calls(&events, 2);
+    assert_talk_from_capture(&events);
+    for e in &events {
+        assert_eq!(
+            e["call"]["signaling"]["source"], "127.0.0.1:19080",
+            "the UAC"
+        );
+        assert_eq!(
+            e["call"]["signaling"]["destination"], "127.0.0.1:19050",
+            "the proxy"
+        );
+    }
+    assert_eq!((summary.hep_packets, summary.hep_dropped), (24, 0));
+    assert_eq!(summary.sip_messages, 24);
+}
