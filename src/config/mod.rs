@@ -461,17 +461,19 @@ pub fn parse_size(s: &str) -> Option<usize> {
     usize::try_from(n.checked_mul(mult)?).ok()
 }
 
+/// Every problem `text` has, as the operator reads them (tests of each section).
+#[cfg(test)]
+pub(crate) fn problems(text: &str) -> Vec<String> {
+    match Config::parse(text) {
+        Ok(_) => vec![],
+        Err(ConfigError::Invalid(p)) => p.iter().map(ToString::to_string).collect(),
+        Err(e) => vec![e.to_string()],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn problems(text: &str) -> Vec<String> {
-        match Config::parse(text) {
-            Ok(_) => vec![],
-            Err(ConfigError::Invalid(p)) => p.iter().map(ToString::to_string).collect(),
-            Err(e) => vec![e.to_string()],
-        }
-    }
 
     #[test]
     fn empty_file_is_the_default() {

@@ -153,15 +153,7 @@ impl RawService {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, ConfigError};
-
-    fn problems(text: &str) -> Vec<String> {
-        match Config::parse(text) {
-            Ok(_) => vec![],
-            Err(ConfigError::Invalid(p)) => p.iter().map(ToString::to_string).collect(),
-            Err(e) => vec![e.to_string()],
-        }
-    }
+    use crate::config::{Config, problems};
 
     #[test]
     fn admin_log_and_service_are_checked() {

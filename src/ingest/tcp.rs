@@ -17,6 +17,7 @@ use super::{IngestContext, Wire};
 use crate::call::Transport;
 use crate::sip::Framer;
 use crate::sip::hep::HepFramer;
+use crate::sip::stream::{StreamError, StreamFramer, Unit};
 
 /// Limits applied to every connection.
 #[derive(Debug, Clone, Copy)]
@@ -117,8 +118,11 @@ async fn connection(
         Err(_) => return "io_error",
     };
     let (label, mut framer) = match wire {
-        Wire::Sip => ("tcp", Frames::Sip(Framer::new(limits.max_message_bytes))),
-        Wire::Hep => ("hep", Frames::Hep(HepFramer::new())),
+        Wire::Sip => (
+            "tcp",
+            StreamFramer::Sip(Framer::new(limits.max_message_bytes)),
+        ),
+        Wire::Hep => ("hep", StreamFramer::Hep(HepFramer::new())),
     };
     let bytes = ctx.metrics.sip_received_bytes.with_label_values(&[label]);
     loop {
@@ -140,17 +144,11 @@ async fn connection(
             Ok(Ok(n)) => bytes.inc_by(n as u64),
         }
         loop {
-            let next = match &mut framer {
-                Frames::Sip(f) => f.next_message().map_err(|e| (e.reason(), e.to_string())),
-                Frames::Hep(f) => f.next_packet().map_err(|e| (e.reason(), e.to_string())),
-            };
-            match next {
-                Ok(Some(msg)) => match wire {
-                    Wire::Sip => ctx.handle(&msg, Transport::Tcp, peer, local),
-                    Wire::Hep => ctx.handle_hep(&msg, Transport::Tcp, peer, local),
-                },
+            match framer.next_unit() {
+                Ok(Some(Unit::Sip(msg))) => ctx.handle(&msg, Transport::Tcp, peer, local),
+                Ok(Some(Unit::Hep(packet))) => ctx.handle_hep(&packet, Transport::Tcp, peer, local),
                 Ok(None) => break,
-                Err((reason, e)) => {
+                Err(StreamError { reason, message }) => {
                     match wire {
                         Wire::Sip => &ctx.metrics.sip_parse_errors,
                         Wire::Hep => &ctx.metrics.hep_dropped,
@@ -158,26 +156,11 @@ async fn connection(
                     .with_label_values(&["tcp", reason])
                     .inc();
                     if let Some(suppressed) = ctx.allow_log() {
-                        tracing::warn!(%peer, reason, suppressed, "closing {label} TCP connection: {e}");
+                        tracing::warn!(%peer, reason, suppressed, "closing {label} TCP connection: {message}");
                     }
                     return reason;
                 }
             }
-        }
-    }
-}
-
-/// One connection's framing.
-enum Frames {
-    Sip(Framer),
-    Hep(HepFramer),
-}
-
-impl Frames {
-    fn buffer_mut(&mut self) -> &mut bytes::BytesMut {
-        match self {
-            Frames::Sip(f) => f.buffer_mut(),
-            Frames::Hep(f) => f.buffer_mut(),
         }
     }
 }

@@ -5,31 +5,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
-use bytes::Bytes;
-
 use super::packet::Segment;
-use crate::sip::Framer;
-use crate::sip::hep::{self, HepFramer};
+use crate::sip::stream::StreamFramer;
 
 /// Out-of-order bytes held per flow before the gap is given up on.
 const MAX_HELD: usize = 1 << 20;
 /// Flows followed at once; the oldest is forgotten past it.
 const MAX_FLOWS: usize = 65_536;
 
-/// What comes out of a flow.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Unit {
-    /// One SIP message.
-    Sip(Bytes),
-    /// One HEP packet.
-    Hep(Bytes),
-}
-
-enum Frames {
-    Undecided,
-    Sip(Framer),
-    Hep(HepFramer),
-}
+pub use crate::sip::stream::Unit;
 
 struct Flow {
     /// Sequence number of the next byte expected.
@@ -37,7 +21,9 @@ struct Flow {
     /// Segments past a gap, by sequence number.
     held: BTreeMap<u32, Vec<u8>>,
     held_bytes: usize,
-    frames: Frames,
+    /// Chosen by the first bytes; `None` until then, and again after a framing
+    /// error, so the stream resynchronises on the next segment.
+    frames: Option<StreamFramer>,
     last_used: u64,
 }
 
@@ -93,7 +79,7 @@ impl Streams {
             next: None,
             held: BTreeMap::new(),
             held_bytes: 0,
-            frames: Frames::Undecided,
+            frames: None,
             last_used: 0,
         });
         flow.last_used = self.clock;
@@ -101,7 +87,7 @@ impl Streams {
             flow.next = Some(seq.wrapping_add(1));
             flow.held.clear();
             flow.held_bytes = 0;
-            flow.frames = Frames::Undecided;
+            flow.frames = None;
         }
         let data_seq = if syn { seq.wrapping_add(1) } else { seq };
         if !payload.is_empty() {
@@ -159,7 +145,7 @@ fn accept(
         stats.2 += 1;
         flow.held.clear();
         flow.held_bytes = 0;
-        reset(&mut flow.frames);
+        flow.frames = None;
         flow.next = Some(seq);
         return accept(flow, seq, seq, payload, max, out, stats);
     }
@@ -188,10 +174,6 @@ fn accept(
     }
 }
 
-fn reset(frames: &mut Frames) {
-    *frames = Frames::Undecided;
-}
-
 fn push(
     flow: &mut Flow,
     data: &[u8],
@@ -199,43 +181,20 @@ fn push(
     out: &mut Vec<Unit>,
     stats: &mut (u64, u64, u64),
 ) {
-    if let Frames::Undecided = flow.frames {
-        flow.frames = if data.starts_with(hep::MAGIC) {
-            Frames::Hep(HepFramer::new())
-        } else {
-            Frames::Sip(Framer::new(max))
-        };
-    }
-    match &mut flow.frames {
-        Frames::Sip(f) => {
-            f.extend(data);
-            loop {
-                match f.next_message() {
-                    Ok(Some(m)) => out.push(Unit::Sip(m)),
-                    Ok(None) => break,
-                    Err(_) => {
-                        stats.1 += 1;
-                        flow.frames = Frames::Undecided;
-                        break;
-                    }
-                }
+    let framer = flow
+        .frames
+        .get_or_insert_with(|| StreamFramer::detect(data, max));
+    framer.buffer_mut().extend_from_slice(data);
+    loop {
+        match framer.next_unit() {
+            Ok(Some(unit)) => out.push(unit),
+            Ok(None) => break,
+            Err(_) => {
+                stats.1 += 1;
+                flow.frames = None;
+                break;
             }
         }
-        Frames::Hep(f) => {
-            f.buffer_mut().extend_from_slice(data);
-            loop {
-                match f.next_packet() {
-                    Ok(Some(p)) => out.push(Unit::Hep(p)),
-                    Ok(None) => break,
-                    Err(_) => {
-                        stats.1 += 1;
-                        flow.frames = Frames::Undecided;
-                        break;
-                    }
-                }
-            }
-        }
-        Frames::Undecided => {}
     }
 }
 

@@ -7,6 +7,7 @@ pub mod hep;
 pub mod message;
 pub mod normalize;
 pub mod stir;
+pub mod stream;
 mod view;
 
 pub use addr::{NameAddr, Reason, ReferTo, Replaces};
