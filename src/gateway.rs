@@ -153,7 +153,8 @@ impl Gateway {
             },
             metrics.clone(),
         )
-        .with_hep_auth(config.hep.auth_key.as_ref().map(|k| k.0.as_bytes()));
+        .with_hep_auth(config.hep.auth_key.as_ref().map(|k| k.0.as_bytes()))
+        .with_siptrace_from(&sip.siptrace_from);
         let limits = TcpLimits {
             max_message_bytes: sip.max_message_bytes,
             idle_timeout: sip.tcp_idle_timeout,

@@ -283,7 +283,10 @@ async fn with_an_auth_key_only_matching_packets_are_taken() {
 /// comes from the proxy, the headers name the original packet.
 #[tokio::test]
 async fn siptrace_x_headers_on_a_plain_mirror_copy_name_the_original_packet() {
-    let mut h = harness(None).await;
+    let mut c = test_config();
+    c.sip.siptrace_from = vec!["127.0.0.1".parse().unwrap()];
+    c.hep.udp = vec![addr("127.0.0.1:0")];
+    let mut h = Harness::with_config(c).await;
     let call = CallSpec::new("xtrace-1");
     let at = Timestamp::now().millis() - 2000;
     let trace = [
@@ -308,6 +311,47 @@ async fn siptrace_x_headers_on_a_plain_mirror_copy_name_the_original_packet() {
         e["call"]["signaling"]["destination"],
         h.udp_target.to_string()
     );
+    // Inside HEP, the agent's chunks say where the packet was, not a header.
+    let inside = CallSpec::new("xtrace-3");
+    let packet = HepBuilder::new()
+        .sip(
+            17,
+            addr(CALLER),
+            addr(CALLEE),
+            Timestamp::now(),
+            inside.invite_with(1, &extra).as_bytes(),
+        )
+        .build();
+    h.udp.send_to(&packet, h.gw.hep_udp_addrs[0]).await.unwrap();
+    let e = h.next_event().await;
+    assert_eq!(e["call"]["signaling"]["source"], CALLER);
+    assert_eq!(e["call"]["signaling"]["destination"], CALLEE);
+}
+
+/// From a sender not in `[sip] siptrace_from`, the headers are a caller's claim.
+#[tokio::test]
+async fn siptrace_headers_from_an_untrusted_sender_are_ignored() {
+    let mut h = harness(None).await;
+    let call = CallSpec::new("xtrace-spoof");
+    h.send(&call.invite_with(
+        1,
+        &[
+            "X-Siptrace-Fromip: udp:6.6.6.6:666",
+            "X-Siptrace-Toip: udp:7.7.7.7:777",
+            "X-Siptrace-Time: 999999999 0",
+        ],
+    ))
+    .await;
+    let e = h.next_event().await;
+    assert_eq!(
+        e["call"]["signaling"]["source"],
+        h.udp.local_addr().unwrap().to_string()
+    );
+    assert_eq!(
+        e["call"]["signaling"]["destination"],
+        h.udp_target.to_string()
+    );
+    assert_eq!(h.metric("siphook_capture_clock_skew_total", &[]), 0.0);
 }
 
 /// A proxy's mirror seen through HEP shows both legs: the caller's and each

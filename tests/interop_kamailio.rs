@@ -581,6 +581,8 @@ async fn play(s: &Scenario, mirror: Mirror) -> Option<Played> {
     if mirror == Mirror::Hep {
         c.hep.udp = vec!["127.0.0.1:0".parse().unwrap()];
     }
+    // Kamailio's X-Siptrace headers are believed from the proxy only.
+    c.sip.siptrace_from = vec!["127.0.0.1".parse().unwrap()];
     let mut h = Harness::with_config(c).await;
     let trace_to = match mirror {
         Mirror::Duplicate => h.gw.udp_addrs[0],

@@ -53,9 +53,14 @@ impl From<SystemTime> for Timestamp {
     }
 }
 
+/// 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write.
+const MAX_RFC3339_MS: i64 = 253_402_300_799_999;
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = u64::try_from(self.0.max(0)).unwrap_or(0);
+        // Clamped: a corrupt capture time must not make an event unprintable
+        // (humantime refuses years past 9999, and serde_json would panic on it).
+        let ms = u64::try_from(self.0.clamp(0, MAX_RFC3339_MS)).unwrap_or(0);
         let t = UNIX_EPOCH + Duration::from_millis(ms);
         write!(f, "{}", humantime::format_rfc3339_millis(t))
     }
@@ -429,6 +434,8 @@ mod tests {
         );
         assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00.000Z");
         assert_eq!(Timestamp(5).since(Timestamp(9)), 0);
+        assert_eq!(Timestamp(i64::MAX).to_string(), "9999-12-31T23:59:59.999Z");
+        assert_eq!(Timestamp(-5).to_string(), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]

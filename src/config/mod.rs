@@ -68,6 +68,9 @@ pub struct SipConfig {
     pub correlation_headers: Vec<String>,
     /// Parsed messages waiting for the tracker; past it messages are shed and counted.
     pub queue_capacity: usize,
+    /// Senders whose X-Siptrace-Fromip/Toip/Time headers (Kamailio siptrace with
+    /// xheaders_write) are believed; from anyone else they are a caller's claim.
+    pub siptrace_from: Vec<std::net::IpAddr>,
 }
 
 impl Default for Config {
@@ -86,6 +89,7 @@ impl Default for Config {
                 max_active_calls: 200_000,
                 correlation_headers: vec!["Session-ID".into(), "X-CID".into()],
                 queue_capacity: 65_536,
+                siptrace_from: Vec::new(),
             },
             hep: HepConfig::default(),
             outbox: OutboxConfig::default(),
@@ -234,6 +238,7 @@ struct RawSip {
     max_active_calls: Option<i64>,
     correlation_headers: Option<Vec<String>>,
     queue_capacity: Option<i64>,
+    siptrace_from: Option<Vec<String>>,
 }
 
 /// Collects problems while turning raw strings into typed values.
@@ -407,6 +412,22 @@ impl RawConfig {
                 (1, 100_000_000),
             ),
             correlation_headers: s.correlation_headers.unwrap_or(d.correlation_headers),
+            siptrace_from: s
+                .siptrace_from
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .filter_map(|(i, ip)| match ip.trim().parse() {
+                    Ok(ip) => Some(ip),
+                    Err(_) => {
+                        c.problem(
+                            format!("sip.siptrace_from[{i}]"),
+                            format!("invalid IP address \"{ip}\""),
+                        );
+                        None
+                    }
+                })
+                .collect(),
             queue_capacity: c.count(
                 "sip.queue_capacity",
                 s.queue_capacity,

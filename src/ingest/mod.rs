@@ -38,6 +38,8 @@ pub struct IngestContext {
     log_limit: Arc<Mutex<RateLog>>,
     /// HEP packets must carry this auth key, when set.
     hep_auth: Option<Arc<[u8]>>,
+    /// Senders whose X-Siptrace headers are believed.
+    siptrace_from: Arc<[std::net::IpAddr]>,
 }
 
 /// How far a capture time (HEP, X-Siptrace-Time) may be from this host's clock
@@ -64,7 +66,14 @@ impl IngestContext {
             metrics,
             log_limit: Arc::new(Mutex::new(RateLog::new(Duration::from_secs(1)))),
             hep_auth: None,
+            siptrace_from: Arc::new([]),
         }
+    }
+
+    /// Believes X-Siptrace headers from these senders only (Kamailio proxies).
+    pub fn with_siptrace_from(mut self, senders: &[std::net::IpAddr]) -> IngestContext {
+        self.siptrace_from = senders.into();
+        self
     }
 
     /// Requires HEP packets to carry `key` in their auth-key chunk.
@@ -111,7 +120,9 @@ impl IngestContext {
         }
         let (mut meta, fallback) = hep_meta(&packet, peer, local, Timestamp::now());
         meta.received_at = self.capture_time(packet.timestamp, "hep");
-        self.handle_meta(packet.payload, "hep", meta, fallback);
+        // HEP's own chunks say where the packet was: a header inside it is the
+        // sender's claim.
+        self.handle_meta(packet.payload, "hep", meta, fallback, false);
     }
 
     /// Parses one message and queues it; counts every outcome. Never blocks.
@@ -128,7 +139,8 @@ impl IngestContext {
             destination,
             received_at: Timestamp::now(),
         };
-        self.handle_meta(raw, transport.as_str(), meta, None);
+        let trusted = self.siptrace_from.contains(&source.ip());
+        self.handle_meta(raw, transport.as_str(), meta, None, trusted);
     }
 
     /// The capture time when it is within [`MAX_CAPTURE_SKEW_MS`] of now, else now
@@ -136,7 +148,7 @@ impl IngestContext {
     fn capture_time(&self, at: Option<Timestamp>, source: &str) -> Timestamp {
         let now = Timestamp::now();
         match at {
-            Some(t) if (t.millis() - now.millis()).abs() <= MAX_CAPTURE_SKEW_MS => t,
+            Some(t) if t.millis().abs_diff(now.millis()) <= MAX_CAPTURE_SKEW_MS.unsigned_abs() => t,
             Some(_) => {
                 self.metrics
                     .capture_clock_skew
@@ -151,7 +163,14 @@ impl IngestContext {
     /// Parses, counts under the `t` transport label, and queues one message.
     /// A plain mirror copy that carries Kamailio's X-Siptrace headers is taken
     /// as the original packet they describe.
-    fn handle_meta(&self, raw: &[u8], t: &str, mut meta: Meta, correlation: Option<&str>) {
+    fn handle_meta(
+        &self,
+        raw: &[u8],
+        t: &str,
+        mut meta: Meta,
+        correlation: Option<&str>,
+        siptrace_trusted: bool,
+    ) {
         let source = meta.source;
         let mut msg = match sip::parse(raw, &self.parse) {
             Ok(m) => m,
@@ -172,7 +191,7 @@ impl IngestContext {
             .sip_messages
             .with_label_values(&[t, kind, msg.method().as_str()])
             .inc();
-        apply_hints(&mut msg, &mut meta, correlation);
+        apply_hints(&mut msg, &mut meta, correlation, siptrace_trusted);
         if let Some(at) = msg.siptrace.and_then(|t| t.at) {
             meta.received_at = self.capture_time(Some(at), "siptrace");
         }
@@ -237,12 +256,21 @@ pub fn hep_meta<'a>(
 }
 
 /// What a message says about itself: Kamailio's X-Siptrace headers on a mirror
-/// copy name the original packet (taken as is: live ingest re-checks the time
-/// against its clock), and a capture agent's correlation id fills in when no
-/// configured header gave one.
-pub fn apply_hints(msg: &mut SipMessage, meta: &mut Meta, correlation: Option<&str>) {
+/// copy name the original packet when its sender is trusted (taken as is: live
+/// ingest re-checks the time against its clock; from anyone else the headers are
+/// dropped), and a capture agent's correlation id fills in when no configured
+/// header gave one.
+pub fn apply_hints(
+    msg: &mut SipMessage,
+    meta: &mut Meta,
+    correlation: Option<&str>,
+    siptrace_trusted: bool,
+) {
     if msg.correlation_id.is_none() {
         msg.correlation_id = correlation.map(str::to_owned);
+    }
+    if !siptrace_trusted {
+        msg.siptrace = None;
     }
     if let Some(trace) = msg.siptrace {
         meta.source = trace.source.unwrap_or(meta.source);

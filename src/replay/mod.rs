@@ -116,6 +116,8 @@ pub struct ReplayOptions {
     pub tracker: TrackerConfig,
     /// At the end, complete open calls as their timeouts would.
     pub drain: bool,
+    /// Senders whose X-Siptrace headers are believed (`[sip] siptrace_from`).
+    pub siptrace_from: Vec<std::net::IpAddr>,
 }
 
 impl ReplayOptions {
@@ -128,6 +130,7 @@ impl ReplayOptions {
             },
             tracker: TrackerConfig::from(&config.sip),
             drain,
+            siptrace_from: config.sip.siptrace_from.clone(),
         }
     }
 }
@@ -244,7 +247,7 @@ impl<'o> Replayer<'o> {
             }
         };
         let (meta, correlation) = hep_meta(&packet, src, dst, at);
-        self.message(packet.payload, meta, correlation, emit);
+        self.message(packet.payload, meta, correlation, false, emit);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -264,7 +267,8 @@ impl<'o> Replayer<'o> {
             destination,
             received_at: at,
         };
-        self.message(data, meta, correlation, emit);
+        let trusted = self.opts.siptrace_from.contains(&source.ip());
+        self.message(data, meta, correlation, trusted, emit);
     }
 
     fn message(
@@ -272,6 +276,7 @@ impl<'o> Replayer<'o> {
         data: &[u8],
         mut meta: Meta,
         correlation: Option<&str>,
+        siptrace_trusted: bool,
         emit: &mut impl FnMut(&Event),
     ) {
         let mut msg = match sip::parse(data, &self.opts.parse) {
@@ -282,7 +287,7 @@ impl<'o> Replayer<'o> {
             }
         };
         self.summary.sip_messages += 1;
-        apply_hints(&mut msg, &mut meta, correlation);
+        apply_hints(&mut msg, &mut meta, correlation, siptrace_trusted);
         // Timers run on capture time: what fell due before this message fires first.
         self.tracker.on_time(meta.received_at, &mut self.out);
         let _ = self.tracker.on_message(&msg, &meta, &mut self.out);

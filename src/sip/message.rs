@@ -136,11 +136,11 @@ impl Siptrace {
     /// Parses `1795330803 512000`.
     pub fn parse_time(v: &str) -> Option<crate::call::Timestamp> {
         let mut parts = v.split_ascii_whitespace();
-        let secs: i64 = parts.next()?.parse().ok()?;
-        let usecs: i64 = parts.next().map_or(Some(0), |u| u.parse().ok())?;
+        // Unsigned and 32-bit (before 2106): anything else is not a capture time.
+        let secs: u32 = parts.next()?.parse().ok()?;
+        let usecs: u32 = parts.next().map_or(Some(0), |u| u.parse().ok())?;
         Some(crate::call::Timestamp(
-            secs.checked_mul(1000)?
-                .checked_add(usecs.clamp(0, 999_999) / 1000)?,
+            i64::from(secs) * 1000 + i64::from(usecs.min(999_999) / 1000),
         ))
     }
 }
@@ -434,5 +434,6 @@ l: 4\r\n\r\nv=0\r\ntrailing";
         );
         assert_eq!(Siptrace::parse_time("x 1"), None);
         assert_eq!(Siptrace::parse_time("99999999999999999999 0"), None);
+        assert_eq!(Siptrace::parse_time("-5 0"), None);
     }
 }
