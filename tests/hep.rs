@@ -419,4 +419,59 @@ async fn both_legs_of_a_forking_proxy() {
     );
     let after = h.barrier().await;
     assert!(after.is_empty(), "nothing after the completion: {after:?}");
+
+    // 3. Serial failover: the first gateway fails, the proxy tries another.
+    let call = CallSpec::new("two-legs-failover");
+    for (src, dst, m) in [
+        (c, p, call.invite(1)),
+        (p, u1, call.invite(1)),
+        (u1, p, call.resp(503, 1, "INVITE", Some("g1"))),
+        (p, u2, call.invite(1)),
+        (u2, p, call.resp(180, 1, "INVITE", Some("g2"))),
+        (p, c, call.resp(180, 1, "INVITE", Some("g2"))),
+        (u2, p, call.resp(200, 1, "INVITE", Some("g2"))),
+        (p, c, call.resp(200, 1, "INVITE", Some("g2"))),
+        (c, p, call.bye(2, "g2")),
+    ] {
+        h.udp.send_to(&send(src, dst, m), target).await.unwrap();
+    }
+    let events = h.expect_answered_calls(1).await;
+    assert_eq!(events[3]["data"]["disposition"], "answered");
+
+    // 4. A hairpin: the first branch goes back to the caller's own host, which
+    //    refuses it; the second branch answers.
+    let call = CallSpec::new("two-legs-hairpin");
+    for (src, dst, m) in [
+        (c, p, call.invite(1)),
+        (p, c, call.invite(1)),
+        (c, p, call.resp(503, 1, "INVITE", Some("h1"))),
+        (p, u2, call.invite(1)),
+        (u2, p, call.resp(180, 1, "INVITE", Some("h2"))),
+        (p, c, call.resp(180, 1, "INVITE", Some("h2"))),
+        (u2, p, call.resp(200, 1, "INVITE", Some("h2"))),
+        (p, c, call.resp(200, 1, "INVITE", Some("h2"))),
+        (c, p, call.bye(2, "h2")),
+    ] {
+        h.udp.send_to(&send(src, dst, m), target).await.unwrap();
+    }
+    let events = h.expect_answered_calls(1).await;
+    assert_eq!(events[3]["data"]["disposition"], "answered");
+
+    // 5. The gateway challenges the proxy, which re-sends with its own CSeq; the
+    //    gateway is busy and the proxy tells the caller (CSeq 1).
+    let call = CallSpec::new("two-legs-reauth");
+    for (src, dst, m) in [
+        (c, p, call.invite(1)),
+        (p, u1, call.invite(1)),
+        (u1, p, call.resp(407, 1, "INVITE", Some("a1"))),
+        (p, u1, call.invite(2)),
+        (u1, p, call.resp(486, 2, "INVITE", Some("a2"))),
+        (p, c, call.resp(486, 1, "INVITE", Some("a2"))),
+    ] {
+        h.udp.send_to(&send(src, dst, m), target).await.unwrap();
+    }
+    let events = h.events(2).await;
+    assert_eq!(common::types(&events), ["call.initiated", "call.completed"]);
+    assert_eq!(events[1]["data"]["disposition"], "busy");
+    assert_eq!(events[1]["data"]["sip_status"], 486);
 }

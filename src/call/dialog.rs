@@ -192,7 +192,7 @@ impl Call {
     /// Where `msg` travelled relative to the proxy the call's first INVITE went
     /// to (its first copy's destination). The proxy forwarding the INVITE (a
     /// copy from that address) shows the mirror sees both legs; from then on,
-    /// messages to or from the caller are the caller's side.
+    /// requests to the proxy and responses from it are the caller's side.
     pub(super) fn hop(&mut self, msg: &SipMessage, meta: &super::tracker::Meta) -> Hop {
         let caller = self.info.signaling.source;
         let proxy = self.info.signaling.destination;
@@ -206,8 +206,16 @@ impl Call {
             self.two_legs = true;
         }
         if !self.two_legs {
-            Hop::Single
-        } else if meta.source == caller || meta.destination == caller {
+            return Hop::Single;
+        }
+        // By direction relative to the proxy, not by the caller's address: a
+        // hairpin (the proxy routing back to the caller's host) must not look like
+        // the caller's side.
+        let towards_caller = match msg.start {
+            StartLine::Request { .. } => meta.destination == proxy && meta.source != proxy,
+            StartLine::Response { .. } => meta.source == proxy && meta.destination != proxy,
+        };
+        if towards_caller {
             Hop::CallerSide
         } else {
             Hop::ProxySide
@@ -283,7 +291,9 @@ impl Call {
         match msg.method() {
             Method::Invite if msg.to.tag.is_none() => {
                 // The caller's retry after a challenge or redirect continues the call.
-                if by_caller && msg.cseq > self.invite_cseq && !answered {
+                // The proxy re-sending to a branch (after the branch challenged it)
+                // is not the caller's retry.
+                if by_caller && msg.cseq > self.invite_cseq && !answered && hop != Hop::ProxySide {
                     self.invite_cseq = msg.cseq;
                     self.phase = Phase::Proceeding;
                     self.deadline = now.plus(cfg.invite_timeout);
@@ -391,8 +401,15 @@ impl Call {
         match msg.cseq_method {
             // A higher CSeq answers the caller's retry (after a challenge), which a
             // call restored after a restart may not have seen.
-            Method::Invite if msg.cseq >= self.invite_cseq && self.phase != Phase::Answered => {
-                self.invite_cseq = msg.cseq;
+            // A branch's answer to the proxy's own re-sent INVITE carries the
+            // proxy's CSeq: it counts, but does not move the caller's.
+            Method::Invite
+                if self.phase != Phase::Answered
+                    && (hop == Hop::ProxySide || msg.cseq >= self.invite_cseq) =>
+            {
+                if hop != Hop::ProxySide {
+                    self.invite_cseq = msg.cseq;
+                }
                 self.on_invite_response(msg, status, hop, now, cfg)
             }
             Method::Invite | Method::Update
