@@ -68,6 +68,56 @@ enum Command {
         #[arg(long)]
         drain: bool,
     },
+    /// Load test end to end: calls over SIP in, signed webhooks out; latency
+    /// quantiles, throughput and loss, optionally against a null relay (all on
+    /// 127.0.0.0/8). Exit status 1 when events were lost or failed verification.
+    Bench {
+        /// A running siphook's SIP (or HEP) address, instead of --spawn. Point one of
+        /// its endpoints at http://RECEIVER/hook (allow_http = true) and give its
+        /// secret with --secret.
+        #[arg(long, required_unless_present = "spawn", requires_all = ["receiver", "secret"])]
+        target: Option<std::net::SocketAddr>,
+        /// Start siphook in this process, with a temporary outbox.
+        #[arg(long, conflicts_with = "target")]
+        spawn: bool,
+        /// Where the webhook receiver listens, with --target.
+        #[arg(long, requires = "target")]
+        receiver: Option<std::net::SocketAddr>,
+        /// The endpoint's whsec_ secret, to verify signatures (with --spawn: verify
+        /// with this one instead of the spawned siphook's).
+        #[arg(long)]
+        secret: Option<String>,
+        /// udp, tcp, or hep (HEPv3 over UDP).
+        #[arg(long, default_value = "udp")]
+        transport: siphook::bench::Transport,
+        /// Calls started per second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Number of calls (default: --duration 10s).
+        #[arg(long, conflicts_with = "duration")]
+        calls: Option<u64>,
+        /// Start calls for this long (e.g. 20s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Between the ACK and the BYE.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        hold: std::time::Duration,
+        /// answered, or mixed (answered, busy, cancelled, unanswered, transferred).
+        #[arg(long, default_value = "answered")]
+        profile: siphook::bench::Profile,
+        /// Also run a null relay (UDP in, raw POST out) with the same load, and compare.
+        #[arg(long)]
+        baseline: bool,
+        /// Write the whole result as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// How long to wait for the last webhooks after the last message.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        drain_deadline: std::time::Duration,
+        /// The spawned siphook's sip.invite_timeout (unanswered calls of --profile mixed).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+        invite_timeout: std::time::Duration,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -159,6 +209,58 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Bench {
+            target,
+            spawn: _,
+            receiver,
+            secret,
+            transport,
+            rate,
+            calls,
+            duration,
+            hold,
+            profile,
+            baseline,
+            json,
+            drain_deadline,
+            invite_timeout,
+        } => {
+            use siphook::bench::{BenchOptions, Limit, Target};
+            let _log = init_logging(LogFormat::Text, "warn");
+            let target = match (target, receiver) {
+                (Some(sip), Some(receiver)) => Target::External { sip, receiver },
+                _ => Target::Spawn,
+            };
+            let limit = match (calls, duration) {
+                (Some(n), _) => Limit::Calls(n),
+                (None, d) => Limit::Duration(d.unwrap_or(std::time::Duration::from_secs(10))),
+            };
+            let opts = BenchOptions {
+                target,
+                transport,
+                rate,
+                limit,
+                hold,
+                profile,
+                baseline,
+                drain: drain_deadline,
+                secret,
+                invite_timeout,
+            };
+            let ran = tokio::runtime::Runtime::new()
+                .context("starting the async runtime")
+                .and_then(|rt| {
+                    Ok(rt.block_on(siphook::bench::run_and_report(&opts, json.as_deref()))?)
+                });
+            match ran {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("siphook: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Run {
             config,
             print_events,
@@ -215,8 +317,9 @@ fn replay(
 ) -> anyhow::Result<()> {
     use siphook::replay::{Pace, ReplayOptions};
     anyhow::ensure!(
-        speed.is_none_or(|s| s.is_finite() && s > 0.0),
-        "--speed must be a positive number"
+        speed.is_none_or(|s| s.is_finite() && s >= siphook::replay::MIN_SPEED),
+        "--speed must be a number of at least {}",
+        siphook::replay::MIN_SPEED
     );
     let config = match config {
         Some(path) => Config::load(path)?,
@@ -227,8 +330,15 @@ fn replay(
         let _reload = init_logging(LogFormat::Text, &config.log.level);
         let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
         runtime.block_on(async {
+            // Watched from now on: Ctrl-C during the replay too ends in a clean stop.
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    let _ = tx.send(());
+                }
+            });
             let stop = async {
-                let _ = tokio::signal::ctrl_c().await;
+                let _ = rx.await;
             };
             siphook::replay::replay_and_deliver(file, &config, opts, speed, stop).await
         })?

@@ -546,3 +546,117 @@ fn a_kamailio_hep_capture_gives_each_event_once_with_the_callers_addresses() {
     assert_eq!((summary.hep_packets, summary.hep_dropped), (24, 0));
     assert_eq!(summary.sip_messages, 24);
 }
+
+/// What the review of the first version found: a corrupt timestamp far in the
+/// future, a capture cut by its snap length, and a frame a day ahead of the rest.
+#[test]
+fn corrupt_times_and_snap_lengths_do_not_end_or_poison_the_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    // pcapng: the first packet's timestamp is garbage (past year 9999).
+    let path = dir.path().join("future.pcapng");
+    let mut w = PcapNgWriter::new(std::fs::File::create(&path).unwrap()).unwrap();
+    w.write_pcapng_block(InterfaceDescriptionBlock {
+        linktype: DataLink::RAW,
+        snaplen: 65535,
+        options: vec![],
+    })
+    .unwrap();
+    for (i, (_, m)) in call_messages("future-1").into_iter().enumerate() {
+        let ip = udp_ipv4(&m);
+        let units = if i == 0 { u64::MAX } else { T0_US + i as u64 };
+        w.write_pcapng_block(EnhancedPacketBlock {
+            interface_id: 0,
+            timestamp: Duration::from_nanos(units),
+            original_len: ip.len() as u32,
+            data: Cow::Owned(ip),
+            options: vec![],
+        })
+        .unwrap();
+    }
+    drop(w);
+    let (events, _) = run(&path, false);
+    assert!(!events.is_empty(), "no panic, events printed");
+
+    // pcap: a packet cut by the snap length, then a whole call.
+    let path = dir.path().join("snap.pcap");
+    let file = std::fs::File::create(&path).unwrap();
+    let header = PcapHeader {
+        datalink: DataLink::ETHERNET,
+        snaplen: 2000,
+        ..Default::default()
+    };
+    let mut w = PcapWriter::with_header(file, header).unwrap();
+    let jumbo = ether(0x0800, &udp_ipv4(&[b'x'; 100]));
+    w.write_packet(&PcapPacket::new(
+        Duration::from_micros(T0_US - 1),
+        9000,
+        &jumbo,
+    ))
+    .unwrap();
+    for (us, m) in call_messages("snap-1") {
+        let f = ether(0x0800, &udp_ipv4(&m));
+        w.write_packet(&PcapPacket::new(
+            Duration::from_micros(us),
+            f.len() as u32,
+            &f,
+        ))
+        .unwrap();
+    }
+    drop(w);
+    assert_one_exact_call(&path, "snap-1");
+
+    // A frame two days ahead (a corrupt clock) between the 200 and the BYE.
+    let mut frames: Vec<(u64, Vec<u8>)> = call_messages("jump-1")
+        .into_iter()
+        .map(|(t, m)| (t, ether(0x0800, &udp_ipv4(&m))))
+        .collect();
+    frames.insert(
+        4,
+        (
+            T0_US + 2 * 86_400_000_000,
+            ether(0x0800, &udp_ipv4(b"noise")),
+        ),
+    );
+    let path = dir.path().join("jump.pcap");
+    write_pcap(&path, DataLink::ETHERNET, &frames);
+    let (events, summary) = run(&path, false);
+    assert_eq!(summary.bad_times, 1);
+    let done = events
+        .iter()
+        .find(|e| e["type"] == "call.completed")
+        .unwrap();
+    assert_eq!(
+        done["data"]["disposition"], "answered",
+        "ended by its BYE, not a timer"
+    );
+    assert_eq!(done["data"]["talk_ms"], 200);
+}
+
+/// `--deliver` does not leave the capture's open calls in the outbox, where the
+/// next live start would resume them and time them out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_forgets_the_calls_a_capture_left_open() {
+    let rx = common::receiver::Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config_path, _) = common::binary_config(dir.path(), &rx.url(), "");
+    let config = Config::load(&config_path).unwrap();
+    let frames: Vec<(u64, Vec<u8>)> = call_messages("left-open")
+        .into_iter()
+        .take(4)
+        .map(|(t, m)| (t, ether(0x0800, &udp_ipv4(&m))))
+        .collect();
+    let path = dir.path().join("open.pcap");
+    write_pcap(&path, DataLink::ETHERNET, &frames);
+    let summary = siphook::replay::replay_and_deliver(
+        &path,
+        &config,
+        ReplayOptions::from_config(&config, false),
+        None,
+        std::future::pending::<()>(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.open_calls, ["left-open"]);
+    let outbox = siphook::deliver::open_outbox(&config).unwrap();
+    assert!(outbox.active_calls().unwrap().is_empty());
+}

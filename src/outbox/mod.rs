@@ -262,6 +262,13 @@ impl Outbox {
         Ok(())
     }
 
+    /// Forgets a live call's snapshot (a replay's open calls must not resume as
+    /// live ones); durable with the next commit.
+    pub fn forget_call(&self, call_id: &str) -> Result<(), OutboxError> {
+        self.calls.remove(call_id.as_bytes())?;
+        Ok(())
+    }
+
     /// Calls that were live when the process last stopped.
     pub fn active_calls(&self) -> Result<Vec<CallSnapshot>, OutboxError> {
         let mut out = Vec::new();

@@ -62,14 +62,20 @@ impl Capture {
     pub fn next_frame(&mut self) -> Option<Result<Frame, ReplayError>> {
         match self {
             Capture::Pcap(r) => {
-                let link = r.header().datalink;
-                let p = match r.next_packet()? {
+                let header = r.header();
+                // Raw: the checked reader refuses a packet cut by the snap length
+                // (orig_len > snaplen), which is exactly what `tcpdump -s` makes.
+                let p = match r.next_raw_packet()? {
                     Ok(p) => p,
                     Err(e) => return Some(Err(ReplayError::Format(e.to_string()))),
                 };
+                let frac_ns = match header.ts_resolution {
+                    pcap_file::TsResolution::MicroSecond => u128::from(p.ts_frac) * 1000,
+                    pcap_file::TsResolution::NanoSecond => u128::from(p.ts_frac),
+                };
                 Some(Ok(Frame {
-                    ts_ns: p.timestamp.as_nanos(),
-                    link,
+                    ts_ns: u128::from(p.ts_sec) * 1_000_000_000 + frac_ns,
+                    link: header.datalink,
                     data: p.data.into_owned(),
                 }))
             }

@@ -57,6 +57,11 @@ pub struct Summary {
     pub events: BTreeMap<&'static str, u64>,
     /// Calls still open at the end of the capture (SIP Call-IDs), unless drained.
     pub open_calls: Vec<String>,
+    /// Their siphook call ids (`call.id`), to forget them where they were stored.
+    pub open_call_ids: Vec<String>,
+    /// Times not believed: a frame jumping far ahead of the capture, or a HEP or
+    /// X-Siptrace time more than 10 s from its frame's; the frame's time was used.
+    pub bad_times: u64,
     /// The damage that ended the file early, if any.
     pub truncated: Option<String>,
 }
@@ -99,6 +104,13 @@ impl fmt::Display for Summary {
         writeln!(f, "calls still open: {}", self.open_calls.len())?;
         for c in &self.open_calls {
             writeln!(f, "  {c}")?;
+        }
+        if self.bad_times > 0 {
+            writeln!(
+                f,
+                "times not believed (frame time used): {}",
+                self.bad_times
+            )?;
         }
         if let Some(t) = &self.truncated {
             writeln!(f, "capture ended early: {t}")?;
@@ -186,8 +198,13 @@ impl<'o> Replayer<'o> {
     fn frame(&mut self, frame: &capture::Frame, emit: &mut impl FnMut(&Event)) {
         self.summary.packets += 1;
         let at = Timestamp(i64::try_from(frame.ts_ns / 1_000_000).unwrap_or(i64::MAX));
-        // Capture time never runs backwards for the tracker (merged captures can).
+        // Capture time never runs backwards for the tracker (merged captures can),
+        // and a frame a day ahead of the one before is a corrupt timestamp, not a
+        // day of silence: it would fire every call's timers at once.
         let at = if at.millis() < self.last.millis() {
+            self.last
+        } else if self.summary.packets > 1 && at.millis() - self.last.millis() > MAX_FRAME_JUMP_MS {
+            self.summary.bad_times += 1;
             self.last
         } else {
             at
@@ -247,7 +264,7 @@ impl<'o> Replayer<'o> {
             }
         };
         let (meta, correlation) = hep_meta(&packet, src, dst, at);
-        self.message(packet.payload, meta, correlation, false, emit);
+        self.message(packet.payload, meta, correlation, false, at, emit);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -268,7 +285,7 @@ impl<'o> Replayer<'o> {
             received_at: at,
         };
         let trusted = self.opts.siptrace_from.contains(&source.ip());
-        self.message(data, meta, correlation, trusted, emit);
+        self.message(data, meta, correlation, trusted, at, emit);
     }
 
     fn message(
@@ -277,6 +294,7 @@ impl<'o> Replayer<'o> {
         mut meta: Meta,
         correlation: Option<&str>,
         siptrace_trusted: bool,
+        frame_at: Timestamp,
         emit: &mut impl FnMut(&Event),
     ) {
         let mut msg = match sip::parse(data, &self.opts.parse) {
@@ -288,6 +306,11 @@ impl<'o> Replayer<'o> {
         };
         self.summary.sip_messages += 1;
         apply_hints(&mut msg, &mut meta, correlation, siptrace_trusted);
+        // The capture agent's time, within reason of when the capture saw it.
+        if meta.received_at.millis().abs_diff(frame_at.millis()) > MAX_CAPTURE_SKEW_MS {
+            self.summary.bad_times += 1;
+            meta.received_at = frame_at;
+        }
         // Timers run on capture time: what fell due before this message fires first.
         self.tracker.on_time(meta.received_at, &mut self.out);
         let _ = self.tracker.on_message(&msg, &meta, &mut self.out);
@@ -309,6 +332,16 @@ impl<'o> Replayer<'o> {
     }
 
     fn finish(mut self, emit: &mut impl FnMut(&Event)) -> Summary {
+        // What TCP flows held after a gap that never filled.
+        let mut held = Vec::new();
+        self.streams.finish(&mut held);
+        let at = self.last;
+        for ((src, dst), unit) in held {
+            match unit {
+                tcp::Unit::Sip(m) => self.sip(&m, Transport::Tcp, src, dst, at, None, emit),
+                tcp::Unit::Hep(p) => self.hep(&p, src, dst, at, emit),
+            }
+        }
         // What fell due by the last packet's time, as a live run would have seen.
         self.tracker.on_time(self.last, &mut self.out);
         self.flush(emit);
@@ -323,18 +356,20 @@ impl<'o> Replayer<'o> {
                 self.flush(emit);
             }
         }
-        self.summary.open_calls = self
-            .tracker
-            .calls_page(None, self.tracker.active_calls())
-            .into_iter()
-            .map(|c| c.sip_call_id)
-            .collect();
+        let open = self.tracker.calls_page(None, self.tracker.active_calls());
+        self.summary.open_call_ids = open.iter().map(|c| c.id.clone()).collect();
+        self.summary.open_calls = open.into_iter().map(|c| c.sip_call_id).collect();
         self.summary.tcp_retransmissions = self.streams.retransmissions;
         self.summary.tcp_framing_errors = self.streams.framing_errors;
         self.summary.tcp_gaps = self.streams.gaps;
         self.summary
     }
 }
+
+/// A frame further ahead of the previous one than this is a corrupt timestamp.
+const MAX_FRAME_JUMP_MS: i64 = 24 * 3600 * 1000;
+/// How far a HEP or X-Siptrace time may be from its frame's capture time.
+const MAX_CAPTURE_SKEW_MS: u64 = 10_000;
 
 /// Upper bound on the timer turns of `--drain`.
 const MAX_DRAIN_TURNS: usize = 100_000_000;
@@ -345,6 +380,9 @@ fn looks_like_sip(data: &[u8]) -> bool {
     let line = data.split(|&b| b == b'\n').next().unwrap_or(&[]);
     line.starts_with(b"SIP/2.0 ") || line.windows(8).any(|w| w == b" SIP/2.0")
 }
+
+/// Slowest pace accepted (`--speed`): a thousandth of real time.
+pub const MIN_SPEED: f64 = 0.001;
 
 /// Paces events to the capture's own rhythm, `speed` times faster; `None` is as
 /// fast as possible.
@@ -358,7 +396,7 @@ impl Pace {
     /// A pacer; `speed` must be positive when given.
     pub fn new(speed: Option<f64>) -> Pace {
         Pace {
-            speed: speed.filter(|s| s.is_finite() && *s > 0.0),
+            speed: speed.filter(|s| s.is_finite() && *s >= MIN_SPEED),
             start: None,
         }
     }
@@ -368,7 +406,11 @@ impl Pace {
         let Some(speed) = self.speed else { return };
         let at = event.timestamp.millis();
         let (first, wall) = *self.start.get_or_insert((at, std::time::Instant::now()));
-        let due = std::time::Duration::from_secs_f64(((at - first).max(0) as f64 / 1000.0) / speed);
+        let Ok(due) =
+            std::time::Duration::try_from_secs_f64(((at - first).max(0) as f64 / 1000.0) / speed)
+        else {
+            return;
+        };
         if let Some(left) = due.checked_sub(wall.elapsed()) {
             std::thread::sleep(left);
         }
@@ -416,6 +458,11 @@ pub async fn replay_and_deliver(
     // The writer ends once the sender is gone and the last batch is committed;
     // then wait for the endpoints, bounded by the operator's patience.
     delivery.failed().await?;
+    // Calls the capture left open would resume, and time out, at the next live
+    // start on this outbox: they belong to the capture, not to live traffic.
+    for id in &replayed.open_call_ids {
+        outbox.forget_call(id)?;
+    }
     tokio::pin!(stop);
     let names: Vec<String> = config.endpoints.iter().map(|e| e.name.clone()).collect();
     loop {

@@ -69,11 +69,17 @@ impl Skip {
 
 /// Deepest IP-in-IP nesting unwrapped.
 const MAX_TUNNEL_DEPTH: usize = 4;
+/// Fragments older than this (capture time) are given up: their datagram will
+/// not complete, and their buffers must not pile up over a long capture.
+const FRAGMENT_TTL_NS: u128 = 10_000_000_000;
+/// How often (in frames) stale fragments are dropped.
+const FRAGMENT_SWEEP_EVERY: u64 = 256;
 
 /// Decodes frames, keeping fragments until their datagram is whole.
 #[derive(Default)]
 pub struct Decoder {
     defrag: IpDefragPool<u128, ()>,
+    frames: u64,
 }
 
 impl Decoder {
@@ -84,6 +90,11 @@ impl Decoder {
 
     /// The UDP datagram or TCP segment a frame carries.
     pub fn decode(&mut self, frame: &Frame) -> Result<Segment, Skip> {
+        self.frames += 1;
+        if self.frames % FRAGMENT_SWEEP_EVERY == 0 {
+            let now = frame.ts_ns;
+            self.defrag.retain(|t| t.abs_diff(now) < FRAGMENT_TTL_NS);
+        }
         let d = frame.data.as_slice();
         let sliced = if frame.link == DataLink::ETHERNET {
             SlicedPacket::from_ethernet(d)

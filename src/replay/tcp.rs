@@ -18,8 +18,10 @@ pub use crate::sip::stream::Unit;
 struct Flow {
     /// Sequence number of the next byte expected.
     next: Option<u32>,
-    /// Segments past a gap, by sequence number.
-    held: BTreeMap<u32, Vec<u8>>,
+    /// Sequence number of the stream's first byte (offsets are from it).
+    base: u32,
+    /// Segments past a gap, by offset in the stream: (sequence number, bytes).
+    held: BTreeMap<u32, (u32, Vec<u8>)>,
     held_bytes: usize,
     /// Chosen by the first bytes; `None` until then, and again after a framing
     /// error, so the stream resynchronises on the next segment.
@@ -71,20 +73,31 @@ impl Streams {
             return;
         };
         self.clock += 1;
-        if self.flows.len() >= MAX_FLOWS && !self.flows.contains_key(&(src, dst)) {
-            self.evict_oldest();
+        let key = (src, dst);
+        if !self.flows.contains_key(&key) {
+            // Bare ACKs, FINs and RSTs of flows never seen (a port scan, the tail
+            // of an earlier stream) carry nothing to follow.
+            if !syn && payload.is_empty() {
+                return;
+            }
+            if self.flows.len() >= MAX_FLOWS {
+                self.evict_oldest();
+            }
         }
         let max = self.max_message_bytes;
-        let flow = self.flows.entry((src, dst)).or_insert_with(|| Flow {
+        let flow = self.flows.entry(key).or_insert_with(|| Flow {
             next: None,
+            base: 0,
             held: BTreeMap::new(),
             held_bytes: 0,
             frames: None,
             last_used: 0,
         });
         flow.last_used = self.clock;
+        let mut stats = (0, 0, 0);
         if syn {
             flow.next = Some(seq.wrapping_add(1));
+            flow.base = seq.wrapping_add(1);
             flow.held.clear();
             flow.held_bytes = 0;
             flow.frames = None;
@@ -92,16 +105,38 @@ impl Streams {
         let data_seq = if syn { seq.wrapping_add(1) } else { seq };
         if !payload.is_empty() {
             // A capture that starts mid-stream starts at the first byte it has.
-            let next = *flow.next.get_or_insert(data_seq);
-            let mut stats = (0, 0, 0);
-            accept(flow, data_seq, next, payload, max, out, &mut stats);
-            self.retransmissions += stats.0;
-            self.framing_errors += stats.1;
-            self.gaps += stats.2;
+            if flow.next.is_none() {
+                flow.next = Some(data_seq);
+                flow.base = data_seq;
+            }
+            accept(flow, data_seq, payload, max, out, &mut stats);
         }
         if end {
-            self.flows.remove(&(src, dst));
+            // Nothing more comes: what is held after a gap is all there is.
+            skip_gap(flow, max, out, &mut stats);
+            self.flows.remove(&key);
         }
+        self.count(stats);
+    }
+
+    /// At the end of the capture: every flow gives up its gaps and hands over
+    /// what it held, with the flow it came from.
+    pub fn finish(&mut self, out: &mut Vec<((SocketAddr, SocketAddr), Unit)>) {
+        let max = self.max_message_bytes;
+        let mut stats = (0, 0, 0);
+        let mut units = Vec::new();
+        for (key, flow) in self.flows.iter_mut() {
+            skip_gap(flow, max, &mut units, &mut stats);
+            out.extend(units.drain(..).map(|u| (*key, u)));
+        }
+        self.flows.clear();
+        self.count(stats);
+    }
+
+    fn count(&mut self, (retransmissions, framing_errors, gaps): (u64, u64, u64)) {
+        self.retransmissions += retransmissions;
+        self.framing_errors += framing_errors;
+        self.gaps += gaps;
     }
 
     fn evict_oldest(&mut self) {
@@ -119,59 +154,78 @@ impl Streams {
 fn accept(
     flow: &mut Flow,
     seq: u32,
-    next: u32,
     payload: &[u8],
     max: usize,
     out: &mut Vec<Unit>,
     stats: &mut (u64, u64, u64),
 ) {
+    let Some(next) = flow.next else { return };
     let end = seq.wrapping_add(payload.len() as u32);
     if !before(next, end) {
         stats.0 += 1; // every byte seen already
         return;
     }
     if before(next, seq) {
-        // A gap: hold until it fills, within bounds.
-        if flow.held.contains_key(&seq) {
+        // A gap: hold until it fills. Held segments are keyed by their offset in
+        // the stream, so ordering survives the sequence number wrapping.
+        let offset = seq.wrapping_sub(flow.base);
+        if flow.held.contains_key(&offset) {
             stats.0 += 1; // the same out-of-order segment again
             return;
         }
-        if flow.held_bytes + payload.len() <= MAX_HELD {
-            flow.held_bytes += payload.len();
-            flow.held.insert(seq, payload.to_vec());
-            return;
+        flow.held_bytes += payload.len();
+        flow.held.insert(offset, (seq, payload.to_vec()));
+        if flow.held_bytes > MAX_HELD {
+            // The missing bytes are not in the capture: go on without them.
+            skip_gap(flow, max, out, stats);
         }
-        // The missing bytes are not in the capture: skip past them.
-        stats.2 += 1;
-        flow.held.clear();
-        flow.held_bytes = 0;
-        flow.frames = None;
-        flow.next = Some(seq);
-        return accept(flow, seq, seq, payload, max, out, stats);
+        return;
     }
     // Overlap with what was seen: keep only the new bytes.
     let skip = next.wrapping_sub(seq) as usize;
     push(flow, &payload[skip..], max, out, stats);
     flow.next = Some(end);
-    // Held segments that now follow on.
-    while let Some((&s, _)) = flow.held.first_key_value() {
+    follow_on(flow, max, out, stats, false);
+}
+
+/// Hands over held segments in order. Stops at a gap, unless `skip` says the
+/// missing bytes will not come: then the stream resumes after it (counted, and
+/// framing starts afresh since a message was cut).
+fn follow_on(
+    flow: &mut Flow,
+    max: usize,
+    out: &mut Vec<Unit>,
+    stats: &mut (u64, u64, u64),
+    skip: bool,
+) {
+    while let Some((_, &(s, _))) = flow.held.first_key_value() {
         let n = flow.next.unwrap_or(s);
         if before(n, s) {
-            break;
+            if !skip {
+                break;
+            }
+            stats.2 += 1;
+            flow.frames = None;
+            flow.next = Some(s);
         }
-        let Some((s, data)) = flow.held.pop_first() else {
+        let n = flow.next.unwrap_or(s);
+        let Some((_, (s, data))) = flow.held.pop_first() else {
             break;
         };
         flow.held_bytes -= data.len();
         let e = s.wrapping_add(data.len() as u32);
         if before(n, e) {
-            let skip = n.wrapping_sub(s) as usize;
-            push(flow, &data[skip..], max, out, stats);
+            let from = n.wrapping_sub(s) as usize;
+            push(flow, &data[from..], max, out, stats);
             flow.next = Some(e);
         } else {
             stats.0 += 1;
         }
     }
+}
+
+fn skip_gap(flow: &mut Flow, max: usize, out: &mut Vec<Unit>, stats: &mut (u64, u64, u64)) {
+    follow_on(flow, max, out, stats, true);
 }
 
 fn push(
@@ -274,5 +328,63 @@ mod tests {
             seq += m.len() as u32;
         }
         assert!(out.contains(&Unit::Sip(m.clone().into())), "{out:?}");
+    }
+
+    #[test]
+    fn a_segment_missing_from_the_capture_costs_only_its_message() {
+        let stream: Vec<u8> = (0..7).flat_map(msg).collect();
+        let one = msg(0).len() as u32;
+        let mut s = Streams::new(65536);
+        let mut out = Vec::new();
+        s.segment(&seg(100, true, &[]), &mut out);
+        // Message by message, but the third never reached the capture.
+        for i in 0..7u32 {
+            if i == 2 {
+                continue;
+            }
+            let from = (i * one) as usize;
+            let data = &stream[from..from + one as usize];
+            s.segment(&seg(101 + i * one, false, data), &mut out);
+        }
+        assert_eq!(out.len(), 2, "held behind the gap until the stream ends");
+        let mut fin = seg(101 + 7 * one, false, &[]);
+        if let Segment::Tcp { end, .. } = &mut fin {
+            *end = true;
+        }
+        s.segment(&fin, &mut out);
+        let want: Vec<Unit> = [0, 1, 3, 4, 5, 6]
+            .into_iter()
+            .map(|n| Unit::Sip(msg(n).into()))
+            .collect();
+        assert_eq!(out, want);
+        assert_eq!(s.gaps, 1);
+    }
+
+    #[test]
+    fn held_segments_keep_their_order_across_the_sequence_wrap() {
+        let m = msg(9);
+        let mut s = Streams::new(65536);
+        let mut out = Vec::new();
+        let start = u32::MAX - 20;
+        s.segment(&seg(start, false, &m[..10]), &mut out);
+        // The two later pieces arrive in reverse, the second past the wrap.
+        s.segment(&seg(start.wrapping_add(40), false, &m[40..]), &mut out);
+        s.segment(&seg(start.wrapping_add(10), false, &m[10..40]), &mut out);
+        assert_eq!(out, [Unit::Sip(m.into())]);
+    }
+
+    #[test]
+    fn bare_acks_and_resets_of_unknown_flows_open_nothing() {
+        let mut s = Streams::new(65536);
+        let mut out = Vec::new();
+        for i in 0..1000u32 {
+            let mut rst = seg(i, false, &[]);
+            if let Segment::Tcp { src, end, .. } = &mut rst {
+                *src = SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 40000));
+                *end = true;
+            }
+            s.segment(&rst, &mut out);
+        }
+        assert!(s.flows.is_empty());
     }
 }
