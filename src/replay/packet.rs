@@ -91,7 +91,7 @@ impl Decoder {
     /// The UDP datagram or TCP segment a frame carries.
     pub fn decode(&mut self, frame: &Frame) -> Result<Segment, Skip> {
         self.frames += 1;
-        if self.frames % FRAGMENT_SWEEP_EVERY == 0 {
+        if self.frames.is_multiple_of(FRAGMENT_SWEEP_EVERY) {
             let now = frame.ts_ns;
             self.defrag.retain(|t| t.abs_diff(now) < FRAGMENT_TTL_NS);
         }
