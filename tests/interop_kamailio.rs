@@ -222,9 +222,9 @@ const PROXY_TIMEOUT: Scenario = Scenario {
     invite_timeout: None,
     // Kamailio gives up on the ringing callee after a second: it answers the caller
     // 408 (with a To tag of its own) first, then CANCELs the callee, which answers
-    // 487. The caller got 408 and never cancelled. (siphook currently reports
-    // `cancelled`/487/caller: it holds the 408 as one fork's failure while the
-    // callee's early dialog lives, then takes the proxy's CANCEL for the caller's.)
+    // 487. The caller got 408 and never cancelled: with both legs in the mirror,
+    // the 408 sent to the caller decides, and the proxy's CANCEL is not the
+    // caller's (docs/events.md, "Both legs of a proxy").
     proxy_ring_timeout_ms: Some(1000),
     events: &["call.initiated", "call.ringing", "call.completed"],
     outcome: Outcome {
@@ -262,9 +262,8 @@ const FORKED_ONE_BUSY: Scenario = Scenario {
     uac: "proxy_uac_answered.xml",
     uac_args: &[],
     // The second phone is busy and says so at once; the first rings 300 ms later
-    // and answers. The proxy keeps the 486 to itself: the caller sees 180 and 200.
-    // (siphook currently ends the call `busy` on the branch's 486, which only the
-    // proxy received: no early dialog was alive yet to wait for.)
+    // and answers. The proxy keeps the 486 to itself: the caller sees 180 and 200,
+    // and the branch's 486, sent to the proxy only, does not end the call.
     uas: &["proxy_uas_answer.xml", "proxy_uas_busy.xml"],
     uas_args: &["-d", "300"],
     invite_timeout: None,
