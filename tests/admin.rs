@@ -133,13 +133,33 @@ async fn metrics_move_with_real_traffic() {
     for _ in 0..4 {
         rx.next().await;
     }
-    let m = admin::wait_metric(
+    admin::wait_metric(
         s.admin(),
         "siphook_event_delivery_latency_seconds_count",
         &[("endpoint", "crm")],
         4.0,
     )
     .await;
+    // The dispatcher records the latency a moment before it updates its gauges:
+    // scrape once they have settled (bounded).
+    let mut m = Vec::new();
+    for _ in 0..200 {
+        m = parse_metrics(
+            &request(s.admin(), "GET", "/metrics", None, None)
+                .await
+                .text(),
+        );
+        if sum(&m, "siphook_outbox_pending", &[("endpoint", "crm")]) == 0.0
+            && sum(
+                &m,
+                "siphook_outbox_oldest_pending_seconds",
+                &[("endpoint", "crm")],
+            ) == 0.0
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let udp = [("transport", "udp")];
     assert_eq!(sum(&m, "siphook_sip_messages_total", &udp), 7.0);
     assert_eq!(
