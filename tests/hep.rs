@@ -365,28 +365,34 @@ async fn both_legs_of_a_forking_proxy() {
     let (c, p) = (addr("192.0.2.10:5062"), addr("192.0.2.1:5060"));
     let (u1, u2) = (addr("198.51.100.1:5060"), addr("198.51.100.2:5060"));
     let now = Timestamp::now().millis();
-    let send = |src: SocketAddr, dst: SocketAddr, m: String| {
-        HepBuilder::new()
-            .sip(17, src, dst, Timestamp(now), m.as_bytes())
-            .build()
+    // Each step as the capture agent on the proxy reports it.
+    let play = async |h: &Harness, steps: Vec<(SocketAddr, SocketAddr, String)>| {
+        for (src, dst, m) in steps {
+            let packet = HepBuilder::new()
+                .sip(17, src, dst, Timestamp(now), m.as_bytes())
+                .build();
+            h.udp.send_to(&packet, target).await.unwrap();
+        }
     };
     // 1. One branch busy at once, the other answers.
     let call = CallSpec::new("two-legs-fork");
-    for (src, dst, m) in [
-        (c, p, call.invite(1)),
-        (p, u1, call.invite(1)),
-        (p, u2, call.invite(1)),
-        (u2, p, call.resp(486, 1, "INVITE", Some("b2"))),
-        (u1, p, call.resp(180, 1, "INVITE", Some("b1"))),
-        (p, c, call.resp(180, 1, "INVITE", Some("b1"))),
-        (u1, p, call.resp(200, 1, "INVITE", Some("b1"))),
-        (p, c, call.resp(200, 1, "INVITE", Some("b1"))),
-        (c, p, call.ack(1, "b1")),
-        (c, p, call.bye(2, "b1")),
-        (p, u1, call.bye(2, "b1")),
-    ] {
-        h.udp.send_to(&send(src, dst, m), target).await.unwrap();
-    }
+    play(
+        &h,
+        vec![
+            (c, p, call.invite(1)),
+            (p, u1, call.invite(1)),
+            (p, u2, call.invite(1)),
+            (u2, p, call.resp(486, 1, "INVITE", Some("b2"))),
+            (u1, p, call.resp(180, 1, "INVITE", Some("b1"))),
+            (p, c, call.resp(180, 1, "INVITE", Some("b1"))),
+            (u1, p, call.resp(200, 1, "INVITE", Some("b1"))),
+            (p, c, call.resp(200, 1, "INVITE", Some("b1"))),
+            (c, p, call.ack(1, "b1")),
+            (c, p, call.bye(2, "b1")),
+            (p, u1, call.bye(2, "b1")),
+        ],
+    )
+    .await;
     let events = h.expect_answered_calls(1).await;
     assert_eq!(events[3]["data"]["disposition"], "answered");
     assert_eq!(events[3]["call"]["to"]["tag"], "b1");
@@ -394,18 +400,20 @@ async fn both_legs_of_a_forking_proxy() {
     // 2. The proxy gives up ringing: 408 to the caller with its own tag, then it
     //    cancels the branch, which answers 487.
     let call = CallSpec::new("two-legs-timeout");
-    for (src, dst, m) in [
-        (c, p, call.invite(1)),
-        (p, u1, call.invite(1)),
-        (u1, p, call.resp(180, 1, "INVITE", Some("b1"))),
-        (p, c, call.resp(180, 1, "INVITE", Some("b1"))),
-        (p, c, call.resp(408, 1, "INVITE", Some("proxy-tag"))),
-        (p, u1, call.cancel(1)),
-        (u1, p, call.resp(200, 1, "CANCEL", Some("b1"))),
-        (u1, p, call.resp(487, 1, "INVITE", Some("b1"))),
-    ] {
-        h.udp.send_to(&send(src, dst, m), target).await.unwrap();
-    }
+    play(
+        &h,
+        vec![
+            (c, p, call.invite(1)),
+            (p, u1, call.invite(1)),
+            (u1, p, call.resp(180, 1, "INVITE", Some("b1"))),
+            (p, c, call.resp(180, 1, "INVITE", Some("b1"))),
+            (p, c, call.resp(408, 1, "INVITE", Some("proxy-tag"))),
+            (p, u1, call.cancel(1)),
+            (u1, p, call.resp(200, 1, "CANCEL", Some("b1"))),
+            (u1, p, call.resp(487, 1, "INVITE", Some("b1"))),
+        ],
+    )
+    .await;
     let events = h.events(3).await;
     assert_eq!(
         common::types(&events),
@@ -422,54 +430,60 @@ async fn both_legs_of_a_forking_proxy() {
 
     // 3. Serial failover: the first gateway fails, the proxy tries another.
     let call = CallSpec::new("two-legs-failover");
-    for (src, dst, m) in [
-        (c, p, call.invite(1)),
-        (p, u1, call.invite(1)),
-        (u1, p, call.resp(503, 1, "INVITE", Some("g1"))),
-        (p, u2, call.invite(1)),
-        (u2, p, call.resp(180, 1, "INVITE", Some("g2"))),
-        (p, c, call.resp(180, 1, "INVITE", Some("g2"))),
-        (u2, p, call.resp(200, 1, "INVITE", Some("g2"))),
-        (p, c, call.resp(200, 1, "INVITE", Some("g2"))),
-        (c, p, call.bye(2, "g2")),
-    ] {
-        h.udp.send_to(&send(src, dst, m), target).await.unwrap();
-    }
+    play(
+        &h,
+        vec![
+            (c, p, call.invite(1)),
+            (p, u1, call.invite(1)),
+            (u1, p, call.resp(503, 1, "INVITE", Some("g1"))),
+            (p, u2, call.invite(1)),
+            (u2, p, call.resp(180, 1, "INVITE", Some("g2"))),
+            (p, c, call.resp(180, 1, "INVITE", Some("g2"))),
+            (u2, p, call.resp(200, 1, "INVITE", Some("g2"))),
+            (p, c, call.resp(200, 1, "INVITE", Some("g2"))),
+            (c, p, call.bye(2, "g2")),
+        ],
+    )
+    .await;
     let events = h.expect_answered_calls(1).await;
     assert_eq!(events[3]["data"]["disposition"], "answered");
 
     // 4. A hairpin: the first branch goes back to the caller's own host, which
     //    refuses it; the second branch answers.
     let call = CallSpec::new("two-legs-hairpin");
-    for (src, dst, m) in [
-        (c, p, call.invite(1)),
-        (p, c, call.invite(1)),
-        (c, p, call.resp(503, 1, "INVITE", Some("h1"))),
-        (p, u2, call.invite(1)),
-        (u2, p, call.resp(180, 1, "INVITE", Some("h2"))),
-        (p, c, call.resp(180, 1, "INVITE", Some("h2"))),
-        (u2, p, call.resp(200, 1, "INVITE", Some("h2"))),
-        (p, c, call.resp(200, 1, "INVITE", Some("h2"))),
-        (c, p, call.bye(2, "h2")),
-    ] {
-        h.udp.send_to(&send(src, dst, m), target).await.unwrap();
-    }
+    play(
+        &h,
+        vec![
+            (c, p, call.invite(1)),
+            (p, c, call.invite(1)),
+            (c, p, call.resp(503, 1, "INVITE", Some("h1"))),
+            (p, u2, call.invite(1)),
+            (u2, p, call.resp(180, 1, "INVITE", Some("h2"))),
+            (p, c, call.resp(180, 1, "INVITE", Some("h2"))),
+            (u2, p, call.resp(200, 1, "INVITE", Some("h2"))),
+            (p, c, call.resp(200, 1, "INVITE", Some("h2"))),
+            (c, p, call.bye(2, "h2")),
+        ],
+    )
+    .await;
     let events = h.expect_answered_calls(1).await;
     assert_eq!(events[3]["data"]["disposition"], "answered");
 
     // 5. The gateway challenges the proxy, which re-sends with its own CSeq; the
     //    gateway is busy and the proxy tells the caller (CSeq 1).
     let call = CallSpec::new("two-legs-reauth");
-    for (src, dst, m) in [
-        (c, p, call.invite(1)),
-        (p, u1, call.invite(1)),
-        (u1, p, call.resp(407, 1, "INVITE", Some("a1"))),
-        (p, u1, call.invite(2)),
-        (u1, p, call.resp(486, 2, "INVITE", Some("a2"))),
-        (p, c, call.resp(486, 1, "INVITE", Some("a2"))),
-    ] {
-        h.udp.send_to(&send(src, dst, m), target).await.unwrap();
-    }
+    play(
+        &h,
+        vec![
+            (c, p, call.invite(1)),
+            (p, u1, call.invite(1)),
+            (u1, p, call.resp(407, 1, "INVITE", Some("a1"))),
+            (p, u1, call.invite(2)),
+            (u1, p, call.resp(486, 2, "INVITE", Some("a2"))),
+            (p, c, call.resp(486, 1, "INVITE", Some("a2"))),
+        ],
+    )
+    .await;
     let events = h.events(2).await;
     assert_eq!(common::types(&events), ["call.initiated", "call.completed"]);
     assert_eq!(events[1]["data"]["disposition"], "busy");
