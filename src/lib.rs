@@ -4,6 +4,7 @@
 //! ([`call`]) → event sink. Each module talks to the next through small typed values.
 
 pub mod admin;
+pub mod bench;
 pub mod call;
 pub mod config;
 pub mod deliver;

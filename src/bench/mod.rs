@@ -1,0 +1,649 @@
+//! `siphook bench`: the end-to-end load tool. Plays complete calls at a fixed rate
+//! into siphook's SIP (or HEP) listener, receives the signed webhooks on a local
+//! HTTP server, matches every event to the SIP message that caused it, and reports
+//! latency quantiles, throughput, loss, duplicates, ordering and bad signatures;
+//! optionally next to a null relay (the baseline) driven by the same generator.
+//!
+//! Everything stays on 127.0.0.0/8. Times are `std::time::Instant`s of this
+//! process: a latency is "webhook fully received" minus "SIP message handed to the
+//! socket".
+
+mod flow;
+mod generator;
+mod receiver;
+mod relay;
+mod report;
+mod spawn;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+pub use flow::Profile;
+pub use report::{PhaseResult, Quantiles, Ratios};
+
+/// The secret the spawned siphook signs with (a test secret, never a real one).
+pub const BENCH_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Highest rate accepted, calls per second.
+const MAX_RATE: f64 = 100_000.0;
+/// Most calls one phase plays.
+const MAX_CALLS: u64 = 1_000_000;
+/// Longest run, hold, drain.
+const MAX_DURATION: Duration = Duration::from_secs(3600);
+
+/// How the SIP reaches siphook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// SIP over UDP, one message per datagram.
+    Udp,
+    /// SIP over one TCP connection.
+    Tcp,
+    /// Each message wrapped in HEPv3, over UDP.
+    Hep,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Transport, String> {
+        match s {
+            "udp" => Ok(Transport::Udp),
+            "tcp" => Ok(Transport::Tcp),
+            "hep" => Ok(Transport::Hep),
+            other => Err(format!("unknown transport {other:?} (udp, tcp or hep)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Hep => "hep",
+        })
+    }
+}
+
+/// Which siphook is measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One started in this process, with a temporary outbox.
+    Spawn,
+    /// One already running, whose endpoint posts to `http://{receiver}/hook`.
+    External {
+        /// Its SIP (or HEP) listener.
+        sip: SocketAddr,
+        /// Where the bench's receiver listens.
+        receiver: SocketAddr,
+    },
+}
+
+/// How many calls a phase plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Exactly this many.
+    Calls(u64),
+    /// `rate × duration` of them.
+    Duration(Duration),
+}
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Which siphook.
+    pub target: Target,
+    /// How the SIP is sent.
+    pub transport: Transport,
+    /// Calls started per second.
+    pub rate: f64,
+    /// How many calls.
+    pub limit: Limit,
+    /// Between the ACK and the BYE (or the REFER).
+    pub hold: Duration,
+    /// Which calls.
+    pub profile: Profile,
+    /// Also run the null relay with the same load, after siphook.
+    pub baseline: bool,
+    /// How long to wait, after the last message, for the last webhooks.
+    pub drain: Duration,
+    /// The secret webhooks are verified with: required for an external target;
+    /// with `Spawn`, overrides [`BENCH_SECRET`] for verification only (siphook still
+    /// signs with `BENCH_SECRET`), which makes every signature bad.
+    pub secret: Option<String>,
+    /// The spawned siphook's `sip.invite_timeout`: when unanswered calls end.
+    pub invite_timeout: Duration,
+}
+
+impl BenchOptions {
+    /// A spawned siphook, UDP, answered calls, `calls` calls at `rate`, no baseline.
+    pub fn spawn(rate: f64, calls: u64) -> BenchOptions {
+        BenchOptions {
+            target: Target::Spawn,
+            transport: Transport::Udp,
+            rate,
+            limit: Limit::Calls(calls),
+            hold: Duration::ZERO,
+            profile: Profile::Answered,
+            baseline: false,
+            drain: Duration::from_secs(10),
+            secret: None,
+            invite_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Calls per phase.
+    fn calls(&self) -> u64 {
+        match self.limit {
+            Limit::Calls(n) => n,
+            Limit::Duration(d) => (d.as_secs_f64() * self.rate).ceil() as u64,
+        }
+    }
+
+    fn check(&self) -> Result<(), BenchError> {
+        let bad = |m: String| Err(BenchError::Option(m));
+        if !(self.rate.is_finite() && self.rate >= 0.1 && self.rate <= MAX_RATE) {
+            return bad(format!("--rate must be between 0.1 and {MAX_RATE}"));
+        }
+        let calls = self.calls();
+        if calls == 0 || calls > MAX_CALLS {
+            return bad(format!(
+                "a run plays 1 to {MAX_CALLS} calls (--calls, or --rate × --duration); this one {calls}"
+            ));
+        }
+        if let Limit::Duration(d) = self.limit
+            && d > MAX_DURATION
+        {
+            return bad("--duration is at most 1h".into());
+        }
+        if self.hold > MAX_DURATION || self.drain > MAX_DURATION {
+            return bad("--hold and --drain are at most 1h".into());
+        }
+        if self.invite_timeout < Duration::from_millis(10) || self.invite_timeout > MAX_DURATION {
+            return bad("the invite timeout is 10ms to 1h".into());
+        }
+        if let Target::External { sip, receiver } = &self.target {
+            for a in [sip, receiver] {
+                if !a.ip().is_loopback() || !a.is_ipv4() {
+                    return Err(BenchError::NotLoopback(*a));
+                }
+            }
+            if self.secret.is_none() {
+                return bad("--target needs --secret, the endpoint's whsec_ secret".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a run could not be made (a run that was made but lost events is a
+/// [`Report`] that did not pass, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// An option is out of range or missing.
+    #[error("{0}")]
+    Option(String),
+    /// Traffic stays on 127.0.0.0/8.
+    #[error("{0} is not a 127.0.0.0/8 address: siphook bench only talks to loopback")]
+    NotLoopback(SocketAddr),
+    /// The verification secret is not `whsec_` + base64.
+    #[error("the secret must be \"whsec_\" followed by base64")]
+    Secret,
+    /// A socket could not be bound.
+    #[error("binding the {what} on {addr}: {source}")]
+    Bind {
+        /// Which socket.
+        what: &'static str,
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TCP connection to siphook could not be made.
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A TCP write failed mid-run.
+    #[error("sending to {addr}: {source}")]
+    Send {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The temporary directory for the spawned siphook's outbox.
+    #[error("creating {path}: {source}")]
+    TempDir {
+        /// Which.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The spawned siphook's configuration did not validate.
+    #[error("the spawned siphook's configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// The spawned siphook's thread or runtime could not start.
+    #[error("starting siphook's runtime: {0}")]
+    Runtime(std::io::Error),
+    /// The spawned siphook stopped with an error.
+    #[error("siphook: {0}")]
+    Serve(#[from] crate::serve::ServeError),
+    /// The spawned siphook's thread panicked.
+    #[error("siphook's thread panicked")]
+    Panicked,
+    /// Something did not happen in time.
+    #[error("timed out waiting for {what}")]
+    Timeout {
+        /// What.
+        what: &'static str,
+    },
+    /// The spawned siphook does not listen on the transport asked for.
+    #[error("siphook has no {0} listener")]
+    NoListener(Transport),
+    /// The JSON report could not be written.
+    #[error("writing {path}: {source}")]
+    WriteJson {
+        /// Where.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The JSON report could not be encoded.
+    #[error("encoding the JSON report: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// The run as configured, in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunConfig {
+    /// `"spawn"`, or the external target's address.
+    pub target: String,
+    /// `udp`, `tcp` or `hep`.
+    pub transport: Transport,
+    /// Calls started per second, asked for.
+    pub rate: f64,
+    /// Calls per phase.
+    pub calls: u64,
+    /// `--duration`, if that set the number of calls, in seconds.
+    pub duration_s: Option<f64>,
+    /// Hold time, seconds.
+    pub hold_s: f64,
+    /// `answered` or `mixed`.
+    pub profile: Profile,
+    /// Whether the null relay ran too.
+    pub baseline: bool,
+    /// Drain deadline, seconds.
+    pub drain_s: f64,
+    /// CPUs this process may use.
+    pub cpus: usize,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// What was asked.
+    pub config: RunConfig,
+    /// siphook's figures.
+    pub siphook: PhaseResult,
+    /// The null relay's, with `--baseline`.
+    pub baseline: Option<PhaseResult>,
+    /// siphook ÷ baseline latency, with `--baseline`.
+    pub ratios: Option<Ratios>,
+    /// Why the run failed; empty when it passed.
+    pub failures: Vec<String>,
+    /// What is worth knowing but does not fail the run.
+    pub warnings: Vec<String>,
+}
+
+impl Report {
+    /// No loss, no bad signature, no duplicate, nothing out of order or unexpected.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    fn judge(&mut self) {
+        let s = &self.siphook;
+        let mut f = Vec::new();
+        if s.lost > 0 {
+            f.push(format!("{} events lost", s.lost));
+        }
+        if let Some(n) = s.bad_signatures.filter(|&n| n > 0) {
+            f.push(format!("{n} bad signatures"));
+        }
+        if s.duplicates > 0 {
+            f.push(format!("{} duplicate webhooks", s.duplicates));
+        }
+        if let Some(n) = s.out_of_order.filter(|&n| n > 0) {
+            f.push(format!("{n} events out of order"));
+        }
+        if s.unexpected > 0 {
+            f.push(format!("{} unexpected events", s.unexpected));
+        }
+        if s.malformed > 0 {
+            f.push(format!("{} malformed webhooks", s.malformed));
+        }
+        let mut w = Vec::new();
+        for (name, p) in
+            std::iter::once(("siphook", s)).chain(self.baseline.iter().map(|b| ("baseline", b)))
+        {
+            if p.generator_truncated {
+                w.push(format!(
+                    "{name}: the generator could not keep the pace and stopped after {} calls",
+                    p.calls_started
+                ));
+            }
+            if p.send_errors > 0 {
+                w.push(format!("{name}: {} sends failed", p.send_errors));
+            }
+            if p.foreign > 0 {
+                w.push(format!(
+                    "{name}: {} requests for calls of other runs",
+                    p.foreign
+                ));
+            }
+        }
+        if let Some(b) = &self.baseline {
+            if b.lost > 0 {
+                w.push(format!(
+                    "baseline: {} messages lost: its quantiles are over fewer samples",
+                    b.lost
+                ));
+            }
+            if let Some(n) = b.relay_errors.filter(|&n| n > 0) {
+                w.push(format!("baseline: {n} relay posts failed"));
+            }
+        }
+        self.failures = f;
+        self.warnings = w;
+    }
+
+    /// A small table for people.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let c = &self.config;
+        let mut out = String::new();
+        let limit = match c.duration_s {
+            Some(d) => format!("{d}s ({} calls)", c.calls),
+            None => format!("{} calls", c.calls),
+        };
+        let _ = writeln!(
+            out,
+            "siphook bench: target {}, {}, {} profile, {} calls/s for {limit}, hold {}s",
+            c.target, c.transport, c.profile, c.rate, c.hold_s
+        );
+        let s = &self.siphook;
+        let b = self.baseline.as_ref();
+        let mut rows: Vec<[String; 4]> = vec![[
+            String::new(),
+            "siphook".into(),
+            b.map_or("", |_| "null relay").into(),
+            self.ratios.as_ref().map_or("", |_| "ratio").into(),
+        ]];
+        let mut row = |name: &str, f: &dyn Fn(&PhaseResult) -> String| {
+            rows.push([
+                name.into(),
+                f(s),
+                b.map(f).unwrap_or_default(),
+                String::new(),
+            ]);
+        };
+        let opt = |v: Option<usize>| v.map_or("-".into(), |n| n.to_string());
+        row("calls started", &|p| p.calls_started.to_string());
+        row("achieved calls/s", &|p| {
+            format!("{:.1}", p.achieved_calls_per_sec)
+        });
+        row("events expected", &|p| p.expected.to_string());
+        row("events received", &|p| p.received.to_string());
+        row("events/s", &|p| format!("{:.1}", p.events_per_sec));
+        row("lost", &|p| p.lost.to_string());
+        row("duplicates", &|p| p.duplicates.to_string());
+        row("out of order", &|p| opt(p.out_of_order));
+        row("bad signatures", &|p| opt(p.bad_signatures));
+        if s.timer_events > 0 {
+            row("timer events (untimed)", &|p| p.timer_events.to_string());
+        }
+        let quantiles = [("p50", 0), ("p90", 1), ("p99", 2), ("p99.9", 3), ("max", 4)];
+        for (name, i) in quantiles {
+            let pick = |q: &Quantiles| [q.p50, q.p90, q.p99, q.p999, q.max][i];
+            let ms = |p: &PhaseResult| {
+                p.latency_ms
+                    .as_ref()
+                    .map_or("-".into(), |q| format!("{:.3}", pick(q)))
+            };
+            let ratio = self.ratios.as_ref().map(|r| {
+                let x = [r.p50, r.p90, r.p99, r.p999, r.max][i];
+                format!("{x:.2}x")
+            });
+            rows.push([
+                format!("latency {name} (ms)"),
+                ms(s),
+                b.map(ms).unwrap_or_default(),
+                ratio.unwrap_or_default(),
+            ]);
+        }
+        for [name, a, bb, r] in &rows {
+            let _ = writeln!(out, "{name:<24}{a:>12} {bb:>12} {r:>10}");
+        }
+        for (name, p) in std::iter::once(("siphook", s)).chain(b.map(|b| ("null relay", b))) {
+            if !p.lost_by_type.is_empty() {
+                let by: Vec<String> = p
+                    .lost_by_type
+                    .iter()
+                    .map(|(t, n)| format!("{t} {n}"))
+                    .collect();
+                let _ = writeln!(out, "{name} lost: {}", by.join(", "));
+            }
+        }
+        for w in &self.warnings {
+            let _ = writeln!(out, "warning: {w}");
+        }
+        if self.failures.is_empty() {
+            let _ = writeln!(out, "PASSED");
+        } else {
+            let _ = writeln!(out, "FAILED: {}", self.failures.join(", "));
+        }
+        out
+    }
+}
+
+/// A short id that makes this run's Call-IDs unique.
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{:x}",
+        (nanos as u64) ^ (u64::from(std::process::id()) << 40)
+    )
+}
+
+/// Waits until `done` or `deadline`, polling every few milliseconds.
+async fn wait_until(deadline: Instant, done: impl Fn() -> bool) {
+    while !done() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Runs the bench: siphook, then (with `baseline`) the null relay, and analyses.
+pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
+    opts.check()?;
+    let calls =
+        usize::try_from(opts.calls()).map_err(|_| BenchError::Option("too many calls".into()))?;
+    let secret = opts.secret.as_deref().unwrap_or(BENCH_SECRET);
+    let verifier = receiver::Verifier::new(secret)?;
+    let id = run_id();
+    let (event_prefix, relay_prefix) = (format!("sb{id}-s-"), format!("sb{id}-n-"));
+    let base = Instant::now();
+    let bind = match opts.target {
+        Target::Spawn => SocketAddr::from(([127, 0, 0, 1], 0)),
+        Target::External { receiver, .. } => receiver,
+    };
+    let receiver = receiver::Receiver::start(
+        bind,
+        verifier,
+        base,
+        opts.profile,
+        event_prefix.clone(),
+        relay_prefix.clone(),
+    )
+    .await?;
+    let result = phases(opts, calls, &receiver, &event_prefix, &relay_prefix, base).await;
+    receiver.stop().await;
+    let (siphook, baseline) = result?;
+    let ratios = baseline.as_ref().and_then(|b| {
+        Some(Ratios::of(
+            siphook.latency_ms.as_ref()?,
+            b.latency_ms.as_ref()?,
+        ))
+    });
+    let mut report = Report {
+        config: RunConfig {
+            target: match &opts.target {
+                Target::Spawn => "spawn".into(),
+                Target::External { sip, .. } => sip.to_string(),
+            },
+            transport: opts.transport,
+            rate: opts.rate,
+            calls: opts.calls(),
+            duration_s: match opts.limit {
+                Limit::Duration(d) => Some(d.as_secs_f64()),
+                Limit::Calls(_) => None,
+            },
+            hold_s: opts.hold.as_secs_f64(),
+            profile: opts.profile,
+            baseline: opts.baseline,
+            drain_s: opts.drain.as_secs_f64(),
+            cpus: std::thread::available_parallelism().map_or(1, usize::from),
+        },
+        siphook,
+        baseline,
+        ratios,
+        failures: Vec::new(),
+        warnings: Vec::new(),
+    };
+    report.judge();
+    Ok(report)
+}
+
+async fn phases(
+    opts: &BenchOptions,
+    calls: usize,
+    receiver: &receiver::Receiver,
+    event_prefix: &str,
+    relay_prefix: &str,
+    base: Instant,
+) -> Result<(PhaseResult, Option<PhaseResult>), BenchError> {
+    let plan = |target, prefix| generator::Plan {
+        transport: opts.transport,
+        target,
+        rate: opts.rate,
+        calls,
+        hold: opts.hold,
+        profile: opts.profile,
+        prefix,
+        base,
+    };
+    // Unanswered calls end when the invite timeout fires after their INVITE.
+    let timers = if opts.profile.has_timers() && opts.target == Target::Spawn {
+        opts.invite_timeout
+    } else {
+        Duration::ZERO
+    };
+
+    // siphook.
+    let (target, spawned) = match opts.target {
+        Target::Spawn => {
+            let url = format!("http://{}/hook", receiver.addr);
+            let s = spawn::Spawned::start(opts.transport, &url, BENCH_SECRET, opts.invite_timeout)
+                .await?;
+            match s.target(opts.transport) {
+                Some(t) => (t, Some(s)),
+                None => {
+                    let _ = s.stop().await;
+                    return Err(BenchError::NoListener(opts.transport));
+                }
+            }
+        }
+        Target::External { sip, .. } => (sip, None),
+    };
+    let sent = generator::run(&plan(target, event_prefix)).await;
+    let sent = match sent {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(s) = spawned {
+                let _ = s.stop().await;
+            }
+            return Err(e);
+        }
+    };
+    let expected = sent.expected_events(opts.profile);
+    wait_until(Instant::now() + opts.drain + timers, || {
+        receiver.distinct_events() >= expected
+    })
+    .await;
+    if let Some(s) = spawned {
+        s.stop().await?;
+    }
+    let seen = receiver.take();
+    let siphook = report::analyse_events(
+        opts.profile,
+        &sent,
+        report::EventTally {
+            events: &seen.events,
+            bad_signatures: seen.bad_signatures,
+            duplicates: seen.duplicates,
+            malformed: seen.malformed,
+        },
+    );
+    drop(seen);
+    drop(sent);
+    if !opts.baseline {
+        return Ok((siphook, None));
+    }
+
+    // The null relay, same load.
+    let url: hyper::Uri = format!("http://{}/baseline", receiver.addr)
+        .parse()
+        .map_err(|_| BenchError::Option("receiver address".into()))?;
+    let relay = relay::Relay::start(opts.transport, url).await?;
+    let sent = generator::run(&plan(relay.addr, relay_prefix)).await;
+    let sent = match sent {
+        Ok(s) => s,
+        Err(e) => {
+            relay.stop().await;
+            return Err(e);
+        }
+    };
+    let messages = sent.messages;
+    wait_until(Instant::now() + opts.drain, || {
+        receiver.relayed() >= messages
+    })
+    .await;
+    let errors = relay.errors.load(std::sync::atomic::Ordering::Relaxed);
+    relay.stop().await;
+    let seen = receiver.take();
+    let baseline = report::analyse_relay(opts.profile, &sent, &seen.relayed, errors);
+    Ok((siphook, Some(baseline)))
+}
+
+/// What `siphook bench` does: runs, prints the table on stdout, writes the JSON
+/// report to `json` if given. `Ok(false)`: the run was made and failed.
+pub async fn run_and_report(opts: &BenchOptions, json: Option<&Path>) -> Result<bool, BenchError> {
+    let report = run(opts).await?;
+    print!("{}", report.table());
+    if let Some(path) = json {
+        let text = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, text).map_err(|source| BenchError::WriteJson {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(report.passed())
+}
