@@ -98,6 +98,12 @@ pub async fn run(
             Some(c) = commands.recv() => d.command(c),
             Some(done) = d.in_flight.join_next_with_id(), if !d.in_flight.is_empty() => {
                 d.joined(done);
+                // Whatever else finished meanwhile is recorded in the same
+                // transaction.
+                while let Some(more) = d.in_flight.try_join_next_with_id() {
+                    d.joined(more);
+                }
+                d.record_delivered();
             }
             _ = tick.tick() => d.publish_counts(),
             _ = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600))), if wake.is_some() => {}
@@ -130,6 +136,8 @@ pub struct Dispatcher {
     /// reload) are already queued.
     loaded_through: Option<u64>,
     last_error: Option<LastError>,
+    /// Delivered, not yet recorded in the store (see `record_delivered`).
+    delivered: Vec<u64>,
     /// One per-event warning a second: an endpoint refusing everything must not
     /// write a log line per event.
     log_limit: crate::admin::RateLog,
@@ -165,6 +173,7 @@ impl Dispatcher {
             pending: BTreeMap::new(),
             loaded_through: None,
             last_error: None,
+            delivered: Vec::new(),
             log_limit: crate::admin::RateLog::new(Duration::from_secs(1)),
             dead: 0,
             consecutive_failures: 0,
@@ -410,9 +419,7 @@ impl Dispatcher {
                     .observe(latency);
                 self.consecutive_failures = 0;
                 self.next_probe = None;
-                if let Err(e) = self.outbox.delivered(&name, offset) {
-                    tracing::error!(endpoint = %name, offset, error = %e, "cannot record delivery");
-                }
+                self.delivered.push(offset);
                 self.advance(call_key, offset);
             }
             Outcome::Retry {
@@ -480,6 +487,19 @@ impl Dispatcher {
         }
         self.dead += 1;
         self.advance(call_key, offset);
+    }
+
+    /// Records every delivery finished since the last call, in one transaction.
+    /// Until then a crash re-sends them (same `webhook-id`), as it would have
+    /// before their record reached the disk anyway.
+    fn record_delivered(&mut self) {
+        if self.delivered.is_empty() {
+            return;
+        }
+        if let Err(e) = self.outbox.delivered_many(&self.ep.name, &self.delivered) {
+            tracing::error!(endpoint = %self.ep.name, count = self.delivered.len(), error = %e, "cannot record deliveries; they are sent again after a restart");
+        }
+        self.delivered.clear();
     }
 
     fn note_error(&mut self, status: Option<u16>, error: &str) {

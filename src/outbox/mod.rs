@@ -349,15 +349,26 @@ impl Outbox {
     /// The endpoint has the event: forget the delivery, and the event once no
     /// endpoint needs it.
     pub fn delivered(&self, endpoint: &str, offset: u64) -> Result<(), OutboxError> {
-        let key = pending_key(endpoint, offset);
+        self.delivered_many(endpoint, &[offset])
+    }
+
+    /// [`Outbox::delivered`] for several events in one transaction: a busy
+    /// dispatcher records what finished together at the cost of one.
+    pub fn delivered_many(&self, endpoint: &str, offsets: &[u64]) -> Result<(), OutboxError> {
+        let keys: Vec<(u64, Vec<u8>)> = offsets
+            .iter()
+            .map(|&o| (o, pending_key(endpoint, o)))
+            .collect();
         (&self.pending, &self.events)
             .transaction(|(pending, events)| {
-                if pending.remove(key.as_slice())?.is_some() {
-                    release(events, offset)?;
+                for (offset, key) in &keys {
+                    if pending.remove(key.as_slice())?.is_some() {
+                        release(events, *offset)?;
+                    }
                 }
                 Ok(())
             })
-            .map_err(|e| tx_error(e, offset))
+            .map_err(|e| tx_error(e, offsets.first().copied().unwrap_or(0)))
     }
 
     /// Gives up on a delivery: it moves to the dead letters, keeping its event.

@@ -112,6 +112,7 @@ impl Dispatcher {
                 }
             }
         }
+        self.record_delivered();
         self.publish_counts();
     }
 }
