@@ -195,3 +195,42 @@ async fn idle_connections_close_and_the_connection_cap_refuses() {
     );
     a_valid_call_still_works(&mut h, "tcp-after-idle").await;
 }
+
+/// Slowloris: a peer that sends a byte at a time is never idle, yet a message
+/// that takes longer than `tcp_idle_timeout` to arrive closes its connection.
+#[tokio::test]
+async fn a_message_dribbled_a_byte_at_a_time_closes_the_connection() {
+    let mut config = test_config();
+    config.sip.tcp_idle_timeout = Duration::from_millis(300);
+    let mut h = Harness::with_config(config).await;
+    let mut s = h.tcp().await;
+    let msg = CallSpec::new("slowloris").invite(1);
+    let mut closed = false;
+    // The pacing is the attack itself: one byte every 50 ms, bounded.
+    for b in msg.as_bytes().iter().take(100) {
+        if s.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if h.metric(
+            "siphook_tcp_connections_closed_total",
+            &[("reason", "slow_message")],
+        ) >= 1.0
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the dribbling connection was not closed");
+    closed_by_peer(&mut s).await;
+    assert_eq!(
+        h.metric(
+            "siphook_tcp_connections_closed_total",
+            &[("reason", "idle_timeout")]
+        ),
+        0.0,
+        "never idle, closed for being slow"
+    );
+    a_valid_call_still_works(&mut h, "tcp-after-slowloris").await;
+}

@@ -52,7 +52,8 @@ pub struct SipConfig {
     pub max_message_bytes: usize,
     /// SO_RCVBUF asked of the kernel for UDP sockets; bursts beyond it are lost by the kernel.
     pub udp_receive_buffer: usize,
-    /// A TCP connection silent this long is closed.
+    /// A TCP connection silent this long is closed, and so is one whose message
+    /// takes longer than this to arrive whole (a byte-at-a-time peer).
     pub tcp_idle_timeout: Duration,
     /// Connections past this many are refused.
     pub max_tcp_connections: usize,

@@ -125,13 +125,27 @@ async fn connection(
         Wire::Hep => ("hep", StreamFramer::Hep(HepFramer::new())),
     };
     let bytes = ctx.metrics.sip_received_bytes.with_label_values(&[label]);
+    // When the unit now buffered began: it must be whole within the idle timeout
+    // too, or a peer sending a byte at a time (slowloris) would hold the slot
+    // for ever while never being idle.
+    let mut partial_since: Option<tokio::time::Instant> = None;
     loop {
         framer.buffer_mut().reserve(8192);
+        let deadline = match partial_since {
+            Some(t) => t + limits.idle_timeout,
+            None => tokio::time::Instant::now() + limits.idle_timeout,
+        };
         let read = tokio::select! {
             _ = shutdown.cancelled() => return "shutdown",
-            r = tokio::time::timeout(limits.idle_timeout, stream.read_buf(framer.buffer_mut())) => r,
+            r = tokio::time::timeout_at(deadline, stream.read_buf(framer.buffer_mut())) => r,
         };
         match read {
+            Err(_) if partial_since.is_some() => {
+                if let Some(suppressed) = ctx.allow_log() {
+                    tracing::warn!(%peer, suppressed, "closing {label} TCP connection: a message took longer than tcp_idle_timeout to arrive");
+                }
+                return "slow_message";
+            }
             Err(_) => {
                 tracing::debug!(%peer, "TCP connection idle, closing");
                 return "idle_timeout";
@@ -147,7 +161,14 @@ async fn connection(
             match framer.next_unit() {
                 Ok(Some(Unit::Sip(msg))) => ctx.handle(&msg, Transport::Tcp, peer, local),
                 Ok(Some(Unit::Hep(packet))) => ctx.handle_hep(&packet, Transport::Tcp, peer, local),
-                Ok(None) => break,
+                Ok(None) => {
+                    partial_since = match (framer.buffered(), partial_since) {
+                        (0, _) => None,
+                        (_, Some(t)) => Some(t),
+                        (_, None) => Some(tokio::time::Instant::now()),
+                    };
+                    break;
+                }
                 Err(StreamError { reason, message }) => {
                     match wire {
                         Wire::Sip => &ctx.metrics.sip_parse_errors,

@@ -119,6 +119,11 @@ impl HepFramer {
         &mut self.buf
     }
 
+    /// Bytes held that do not yet form a whole packet.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// The next whole packet, `Ok(None)` until one is buffered. An error means the
     /// stream is lost (the next packet's start is unknown): close the connection.
     pub fn next_packet(&mut self) -> Result<Option<bytes::Bytes>, HepError> {

@@ -51,6 +51,14 @@ impl StreamFramer {
         }
     }
 
+    /// Bytes held that do not yet form a whole unit (once `next_unit` said so).
+    pub fn buffered(&self) -> usize {
+        match self {
+            StreamFramer::Sip(f) => f.buffered(),
+            StreamFramer::Hep(f) => f.buffered(),
+        }
+    }
+
     /// The next whole unit, `Ok(None)` until one is buffered.
     pub fn next_unit(&mut self) -> Result<Option<Unit>, StreamError> {
         match self {
