@@ -584,3 +584,65 @@ fn a_caller_without_from_tag_rfc2543_is_still_tracked_both_ways() {
     assert_eq!(ev[2]["data"]["ended_by"], "callee");
     assert_eq!(ev[0]["call"]["from"]["tag"], Value::Null);
 }
+
+/// A call resumed after a restart still knows the mirror shows both legs of its
+/// proxy: a branch's failure towards the proxy does not end it.
+#[test]
+fn a_restored_call_keeps_knowing_both_legs_of_its_proxy() {
+    let opts = ParseOptions::default();
+    let (c, p, u1, u2) = (
+        "10.0.0.1:5060",
+        "10.0.0.2:5060",
+        "10.0.0.3:5060",
+        "10.0.0.4:5060",
+    );
+    let play = |t: &mut Tracker, steps: &[(&str, &str, String)], at: i64| {
+        let mut out = Vec::new();
+        for (src, dst, raw) in steps {
+            let meta = Meta {
+                transport: Transport::Udp,
+                source: src.parse().unwrap(),
+                destination: dst.parse().unwrap(),
+                received_at: Timestamp(T0 + at),
+            };
+            let _ = t.on_message(&parse(raw.as_bytes(), &opts).unwrap(), &meta, &mut out);
+        }
+        out
+    };
+    let call = CallSpec::new("restored-two-legs");
+    let mut before = tracker();
+    let events = play(
+        &mut before,
+        &[
+            (c, p, call.invite(1)),
+            (p, u1, call.invite(1)),
+            (p, u2, call.invite(1)),
+            (u1, p, call.resp(180, 1, "INVITE", Some("b1"))),
+            (p, c, call.resp(180, 1, "INVITE", Some("b1"))),
+        ],
+        0,
+    );
+    assert_eq!(events.len(), 2);
+    // What the outbox keeps of the call: its last event's snapshot, through JSON.
+    let snapshot = serde_json::to_vec(&events[1].snapshot()).unwrap();
+    let mut after = tracker();
+    after.restore(
+        vec![serde_json::from_slice(&snapshot).unwrap()],
+        Timestamp(T0 + 100),
+    );
+    let events = to_json(play(
+        &mut after,
+        &[
+            (u2, p, call.resp(486, 1, "INVITE", Some("b2"))),
+            (u1, p, call.resp(200, 1, "INVITE", Some("b1"))),
+            (p, c, call.resp(200, 1, "INVITE", Some("b1"))),
+        ],
+        200,
+    ));
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        ["call.answered"],
+        "the branch's 486 did not end the call"
+    );
+}

@@ -259,6 +259,7 @@ impl Call {
             data,
             resume: Resume {
                 invite_cseq: self.invite_cseq,
+                two_legs: self.two_legs,
                 session_expires: self
                     .session_expires
                     .and_then(|d| u32::try_from(d.as_secs()).ok()),

@@ -370,6 +370,10 @@ pub struct Resume {
     pub invite_cseq: u32,
     /// Negotiated Session-Expires, seconds.
     pub session_expires: Option<u32>,
+    /// The mirror showed both legs of a proxy (absent in snapshots written
+    /// before it was kept: one leg).
+    #[serde(default)]
+    pub two_legs: bool,
 }
 
 /// A live call as persisted in the outbox: enough to continue it after a restart

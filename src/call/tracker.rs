@@ -198,7 +198,7 @@ impl Tracker {
                 refers: Vec::new(),
                 replacing: None,
                 early: Vec::new(),
-                two_legs: false,
+                two_legs: snap.resume.two_legs,
                 seen: [0; SEEN],
                 seen_next: 0,
                 info: snap.info,
