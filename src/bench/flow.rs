@@ -6,47 +6,7 @@
 //! step of a flow says which event it causes, if any: that is the message whose send
 //! time an event's latency is measured from.
 
-/// The event types a call emits (`docs/events.md`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum EventType {
-    Initiated,
-    Ringing,
-    Answered,
-    Transferred,
-    Completed,
-}
-
-impl EventType {
-    /// Every type, in slot order.
-    pub(crate) const ALL: [EventType; 5] = [
-        EventType::Initiated,
-        EventType::Ringing,
-        EventType::Answered,
-        EventType::Transferred,
-        EventType::Completed,
-    ];
-
-    /// The `type` field of the event.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            EventType::Initiated => "call.initiated",
-            EventType::Ringing => "call.ringing",
-            EventType::Answered => "call.answered",
-            EventType::Transferred => "call.transferred",
-            EventType::Completed => "call.completed",
-        }
-    }
-
-    /// The type named by an event's `type` field.
-    pub(crate) fn from_name(name: &str) -> Option<EventType> {
-        EventType::ALL.into_iter().find(|t| t.name() == name)
-    }
-
-    /// Index into per-call tables (0..5).
-    pub(crate) fn slot(self) -> usize {
-        self as usize
-    }
-}
+pub(crate) use crate::call::EventType;
 
 /// What a call does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -156,7 +156,7 @@ pub(crate) fn analyse_events(profile: Profile, sent: &Sent, tally: EventTally<'_
     for call in 0..calls {
         for t in EventType::ALL {
             if sent.expects(profile, call, t) && got[call * EventType::ALL.len() + t.slot()] == 0 {
-                *lost_by_type.entry(t.name()).or_insert(0) += 1;
+                *lost_by_type.entry(t.as_str()).or_insert(0) += 1;
             }
         }
     }
@@ -238,7 +238,7 @@ pub(crate) fn analyse_relay(
                 && expects(call, step)
                 && !got[call * super::flow::MAX_STEPS + step]
             {
-                *lost_by_type.entry(t.name()).or_insert(0) += 1;
+                *lost_by_type.entry(t.as_str()).or_insert(0) += 1;
             }
         }
     }

@@ -102,6 +102,25 @@ pub enum EventType {
 }
 
 impl EventType {
+    /// Every type, in the order a call can emit them.
+    pub const ALL: [EventType; 5] = [
+        EventType::Initiated,
+        EventType::Ringing,
+        EventType::Answered,
+        EventType::Transferred,
+        EventType::Completed,
+    ];
+
+    /// The type whose wire name is `name` (what a receiver reads back).
+    pub fn from_name(name: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    /// Position in [`EventType::ALL`]: an index into per-type tables.
+    pub fn slot(self) -> usize {
+        self as usize
+    }
+
     /// The wire name, also a bounded metrics label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -440,6 +459,15 @@ mod tests {
         assert_eq!(Timestamp(5).since(Timestamp(9)), 0);
         assert_eq!(Timestamp(i64::MAX).to_string(), "9999-12-31T23:59:59.999Z");
         assert_eq!(Timestamp(-5).to_string(), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn event_types_round_trip_their_names_and_slots() {
+        for (i, t) in EventType::ALL.into_iter().enumerate() {
+            assert_eq!(t.slot(), i);
+            assert_eq!(EventType::from_name(t.as_str()), Some(t));
+        }
+        assert_eq!(EventType::from_name("webhook.test"), None);
     }
 
     #[test]
