@@ -46,7 +46,7 @@ pub struct IngestContext {
 /// and still be used. The tracker's timers run on this host's clock; an agent
 /// whose clock is off by more would fire (or hold back) invite and session timers
 /// wrongly, so its messages get the local receive time instead, counted.
-const MAX_CAPTURE_SKEW_MS: i64 = 10_000;
+pub const MAX_CAPTURE_SKEW_MS: u64 = 10_000;
 
 /// What a listener's bytes are: plain SIP, or SIP inside HEPv3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +148,7 @@ impl IngestContext {
     fn capture_time(&self, at: Option<Timestamp>, source: &str) -> Timestamp {
         let now = Timestamp::now();
         match at {
-            Some(t) if t.millis().abs_diff(now.millis()) <= MAX_CAPTURE_SKEW_MS.unsigned_abs() => t,
+            Some(t) if t.millis().abs_diff(now.millis()) <= MAX_CAPTURE_SKEW_MS => t,
             Some(_) => {
                 self.metrics
                     .capture_clock_skew

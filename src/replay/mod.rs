@@ -14,7 +14,7 @@ use std::path::Path;
 
 use crate::call::{Event, EventData, Meta, Timestamp, Tracker, TrackerConfig, Transport};
 use crate::config::Config;
-use crate::ingest::{apply_hints, hep_meta};
+use crate::ingest::{MAX_CAPTURE_SKEW_MS, apply_hints, hep_meta};
 use crate::sip::{self, ParseOptions, hep};
 
 /// Why a capture could not be replayed (a damaged tail only ends it early).
@@ -368,8 +368,6 @@ impl<'o> Replayer<'o> {
 
 /// A frame further ahead of the previous one than this is a corrupt timestamp.
 const MAX_FRAME_JUMP_MS: i64 = 24 * 3600 * 1000;
-/// How far a HEP or X-Siptrace time may be from its frame's capture time.
-const MAX_CAPTURE_SKEW_MS: u64 = 10_000;
 
 /// Upper bound on the timer turns of `--drain`.
 const MAX_DRAIN_TURNS: usize = 100_000_000;
