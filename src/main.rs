@@ -111,6 +111,9 @@ enum Command {
         /// Write the whole result as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Draw the latency histogram and latency over time to this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
         /// How long to wait for the last webhooks after the last message.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
         drain_deadline: std::time::Duration,
@@ -222,6 +225,7 @@ fn main() -> ExitCode {
             profile,
             baseline,
             json,
+            plot,
             drain_deadline,
             invite_timeout,
         } => {
@@ -250,7 +254,11 @@ fn main() -> ExitCode {
             let ran = tokio::runtime::Runtime::new()
                 .context("starting the async runtime")
                 .and_then(|rt| {
-                    Ok(rt.block_on(siphook::bench::run_and_report(&opts, json.as_deref()))?)
+                    Ok(rt.block_on(siphook::bench::run_and_report(
+                        &opts,
+                        json.as_deref(),
+                        plot.as_deref(),
+                    ))?)
                 });
             match ran {
                 Ok(true) => ExitCode::SUCCESS,

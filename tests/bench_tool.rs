@@ -137,14 +137,17 @@ async fn answered_calls_over_tcp() {
 }
 
 #[test]
-fn the_binary_runs_a_spawned_bench_and_writes_json() {
+fn the_binary_runs_a_spawned_bench_and_writes_json_and_a_plot() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
+    let svg = dir.path().join("bench.svg");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_siphook"))
         .args([
             "bench", "--spawn", "--calls", "20", "--rate", "50", "--json",
         ])
         .arg(&json)
+        .arg("--plot")
+        .arg(&svg)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -163,6 +166,12 @@ fn the_binary_runs_a_spawned_bench_and_writes_json() {
     assert!(report["siphook"]["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
     assert!(report["baseline"].is_null());
     assert_eq!(report["failures"], serde_json::json!([]));
+    let svg = std::fs::read_to_string(&svg).expect("the plot");
+    assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
+    assert!(svg.contains("latency distribution"));
+    assert!(svg.contains("latency over the run"));
+    // One point per latency sample: 80 events, all below the thinning limit.
+    assert_eq!(svg.matches("<circle").count(), 80);
 }
 
 #[test]

@@ -11,6 +11,7 @@
 mod flow;
 mod generator;
 mod output;
+mod plot;
 mod receiver;
 mod relay;
 mod report;
@@ -219,6 +220,14 @@ pub enum BenchError {
         addr: SocketAddr,
         /// Why.
         source: std::io::Error,
+    },
+    /// `--plot` could not draw or write its file.
+    #[error("writing the plot {path}: {reason}")]
+    Plot {
+        /// Which file.
+        path: String,
+        /// Why.
+        reason: String,
     },
     /// The temporary directory for the spawned siphook's outbox.
     #[error("creating {path}: {source}")]
@@ -443,10 +452,17 @@ async fn phases(
 }
 
 /// What `siphook bench` does: runs, prints the table on stdout, writes the JSON
-/// report to `json` if given. `Ok(false)`: the run was made and failed.
-pub async fn run_and_report(opts: &BenchOptions, json: Option<&Path>) -> Result<bool, BenchError> {
+/// report to `json` and the SVG plot to `plot` if given. `Ok(false)`: the run was made and failed.
+pub async fn run_and_report(
+    opts: &BenchOptions,
+    json: Option<&Path>,
+    plot: Option<&Path>,
+) -> Result<bool, BenchError> {
     let report = run(opts).await?;
     print!("{}", report.table());
+    if let Some(path) = plot {
+        plot::write_svg(&report, path)?;
+    }
     if let Some(path) = json {
         let text = serde_json::to_vec_pretty(&report)?;
         std::fs::write(path, text).map_err(|source| BenchError::WriteJson {

@@ -97,6 +97,10 @@ pub struct PhaseResult {
     /// SIP message sent → webhook received, for every expected event received
     /// that a message caused.
     pub latency_ms: Option<Quantiles>,
+    /// Every latency sample as (sent, latency) in nanoseconds since the run began,
+    /// in arrival order: what `--plot` draws. Too bulky for the JSON report.
+    #[serde(skip)]
+    pub series: Vec<(u64, u64)>,
 }
 
 fn events_per_sec(received: usize, sent: &Sent, last_arrival: Option<u64>) -> f64 {
@@ -148,7 +152,7 @@ pub(crate) fn analyse_events(profile: Profile, sent: &Sent, tally: EventTally<'_
         }
         last_seq[call] = last_seq[call].max(a.sequence);
         match cause.and_then(|step| sent.time(call, step)) {
-            Some(t) => samples.push(a.at.saturating_sub(t)),
+            Some(t) => samples.push((t, a.at.saturating_sub(t))),
             None => timer_events += usize::from(cause.is_none()),
         }
     }
@@ -179,7 +183,8 @@ pub(crate) fn analyse_events(profile: Profile, sent: &Sent, tally: EventTally<'_
         foreign,
         timer_events,
         relay_errors: None,
-        latency_ms: Quantiles::of(samples),
+        latency_ms: Quantiles::of(samples.iter().map(|&(_, l)| l).collect()),
+        series: samples,
     }
 }
 
@@ -228,7 +233,7 @@ pub(crate) fn analyse_relay(
         received += 1;
         last = last.max(Some(a.at));
         if let Some(t) = sent.time(call, step) {
-            samples.push(a.at.saturating_sub(t));
+            samples.push((t, a.at.saturating_sub(t)));
         }
     }
     let mut lost_by_type = std::collections::BTreeMap::new();
@@ -261,7 +266,8 @@ pub(crate) fn analyse_relay(
         foreign,
         timer_events: 0,
         relay_errors: Some(relay_errors),
-        latency_ms: Quantiles::of(samples),
+        latency_ms: Quantiles::of(samples.iter().map(|&(_, l)| l).collect()),
+        series: samples,
     }
 }
 
