@@ -321,33 +321,33 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     )
 }
 
-/// The body in the endpoint's format and encoding, and its content type.
+/// The body in the endpoint's format and encoding, and its content type. Redaction
+/// comes first, so the shapes below and the signature see only what the endpoint
+/// may see; an unredacted siphook-JSON body goes out as the exact stored bytes.
 fn render(ep: &EndpointConfig, event_json: &[u8]) -> Result<(Vec<u8>, &'static str), String> {
-    let value = || {
-        serde_json::from_slice::<serde_json::Value>(event_json)
-            .map_err(|e| format!("stored event is not JSON: {e}"))
-    };
-    let shaped = match ep.format {
-        Format::Siphook => None,
-        Format::CloudEvents => Some(super::format::cloudevent(&value()?)),
-    };
-    match (ep.encoding, shaped) {
-        (Encoding::Json, None) => Ok((event_json.to_vec(), "application/json")),
-        (Encoding::Json, Some(v)) => Ok((
-            serde_json::to_vec(&v).unwrap_or_default(),
-            "application/cloudevents+json",
-        )),
-        (Encoding::Form, shaped) => {
-            let v = match shaped {
-                Some(v) => v,
-                None => value()?,
-            };
-            Ok((
-                super::format::form_encode(&v).into_bytes(),
-                "application/x-www-form-urlencoded",
-            ))
-        }
+    if ep.redact.is_none() && ep.format == Format::Siphook && ep.encoding == Encoding::Json {
+        return Ok((event_json.to_vec(), "application/json"));
     }
+    let mut value = serde_json::from_slice::<serde_json::Value>(event_json)
+        .map_err(|e| format!("stored event is not JSON: {e}"))?;
+    if let Some(r) = &ep.redact {
+        r.apply(&mut value);
+    }
+    let (value, json_type) = match ep.format {
+        Format::Siphook => (value, "application/json"),
+        Format::CloudEvents => (
+            super::format::cloudevent(&value),
+            "application/cloudevents+json",
+        ),
+    };
+    Ok(match ep.encoding {
+        // Serializing a parsed JSON value cannot fail.
+        Encoding::Json => (serde_json::to_vec(&value).unwrap_or_default(), json_type),
+        Encoding::Form => (
+            super::format::form_encode(&value).into_bytes(),
+            "application/x-www-form-urlencoded",
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod client;
 pub mod control;
 pub mod dispatch;
 pub mod format;
+pub mod redact;
 pub mod sign;
 
 use std::collections::{BTreeMap, HashMap};
