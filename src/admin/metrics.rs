@@ -40,6 +40,9 @@ pub struct Metrics {
     /// 1 while the outbox takes new events, 0 while it refuses them (past
     /// max_bytes): the process is not ready then.
     pub outbox_accepting: IntGauge,
+    /// 1 once a write to the outbox failed (disk full, I/O error): sled keeps
+    /// such an error, so this lasts until the process restarts; readiness says why.
+    pub outbox_storage_failing: IntGauge,
     /// Time of one group commit (fsync).
     pub outbox_commit_duration: Histogram,
     /// Deliveries waiting, per endpoint.
@@ -183,6 +186,11 @@ impl Metrics {
                 g.set(1);
                 g
             },
+            outbox_storage_failing: gauge(
+                &r,
+                "siphook_outbox_storage_failing",
+                "1 once a write to the outbox failed; cleared by a restart.",
+            ),
             events_refused: counter(
                 &r,
                 "siphook_events_refused_total",

@@ -124,13 +124,16 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Reply {
 }
 
 /// Ready means: SIP listeners bound (true once this server runs), the outbox takes
-/// new events, and no shutdown has begun.
+/// new events (neither past `max_bytes` nor failing to write), and no shutdown has
+/// begun.
 fn readyz(state: &AdminState) -> Reply {
     let mut reasons = Vec::new();
     if state.stopping.is_cancelled() {
         reasons.push("shutting_down");
     }
-    if state.metrics.outbox_accepting.get() != 1 {
+    if state.metrics.outbox_storage_failing.get() == 1 {
+        reasons.push("outbox_storage_error");
+    } else if state.metrics.outbox_accepting.get() != 1 {
         reasons.push("outbox_full");
     }
     if reasons.is_empty() {

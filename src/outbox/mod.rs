@@ -97,6 +97,8 @@ pub struct Outbox {
     /// runs (a reload) must not send what a crash could still take back.
     durable_below: AtomicU64,
     max_bytes: u64,
+    /// The store's directory: a failed store probes it for free space.
+    path: std::path::PathBuf,
 }
 
 const HEADER: usize = 2 + 8 + 4 + 8 + 1;
@@ -166,7 +168,13 @@ impl Outbox {
             next_offset: AtomicU64::new(next),
             durable_below: AtomicU64::new(next),
             max_bytes,
+            path: path.to_path_buf(),
         })
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Bytes the store takes on disk.

@@ -183,7 +183,15 @@ pub async fn run(
                 }
             }
         }
-        commit(&outbox, &metrics, &mut errors).await?;
+        if let Err(e) = commit(&outbox, &metrics).await {
+            // Nothing of this batch is durable or announced: it is lost, and counted.
+            let lost = stored.iter().filter(|s| s.offset != u64::MAX).count();
+            metrics
+                .events_refused
+                .with_label_values(&["storage_error"])
+                .inc_by(u64::try_from(lost).unwrap_or(u64::MAX));
+            return Err(broken(&outbox, &metrics, e, &mut rx, &mut control, &mut errors).await);
+        }
         size = outbox.size_on_disk();
         metrics
             .outbox_size_bytes
@@ -231,41 +239,91 @@ fn refresh_space(outbox: &Outbox, metrics: &Metrics, size: u64) -> Result<(), Ou
     space
 }
 
-/// How long a failing flush is retried before the writer gives up.
-const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+/// One flush (fsync), timed. Not retried: sled keeps the first I/O error and
+/// returns it from every later call until the store is reopened.
+async fn commit(outbox: &Outbox, metrics: &Metrics) -> Result<(), OutboxError> {
+    let started = Instant::now();
+    outbox.commit().await?;
+    metrics
+        .outbox_commit_duration
+        .observe(started.elapsed().as_secs_f64());
+    Ok(())
+}
 
-/// Flushes, retrying a failing disk with backoff: nothing is announced that is not
-/// durable, so meanwhile the pipeline stalls and ingest sheds (counted). sled keeps
-/// an I/O error until the store is reopened, so after `GIVE_UP_AFTER` the error is
-/// returned and the process exits for its supervisor to restart it; everything
-/// committed before is on disk.
-async fn commit(
+/// How often a failed store checks whether the disk takes writes again.
+const SPACE_PROBE_EVERY: Duration = Duration::from_secs(1);
+/// What the probe must be able to write: room for sled to reopen and recover
+/// (it writes in 512 KiB segments), so a restart does not fail at once again.
+const SPACE_PROBE_BYTES: usize = 1 << 20;
+/// The probe's file, next to sled's own files (sled ignores names it does not know).
+const SPACE_PROBE_FILE: &str = ".siphook-space-probe";
+
+/// The store failed a write (disk full, I/O error) and sled will fail every later
+/// one, so the only way back is a fresh process. Meanwhile: not ready (reason
+/// `outbox_storage_error`), every new event refused and counted, the watchdog and
+/// reloads still answered. Once the disk takes a probe write again, the error is
+/// returned and the process exits non-zero for its supervisor to restart it;
+/// exiting earlier would only fail to reopen the store on a still-full disk and
+/// use up systemd's start limit. Everything committed before is on disk.
+async fn broken(
     outbox: &Outbox,
     metrics: &Metrics,
+    error: OutboxError,
+    rx: &mut mpsc::Receiver<Event>,
+    control: &mut mpsc::Receiver<Control>,
     errors: &mut RateLog,
-) -> Result<(), OutboxError> {
-    let mut backoff = Duration::from_millis(10);
-    let failing_since = Instant::now();
+) -> OutboxError {
+    metrics.outbox_accepting.set(0);
+    metrics.outbox_storage_failing.set(1);
+    tracing::error!(error = %error, "outbox cannot write to disk: refusing events, not ready; siphook exits once the disk takes writes again, for its supervisor to restart it (committed events are on disk)");
+    let mut probe = tokio::time::interval_at(
+        tokio::time::Instant::now() + SPACE_PROBE_EVERY,
+        SPACE_PROBE_EVERY,
+    );
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let started = Instant::now();
-        match outbox.commit().await {
-            Ok(()) => {
-                metrics
-                    .outbox_commit_duration
-                    .observe(started.elapsed().as_secs_f64());
-                return Ok(());
-            }
-            Err(e) if failing_since.elapsed() >= GIVE_UP_AFTER => {
-                tracing::error!(error = %e, "outbox commit failing for {}s; stopping so the service restarts", GIVE_UP_AFTER.as_secs());
-                return Err(e);
-            }
-            Err(e) => {
-                if let Some(suppressed) = errors.allow() {
-                    tracing::error!(error = %e, suppressed, "outbox commit failed; retrying");
+        tokio::select! {
+            biased;
+            Some(c) = control.recv() => match c {
+                // Nothing is routed any more; the reload itself must not hang.
+                Control::Route { applied, .. } => {
+                    let _ = applied.send(());
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                Control::Ping(reply) => {
+                    let _ = reply.send(());
+                }
+            },
+            e = rx.recv() => match e {
+                Some(event) => {
+                    metrics.events_refused.with_label_values(&["storage_error"]).inc();
+                    if let Some(suppressed) = errors.allow() {
+                        tracing::error!(error = %error, event_id = %event.id, suppressed, "event refused: the outbox cannot write to disk");
+                    }
+                }
+                None => return error,
+            },
+            _ = probe.tick() => {
+                if disk_takes_writes(outbox.path()).await {
+                    tracing::error!(error = %error, "the disk takes writes again; exiting so the supervisor restarts siphook on a reopened outbox");
+                    return error;
+                }
             }
         }
     }
+}
+
+/// Whether [`SPACE_PROBE_BYTES`] can be written and synced next to the store.
+async fn disk_takes_writes(dir: &std::path::Path) -> bool {
+    let file = dir.join(SPACE_PROBE_FILE);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let written = std::fs::File::create(&file).and_then(|mut f| {
+            f.write_all(&vec![0u8; SPACE_PROBE_BYTES])?;
+            f.sync_all()
+        });
+        let _ = std::fs::remove_file(&file);
+        written.is_ok()
+    })
+    .await
+    .unwrap_or(false)
 }
