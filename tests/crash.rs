@@ -6,71 +6,19 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::process::Siphook;
 use common::receiver::{Receiver, Reply};
-use common::{CallSpec, DEADLINE, ms};
+use common::{CallSpec, ms};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UdpSocket;
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
-
-struct Siphook {
-    child: Child,
-    /// Events as printed after their commit (`--print-events`).
-    committed: mpsc::UnboundedReceiver<Value>,
-}
-
-fn spawn(config: &std::path::Path) -> Siphook {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_siphook"))
-        .args(["run", "--config"])
-        .arg(config)
-        .arg("--print-events")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("siphook starts");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, committed) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Ok(v) = serde_json::from_str(&line) {
-                let _ = tx.send(v);
-            }
-        }
-    });
-    Siphook { child, committed }
-}
-
-impl Siphook {
-    async fn next_committed(&mut self) -> Value {
-        tokio::time::timeout(DEADLINE, self.committed.recv())
-            .await
-            .expect("a committed event")
-            .expect("siphook running")
-    }
-}
 
 /// Sends a fresh INVITE until siphook has committed it: proves it is listening.
 async fn wait_ready(s: &mut Siphook, sock: &UdpSocket, target: &str, name: &str) {
-    let probe = CallSpec::new(name);
-    for _ in 0..200 {
-        sock.send_to(probe.invite(1).as_bytes(), target)
-            .await
-            .unwrap();
-        if let Ok(Some(v)) =
-            tokio::time::timeout(Duration::from_millis(100), s.committed.recv()).await
-        {
-            assert_eq!(v["call"]["sip_call_id"], name);
-            return;
-        }
-    }
-    panic!("siphook did not start listening");
+    let before = s.wait_ready(sock, target, name).await;
+    assert!(before.is_empty(), "committed before the probe: {before:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,7 +42,7 @@ async fn sigkill_loses_no_committed_event_and_calls_survive_the_restart() {
         .map(|i| CallSpec::new(&format!("crash-{i}")))
         .collect();
 
-    let mut first = spawn(&config);
+    let mut first = Siphook::spawn(&config);
     wait_ready(&mut first, &sock, &target, "probe-1").await;
     for c in &calls {
         for m in [
@@ -137,7 +85,7 @@ async fn sigkill_loses_no_committed_event_and_calls_survive_the_restart() {
         "the kill must leave a backlog (delivered {delivered_before_kill})"
     );
 
-    let mut second = spawn(&config);
+    let mut second = Siphook::spawn(&config);
     wait_ready(&mut second, &sock, &target, "probe-2").await;
     for c in &calls {
         sock.send_to(c.bye(2, "b").as_bytes(), &target)

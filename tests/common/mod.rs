@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod process;
 pub mod receiver;
 
 use std::net::SocketAddr;
