@@ -429,11 +429,14 @@ fn leak_config(
     (config, sip, hep, admin_at)
 }
 
+/// Lines of a child's output, collected as they come.
+type Lines = Arc<Mutex<Vec<String>>>;
+
 /// The real binary with its stdout and stderr lines collected.
 struct Running {
     child: Child,
-    out: Arc<Mutex<Vec<String>>>,
-    err: Arc<Mutex<Vec<String>>>,
+    out: Lines,
+    err: Lines,
 }
 
 impl Running {
@@ -450,9 +453,8 @@ impl Running {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let (out, err): (Arc<Mutex<Vec<String>>>, Arc<Mutex<Vec<String>>>) = Default::default();
-        let collect = |pipe: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-                       into: Arc<Mutex<Vec<String>>>| {
+        let (out, err) = (Lines::default(), Lines::default());
+        let collect = |pipe: Box<dyn tokio::io::AsyncRead + Send + Unpin>, into: Lines| {
             tokio::spawn(async move {
                 let mut lines = BufReader::new(pipe).lines();
                 while let Ok(Some(l)) = lines.next_line().await {
