@@ -511,3 +511,46 @@ impl CallSpec {
         ]
     }
 }
+
+/// siphook in-process with delivery: SIP on loopback, the outbox in a fresh temp
+/// dir, `endpoints` (TOML `[[endpoints]]` tables) delivering.
+pub async fn start_delivery(
+    endpoints: &str,
+) -> (Harness, siphook::deliver::Delivery, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[sip]\nudp = [\"127.0.0.1:0\"]\ntcp = []\n[outbox]\npath = \"{}\"\n{endpoints}",
+        dir.path().join("outbox").display()
+    );
+    let config = Config::parse(&text).unwrap();
+    let mut h = Harness::with_config(config.clone()).await;
+    let events = std::mem::replace(&mut h.gw.events, tokio::sync::mpsc::channel(1).1);
+    let outbox = siphook::deliver::open_outbox(&config).unwrap();
+    let delivery =
+        siphook::deliver::Delivery::start(&config, outbox, events, None, h.gw.metrics.clone())
+            .unwrap();
+    (h, delivery, dir)
+}
+
+/// A histogram's observation count, and how many observations were at most `le`
+/// (an upper bound the histogram has as a bucket).
+pub fn histogram_at_most(metrics: &Metrics, name: &str, le: f64) -> (u64, u64) {
+    for family in metrics.registry.gather() {
+        if family.name() != name {
+            continue;
+        }
+        let (mut count, mut within) = (0, 0);
+        for m in family.get_metric() {
+            let h = m.get_histogram();
+            count += h.get_sample_count();
+            within += h
+                .get_bucket()
+                .iter()
+                .find(|b| b.upper_bound() == le)
+                .unwrap_or_else(|| panic!("{name} has no bucket le={le}"))
+                .cumulative_count();
+        }
+        return (count, within);
+    }
+    (0, 0)
+}
