@@ -446,3 +446,184 @@ async fn dns_failure_inside_the_namespace() {
     assert_eq!(crm["dead_letters"], 0, "{crm}");
     drop(s);
 }
+
+/// `/v1/endpoints`' entry for `name`.
+async fn endpoint_status(addr: std::net::SocketAddr, name: &str) -> Value {
+    let reply = admin::get(addr, "/v1/endpoints", ADMIN_TOKEN).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()["items"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("{name} is listed"))
+}
+
+/// Polls until endpoint `name` is `state` with `pending` deliveries waiting.
+async fn wait_endpoint(addr: std::net::SocketAddr, name: &str, state: &str, pending: usize) {
+    let start = Instant::now();
+    loop {
+        let e = endpoint_status(addr, name).await;
+        if e["state"] == state && e["pending"] == pending {
+            return;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{name} stayed {e}, wanted {state} with {pending} pending"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Takes committed events from `s` until `n` arrived, recording them.
+async fn take_committed(s: &mut Siphook, n: usize, into: &mut Vec<Value>) {
+    for _ in 0..n {
+        into.push(s.next_committed().await);
+    }
+}
+
+fn retries(samples: &[admin::Sample], endpoint: &str) -> f64 {
+    sum(
+        samples,
+        "siphook_deliveries_total",
+        &[("endpoint", endpoint), ("outcome", "retry")],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_outage_across_a_restart_loses_nothing_and_drains_in_order() {
+    // The endpoints' port has nothing listening: every attempt is refused.
+    let port = common::free_port(false);
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let dir = tempfile::tempdir().unwrap();
+    let long = std::iter::once("\"0s\"".to_owned())
+        .chain(std::iter::repeat_n("\"100ms\"".to_owned(), 50))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // crm retries 51 times, far past this outage; "short" gives up after 3
+    // attempts, so its events end delivered or dead-lettered, nothing else.
+    let extra = format!(
+        "max_in_flight = 4\ncircuit_probe_interval = \"100ms\"\nretry_schedule = [{long}]\n\n\
+         [[endpoints]]\nname = \"short\"\nurl = \"{url}\"\nallow_http = true\n\
+         secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\nevents = [\"call.initiated\"]\n\
+         headers = {{ \"X-Endpoint\" = \"short\" }}\ncircuit_probe_interval = \"100ms\"\n\
+         retry_schedule = [\"0s\", \"100ms\", \"100ms\"]"
+    );
+    let (config, target) = common::binary_config(dir.path(), &url, &extra);
+    let admin_addr = common::admin_addr(&config);
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let send = |m: String| {
+        let (sock, target) = (&sock, &target);
+        async move { sock.send_to(m.as_bytes(), target).await.unwrap() }
+    };
+    let calls: Vec<CallSpec> = (0..10)
+        .map(|i| CallSpec::new(&format!("outage-{i}")))
+        .collect();
+    let mut committed = Vec::new();
+
+    let mut s = Siphook::spawn(&config);
+    s.wait_ready(&sock, &target, "outage-probe-1").await;
+    committed.push(serde_json::json!({"call": {"sip_call_id": "outage-probe-1"}, "sequence": 1}));
+    // Calls keep coming during the outage: six answered, still up.
+    for c in &calls[..6] {
+        for m in [
+            c.invite(1),
+            c.resp(180, 1, "INVITE", Some("b")),
+            c.resp(200, 1, "INVITE", Some("b")),
+            c.ack(1, "b"),
+        ] {
+            send(m).await;
+        }
+        take_committed(&mut s, 3, &mut committed).await;
+    }
+    // Ten straight failures open crm's circuit: from then on one probe per
+    // interval, whatever the schedule of each event says.
+    wait_endpoint(admin_addr, "crm", "circuit_open", committed.len()).await;
+    let before = retries(&scrape(admin_addr).await, "crm");
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let probes = retries(&scrape(admin_addr).await, "crm") - before;
+    let elapsed = window.elapsed().as_millis() as f64;
+    let expected = elapsed / 100.0;
+    assert!(
+        probes >= expected * 0.5 && probes <= expected + 2.0,
+        "{probes} probes in {elapsed} ms at one per 100 ms"
+    );
+    let crm = endpoint_status(admin_addr, "crm").await;
+    assert_eq!(crm["dead_letters"], 0, "{crm}");
+    assert!(
+        crm["last_error"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Connection refused")),
+        "{crm}"
+    );
+
+    // The host dies mid-outage.
+    committed.extend(s.kill9().await);
+    let mut s = Siphook::spawn(&config);
+    let before = s.wait_ready(&sock, &target, "outage-probe-2").await;
+    assert!(before.is_empty(), "{before:?}");
+    committed.push(serde_json::json!({"call": {"sip_call_id": "outage-probe-2"}, "sequence": 1}));
+    for c in &calls[..6] {
+        send(c.bye(2, "b")).await;
+        take_committed(&mut s, 1, &mut committed).await;
+    }
+    for c in &calls[6..] {
+        for m in c.answered_flow() {
+            send(m).await;
+        }
+        take_committed(&mut s, 4, &mut committed).await;
+    }
+    assert_eq!(committed.len(), 2 + 10 * 4);
+    wait_endpoint(admin_addr, "crm", "circuit_open", committed.len()).await;
+
+    // The endpoint returns: everything drains, once, in each call's order.
+    let mut rx = Receiver::start_on(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        Arc::new(|_| Reply::status(200)),
+    )
+    .await;
+    let want: HashSet<(String, u64)> = committed.iter().map(key).collect();
+    let mut crm_got: HashMap<(String, u64), String> = HashMap::new();
+    let mut last_seq: HashMap<String, u64> = HashMap::new();
+    let mut short_got: HashSet<String> = HashSet::new();
+    while crm_got.len() < want.len() {
+        let req = rx.next().await;
+        let v = req.json();
+        let id = req.header("webhook-id").to_owned();
+        if req.header("x-endpoint") == "short" {
+            assert_eq!(v["type"], "call.initiated");
+            assert!(short_got.insert(id), "short got {} twice", v["id"]);
+            continue;
+        }
+        let k = key(&v);
+        assert!(want.contains(&k), "not committed: {k:?}");
+        assert!(crm_got.insert(k.clone(), id).is_none(), "{k:?} twice");
+        let last = last_seq.entry(k.0.clone()).or_insert(0);
+        assert_eq!(k.1, *last + 1, "{} out of order", k.0);
+        *last = k.1;
+    }
+    wait_endpoint(admin_addr, "crm", "healthy", 0).await;
+    wait_endpoint(admin_addr, "short", "healthy", 0).await;
+    // short: each call.initiated delivered once, or a dead letter after exactly
+    // its three attempts; never both, never neither.
+    let dead = admin::get(admin_addr, "/v1/deadletters?endpoint=short", ADMIN_TOKEN).await;
+    let dead = dead.json()["items"].as_array().unwrap().clone();
+    while let Ok(req) = rx.requests.try_recv() {
+        assert_eq!(req.header("x-endpoint"), "short", "crm sent more");
+        assert!(short_got.insert(req.header("webhook-id").to_owned()));
+    }
+    let initiated: HashSet<String> = crm_got
+        .iter()
+        .filter(|((_, seq), _)| *seq == 1)
+        .map(|(_, id)| id.clone())
+        .collect();
+    let mut accounted = short_got.clone();
+    for d in &dead {
+        assert_eq!(d["state"]["attempts"], 3, "{d}");
+        let id = d["event_id"].as_str().unwrap().to_owned();
+        assert!(accounted.insert(id), "{d} delivered and dead");
+    }
+    assert_eq!(accounted, initiated);
+    let crm = endpoint_status(admin_addr, "crm").await;
+    assert_eq!(crm["dead_letters"], 0, "{crm}");
+    drop(s);
+}

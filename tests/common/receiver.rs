@@ -74,6 +74,21 @@ impl Receiver {
     /// Like [`Receiver::start`], speaking HTTPS with `tls`.
     pub async fn start_with(fallback: Policy, tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Receiver::serve(listener, fallback, tls)
+    }
+
+    /// Like [`Receiver::start`] on a given address: an endpoint that was down
+    /// (nothing listening on its port) comes back.
+    pub async fn start_on(addr: SocketAddr, fallback: Policy) -> Receiver {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        Receiver::serve(listener, fallback, None)
+    }
+
+    fn serve(
+        listener: TcpListener,
+        fallback: Policy,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Receiver {
         let addr = listener.local_addr().unwrap();
         let (tx, requests) = mpsc::unbounded_channel();
         let script: Arc<Mutex<VecDeque<Reply>>> = Arc::default();
