@@ -157,6 +157,19 @@ impl Config {
 
     /// Validates configuration text; every problem found is reported.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_unscrubbed(text).map_err(|e| match e {
+            ConfigError::Invalid(mut problems) => {
+                for p in &mut problems {
+                    p.path = scrub_secrets(&p.path);
+                    p.message = scrub_secrets(&p.message);
+                }
+                ConfigError::Invalid(problems)
+            }
+            other => other,
+        })
+    }
+
+    fn parse_unscrubbed(text: &str) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             ConfigError::Invalid(vec![Problem {
@@ -210,6 +223,26 @@ impl Config {
             Err(ConfigError::Invalid(problems))
         }
     }
+}
+
+/// Cuts what follows `whsec_` from a problem's text: a signing secret typed under
+/// the wrong key (or as a key) would otherwise be quoted back into a log.
+fn scrub_secrets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("whsec_") {
+        let (before, after) = rest.split_at(i + "whsec_".len());
+        out.push_str(before);
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "+/=_-".contains(c)))
+            .unwrap_or(after.len());
+        if end > 0 {
+            out.push('…');
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[derive(Deserialize, Default)]
@@ -496,6 +529,21 @@ pub(crate) fn problems(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_under_the_wrong_key_is_not_quoted_back() {
+        assert_eq!(
+            problems("[sip]\nudp = [\"whsec_c2VjcmV0LXZhbHVl\"]\nwhsec_a2V5 = 1\n"),
+            [
+                "sip.whsec_…: unknown key",
+                "sip.udp[0]: invalid socket address \"whsec_…\""
+            ]
+        );
+        assert_eq!(
+            scrub_secrets("after \"whsec_\"; whsec_ab+/= x"),
+            "after \"whsec_\"; whsec_… x"
+        );
+    }
 
     #[test]
     fn empty_file_is_the_default() {
