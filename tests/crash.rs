@@ -127,3 +127,192 @@ async fn sigkill_loses_no_committed_event_and_calls_survive_the_restart() {
     }
     let _ = second.child.start_kill();
 }
+
+/// A call's event by Call-ID and sequence.
+fn key(v: &Value) -> (String, u64) {
+    (
+        v["call"]["sip_call_id"].as_str().unwrap().to_owned(),
+        v["sequence"].as_u64().unwrap(),
+    )
+}
+
+/// xorshift64*: a seeded sequence of kill points that a failure can repeat.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// Notes events printed after their commit: what a crash must never take back.
+fn record(committed: &mut HashMap<(String, u64), String>, events: Vec<Value>) {
+    for v in events {
+        committed.insert(key(&v), v["id"].as_str().unwrap().to_owned());
+    }
+}
+
+/// Log lines that would mean the store came back damaged or inconsistent.
+fn damage(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| {
+            l.contains("ERROR")
+                || l.contains("panicked")
+                || l.contains("corrupt")
+                || l.contains("unreadable")
+                || l.contains("without its event")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_points_never_loses_a_committed_event_or_damages_the_store() {
+    const ITERATIONS: usize = 30;
+    let seed = std::env::var("SIPHOOK_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+        | 1;
+    println!("kill -9 loop seed {seed} (SIPHOOK_CRASH_SEED={seed} repeats the kill points)");
+    let mut rng = Rng(seed);
+    // Answers vary in time, and some fail, so kills land during attempts, retries
+    // and the recording of deliveries as well as during commits.
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let c = counter.clone();
+    let mut rx = Receiver::start(Arc::new(move |_| {
+        let n = c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let r = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
+        Reply {
+            status: if r % 10 == 0 { 503 } else { 200 },
+            headers: vec![],
+            delay: Duration::from_millis(r % 15),
+        }
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, target) = common::binary_config(
+        dir.path(),
+        &rx.url(),
+        "max_in_flight = 4\nretry_schedule = [\"0s\", \"20ms\", \"20ms\", \"20ms\", \"20ms\", \"20ms\", \"20ms\", \"20ms\", \"20ms\", \"20ms\"]",
+    );
+    let admin_addr = common::admin_addr(&config);
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+
+    let mut committed: HashMap<(String, u64), String> = HashMap::new();
+    let mut opened: Vec<CallSpec> = Vec::new();
+    let mut all_calls: Vec<CallSpec> = Vec::new();
+    for iteration in 0..ITERATIONS {
+        let mut s = Siphook::spawn(&config);
+        // It starts, on the store the last SIGKILL left, or the test fails here.
+        let probe = format!("kill-probe-{iteration}");
+        record(&mut committed, s.wait_ready(&sock, &target, &probe).await);
+        committed.insert((probe, 1), String::new());
+        // The calls opened last time end; new ones open (answered, still up).
+        let mut msgs: Vec<String> = opened
+            .drain(..)
+            .flat_map(|c| [c.bye(2, "b"), c.resp(200, 2, "BYE", Some("b"))])
+            .collect();
+        for n in 0..1 + rng.below(8) {
+            let c = CallSpec::new(&format!("kill-{iteration}-{n}"));
+            msgs.extend([
+                c.invite(1),
+                c.resp(180, 1, "INVITE", Some("b")),
+                c.resp(200, 1, "INVITE", Some("b")),
+                c.ack(1, "b"),
+            ]);
+            opened.push(c.clone());
+            all_calls.push(c);
+        }
+        let cut = rng.below(msgs.len() as u64 + 1) as usize;
+        for m in &msgs[..cut] {
+            sock.send_to(m.as_bytes(), &target).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(rng.below(60))).await;
+        record(&mut committed, s.kill9().await);
+        let log = s.log_text();
+        assert!(damage(&log).is_empty(), "iteration {iteration}:\n{log}");
+    }
+
+    // A last start ends every call and drains.
+    let mut s = Siphook::spawn(&config);
+    record(
+        &mut committed,
+        s.wait_ready(&sock, &target, "kill-probe-last").await,
+    );
+    committed.insert(("kill-probe-last".into(), 1), String::new());
+    for c in &all_calls {
+        for m in [c.bye(2, "b"), c.resp(200, 2, "BYE", Some("b"))] {
+            sock.send_to(m.as_bytes(), &target).await.unwrap();
+        }
+    }
+    // Every committed event arrives; a repeat carries the same webhook-id.
+    let mut got: HashMap<(String, u64), String> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + common::DEADLINE * 2;
+    let check = |req: common::receiver::Received, got: &mut HashMap<(String, u64), String>| {
+        let v = req.json();
+        let id = req.header("webhook-id").to_owned();
+        assert_eq!(v["id"], id.as_str());
+        let k = key(&v);
+        assert_eq!(
+            got.entry(k.clone()).or_insert_with(|| id.clone()),
+            &id,
+            "{k:?}"
+        );
+    };
+    while !committed.keys().all(|k| got.contains_key(k)) {
+        let req = tokio::time::timeout_at(deadline, rx.requests.recv())
+            .await
+            .unwrap_or_else(|_| {
+                let lost: Vec<_> = committed.keys().filter(|k| !got.contains_key(*k)).collect();
+                panic!("seed {seed}: committed, never delivered: {lost:?}")
+            })
+            .unwrap();
+        check(req, &mut got);
+    }
+    for (k, id) in &committed {
+        assert!(
+            id.is_empty() || &got[k] == id,
+            "seed {seed}: {k:?} changed its id"
+        );
+    }
+    // Whatever else arrives before the outbox is empty (completions of calls
+    // whose last event came after the kill) is checked too.
+    let start = tokio::time::Instant::now();
+    loop {
+        let reply = common::admin::get(admin_addr, "/v1/endpoints", common::ADMIN_TOKEN).await;
+        let crm = &reply.json()["items"][0];
+        if crm["pending"] == 0 {
+            assert_eq!(crm["dead_letters"], 0, "seed {seed}: {crm}");
+            break;
+        }
+        assert!(start.elapsed() < common::DEADLINE, "seed {seed}: {crm}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while let Ok(req) = rx.requests.try_recv() {
+        check(req, &mut got);
+    }
+    // No call ends with a gap: what a crash took back was never numbered.
+    let mut per_call: HashMap<&str, Vec<u64>> = HashMap::new();
+    for (call, seq) in got.keys() {
+        per_call.entry(call).or_default().push(*seq);
+    }
+    for (call, mut seqs) in per_call {
+        seqs.sort();
+        let want: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, want, "seed {seed}: {call} has a gap");
+    }
+    let log = s.log_text();
+    assert!(damage(&log).is_empty(), "{log}");
+    println!(
+        "kill -9 loop: {ITERATIONS} kills, {} events committed, {} delivered",
+        committed.len(),
+        got.len()
+    );
+}
