@@ -190,7 +190,7 @@ async fn sigkill_at_random_points_never_loses_a_committed_event_or_damages_the_s
         let n = c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let r = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
         Reply {
-            status: if r % 10 == 0 { 503 } else { 200 },
+            status: if r.is_multiple_of(10) { 503 } else { 200 },
             headers: vec![],
             delay: Duration::from_millis(r % 15),
         }
