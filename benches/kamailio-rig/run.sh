@@ -22,6 +22,10 @@
 #   SLOW_MS    the slow endpoint's delay (default 50)
 #   DOWN_AT, DOWN_FOR  the down window (default 5 and 30 seconds)
 #   CHILDREN   Kamailio UDP workers (default 8, Debian's stock kamailio.cfg)
+#   QUEUE_PROCS  processes draining Kamailio's webhook queue in "queue" runs
+#              (default: CHILDREN)
+#   DRAIN      longest wait, after the last call, for both systems' backlogs
+#              (default 180 seconds); what has not arrived by then is missing
 #   BASE_PORT  first of the loopback ports used (default 25060)
 #   OUT        results directory (default target/kamailio-rig/<date>)
 #   SIPHOOK    the siphook binary (default target/release/siphook, built if absent)
@@ -38,6 +42,8 @@ SLOW_MS="${SLOW_MS:-50}"
 DOWN_AT="${DOWN_AT:-5}"
 DOWN_FOR="${DOWN_FOR:-30}"
 CHILDREN="${CHILDREN:-8}"
+QUEUE_PROCS="${QUEUE_PROCS:-$CHILDREN}"
+DRAIN="${DRAIN:-180}"
 BASE_PORT="${BASE_PORT:-25060}"
 RUNS="${RUNS:-baseline sync-fast sync-slow sync-down sync-hang queue-fast queue-slow queue-down queue-hang}"
 OUT="${OUT:-$ROOT/target/kamailio-rig/$(date -u +%Y%m%dT%H%M%SZ)}"
@@ -104,6 +110,19 @@ siphook_drained() {
     ! grep -E '^siphook_outbox_pending\{' <<<"$m" | grep -vqE ' 0$'
 }
 
+# Waits (up to DRAIN seconds) until siphook has nothing pending and Kamailio's
+# posts have stopped arriving for 5 s (its queue, or its blocked workers, drained).
+drain() {
+    local end=$(( $(date +%s) + DRAIN )) last="" still=0 now
+    while [ "$(date +%s)" -lt "$end" ]; do
+        now="$(curl -sf "http://127.0.0.1:$RECV_PORT/stats" | grep kamailio || true)"
+        if [ "$now" = "$last" ]; then still=$((still + 1)); else still=0; last="$now"; fi
+        if [ "$still" -ge 5 ] && siphook_drained; then return 0; fi
+        sleep 1
+    done
+    echo "   not drained after ${DRAIN}s: what is still queued counts as missing" >&2
+}
+
 one_run() {
     local run="$1" dir="$OUT/$1" mode endpoint
     mkdir -p "$dir"
@@ -149,7 +168,7 @@ TOML
         -A "HOOK_URL=\"http://127.0.0.1:$RECV_PORT/kamailio\"" -A "CHILDREN=$CHILDREN")
     case "$mode" in
         sync) defs+=(-A HOOKS_SYNC) ;;
-        queue) defs+=(-A HOOKS_QUEUE) ;;
+        queue) defs+=(-A HOOKS_QUEUE -A "QUEUE_TIMER=\"name=hooks;interval=2000u;mode=$QUEUE_PROCS;\"") ;;
     esac
     mkdir -p "$dir/kamailio"
     setsid "$KAMAILIO" -DD -E -m 256 -M 16 -f "$HERE/kamailio.cfg" -Y "$dir/kamailio" \
@@ -195,8 +214,9 @@ TOML
 
     # siphook's backlog (after an outage) and Kamailio's queue are given time to
     # drain; the deadline covers the shortened retry schedule and circuit probes.
-    wait_for "siphook to drain" 180 siphook_drained || true
-    sleep 3
+    local t_drain; t_drain="$(now_ms)"
+    drain
+    echo "   drained in $(( ($(now_ms) - t_drain) / 1000 )) s" >&2
     curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" >"$dir/siphook.metrics" || true
 
     cleanup

@@ -67,6 +67,9 @@ struct SystemResult {
     all: EventResult,
     /// Arrivals for no due event (a call or event the wire did not show).
     unexpected: usize,
+    /// Calls whose events first arrived in another order than they happened
+    /// (initiated, ringing, answered, completed).
+    calls_out_of_order: usize,
     bad_signatures: usize,
 }
 
@@ -156,6 +159,18 @@ fn system(
         }
     }
     for (id, call) in calls {
+        let mut firsts: Vec<(u64, usize)> = Vec::new();
+        for (rank, &event) in events.iter().enumerate() {
+            if let Some(seen) = got.get(&(id.as_str(), event))
+                && let Some(&(t, _)) = seen.iter().min_by_key(|&&(t, _)| t)
+            {
+                firsts.push((t, rank));
+            }
+        }
+        firsts.sort_unstable();
+        if firsts.windows(2).any(|w| w[0].1 > w[1].1) {
+            r.calls_out_of_order += 1;
+        }
         for &event in events {
             let e = r.events.entry(event).or_default();
             let Some(t0) = trigger(call, event) else {
@@ -378,8 +393,15 @@ fn markdown(r: &Result) -> String {
     );
     let unexpected = r.siphook.unexpected + r.kamailio.as_ref().map_or(0, |k| k.unexpected);
     let bad = r.siphook.bad_signatures;
+    let order = match &r.kamailio {
+        Some(k) => format!(
+            "siphook {}, Kamailio {}",
+            r.siphook.calls_out_of_order, k.calls_out_of_order
+        ),
+        None => format!("siphook {}", r.siphook.calls_out_of_order),
+    };
     s += &format!(
-        "unexpected webhooks {unexpected}, bad signatures {bad}, capture datagrams not parsed {}\n\n",
+        "calls with events out of order: {order}; unexpected webhooks {unexpected}, bad signatures {bad}, capture datagrams not parsed {}\n\n",
         r.capture_unparsed
     );
     s

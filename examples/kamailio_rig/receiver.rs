@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -83,6 +84,10 @@ pub struct Arrival {
 }
 
 struct State {
+    /// Posts so far to `/kamailio` and to `/siphook`, for run.sh to see a
+    /// backlog drain (`GET /stats`).
+    kamailio: AtomicUsize,
+    siphook: AtomicUsize,
     delay: Duration,
     secret: Option<Secret>,
     log: mpsc::UnboundedSender<Arrival>,
@@ -102,6 +107,8 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Arrival>();
     let state = Arc::new(State {
+        kamailio: AtomicUsize::new(0),
+        siphook: AtomicUsize::new(0),
         delay: Duration::from_millis(args.delay_ms),
         secret,
         log: tx,
@@ -248,6 +255,14 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
+    if parts.method == hyper::Method::GET && parts.uri.path() == "/stats" {
+        let text = format!(
+            "kamailio {}\nsiphook {}\n",
+            state.kamailio.load(Ordering::Relaxed),
+            state.siphook.load(Ordering::Relaxed)
+        );
+        return Ok(Response::new(Full::new(Bytes::from(text))));
+    }
     let Ok(body) = Limited::new(body, MAX_BODY).collect().await else {
         return Ok(answer(StatusCode::PAYLOAD_TOO_LARGE));
     };
@@ -281,6 +296,11 @@ async fn handle(
             b.call_id.or(b.call.and_then(|c| c.sip_call_id)),
         ),
         None => (None, None),
+    };
+    match parts.uri.path() {
+        "/kamailio" => state.kamailio.fetch_add(1, Ordering::Relaxed),
+        "/siphook" => state.siphook.fetch_add(1, Ordering::Relaxed),
+        _ => 0,
     };
     let _ = state.log.send(Arrival {
         t_ns,
