@@ -196,3 +196,13 @@ pub async fn wait_metric(
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// `/v1/endpoints`' entry for endpoint `name` (with [`super::ADMIN_TOKEN`]).
+pub async fn endpoint(addr: SocketAddr, name: &str) -> serde_json::Value {
+    let reply = get(addr, "/v1/endpoints", super::ADMIN_TOKEN).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply.json()["items"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("{name} is listed"))
+}

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod process;
 pub mod receiver;
+pub mod stage;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
