@@ -228,7 +228,7 @@ async fn an_endpoint_that_accepts_and_never_answers_costs_one_timeout_per_attemp
     for pair in connects.windows(2) {
         let gap = pair[1].at.duration_since(pair[0].at);
         assert!(
-            gap >= Duration::from_millis(300 + 80) && gap < Duration::from_millis(300 + 120 + 700),
+            gap >= Duration::from_millis(300 + 80) && gap < Duration::from_millis(300 + 120 + 2000),
             "attempts {gap:?} apart"
         );
     }
@@ -248,11 +248,11 @@ async fn an_endpoint_that_accepts_and_never_answers_costs_one_timeout_per_attemp
         ),
         3.0
     );
-    // Each attempt lasted the timeout, and not much more.
+    // Each attempt lasted the timeout, and not much more (2.5 s: a hang guard).
     let (count, within) = histogram_at_most(
         &h.gw.metrics,
         "siphook_delivery_attempt_duration_seconds",
-        1.0,
+        2.5,
     );
     assert_eq!((count, within), (3, 3));
     let (_, quick) = histogram_at_most(
@@ -279,7 +279,7 @@ async fn a_stalled_body_times_out_and_is_retried_while_other_calls_are_delivered
     })))
     .await;
     let (h, _delivery, _dir) = common::start_delivery(&ep.endpoint(
-        "events = [\"call.initiated\", \"call.completed\"]\ntimeout = \"1s\"\nretry_schedule = [\"0s\", \"50ms\"]",
+        "events = [\"call.initiated\", \"call.completed\"]\ntimeout = \"2s\"\nretry_schedule = [\"0s\", \"50ms\"]",
     ))
     .await;
     let stall = CallSpec::new("stall");
@@ -303,7 +303,7 @@ async fn a_stalled_body_times_out_and_is_retried_while_other_calls_are_delivered
             break s;
         }
         assert!(
-            s.at.duration_since(first.at) < Duration::from_secs(1),
+            s.at.duration_since(first.at) < Duration::from_secs(2),
             "{call} waited for the stalled call"
         );
         others += 1;
@@ -311,7 +311,7 @@ async fn a_stalled_body_times_out_and_is_retried_while_other_calls_are_delivered
     assert_eq!(others, 5, "every other call delivered during the stall");
     let waited = retry.at.duration_since(first.at);
     assert!(
-        waited >= Duration::from_millis(1000) && waited < Duration::from_millis(1000 + 60 + 900),
+        waited >= Duration::from_millis(2000) && waited < Duration::from_millis(2000 + 60 + 3000),
         "retried {waited:?} after the stalled attempt"
     );
     assert_eq!(retry.webhook_id, first.webhook_id);
@@ -351,7 +351,7 @@ async fn huge_answer(status: u16) -> Huge {
     })))
     .await;
     let (h, delivery, dir) = common::start_delivery(&ep.endpoint(
-        "events = [\"call.initiated\"]\ntimeout = \"5s\"\nretry_schedule = [\"0s\", \"50ms\"]",
+        "events = [\"call.initiated\"]\ntimeout = \"10s\"\nretry_schedule = [\"0s\", \"50ms\"]",
     ))
     .await;
     let started = Instant::now();
@@ -363,7 +363,7 @@ async fn huge_answer(status: u16) -> Huge {
         .await;
     // Settled long before the timeout: siphook stopped reading, it did not wait.
     assert!(
-        started.elapsed() < Duration::from_secs(4),
+        started.elapsed() < Duration::from_secs(8),
         "{:?}",
         started.elapsed()
     );
