@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Process memory with many calls up at once: starts a release siphook on loopback,
+# holds CALLS answered calls open (siphook bench --hold), and reads the process's
+# RSS when they are all active, against its RSS before the first call.
+#
+#   benches/active_calls.sh [CALLS] [RATE]     (defaults: 100000 calls at 2000/s)
+#
+# Prints RSS idle, RSS at the peak, calls active (siphook_calls_active) and bytes
+# per call. The call table's own heap per call is `cargo bench --bench call_memory`;
+# this one also counts the allocator's slack, sled's page cache and the dispatcher.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CALLS=${1:-100000}
+RATE=${2:-2000}
+# All calls start in CALLS/RATE seconds; each is held long enough that the first
+# is still up when the last starts, plus a margin for the measurement.
+START_S=$(( (CALLS + RATE - 1) / RATE ))
+HOLD_S=$(( START_S + 30 ))
+
+BIN=target/release/siphook
+[ -x "$BIN" ] || cargo build --release --locked
+work=$(mktemp -d)
+trap 'kill "${pid:-0}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+SIP=$(port); RECV=$(port); ADMIN=$(port)
+SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+cat >"$work/siphook.toml" <<EOF
+[sip]
+udp = ["127.0.0.1:$SIP"]
+tcp = []
+max_active_calls = $(( CALLS * 2 ))
+max_call_duration = "1h"
+[outbox]
+path = "$work/outbox"
+[admin]
+listen = "127.0.0.1:$ADMIN"
+[log]
+level = "warn"
+[[endpoints]]
+name = "bench"
+url = "http://127.0.0.1:$RECV/hook"
+allow_http = true
+secrets = ["$SECRET"]
+EOF
+
+"$BIN" run --config "$work/siphook.toml" &
+pid=$!
+for _ in $(seq 1 100); do
+  curl -fs "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+rss() { awk '/^VmRSS/ {print $2 * 1024}' "/proc/$pid/status"; }
+active() { curl -fs "http://127.0.0.1:$ADMIN/metrics" | awk '/^siphook_calls_active / {print $2}'; }
+idle=$(rss)
+
+"$BIN" bench --target "127.0.0.1:$SIP" --receiver "127.0.0.1:$RECV" --secret "$SECRET" \
+  --calls "$CALLS" --rate "$RATE" --hold "${HOLD_S}s" --drain-deadline 30s >"$work/bench.txt" &
+bench=$!
+
+# Poll until every call is up (bounded: the start time plus a minute).
+peak=0; up=0
+for _ in $(seq 1 $(( (START_S + 60) * 2 ))); do
+  up=$(active || echo 0)
+  now=$(rss)
+  [ "$now" -gt "$peak" ] && peak=$now
+  [ "${up%.*}" -ge "$CALLS" ] && break
+  sleep 0.5
+done
+sleep 2
+at_peak=$(rss); up=$(active || echo 0)
+[ "$at_peak" -gt "$peak" ] && peak=$at_peak
+wait "$bench" || true
+after=$(rss)
+
+echo "calls active at the peak: $up of $CALLS"
+echo "RSS idle: $(( idle / 1024 )) KiB; with all calls up: $(( at_peak / 1024 )) KiB; after they ended: $(( after / 1024 )) KiB"
+awk -v a="$at_peak" -v i="$idle" -v n="${up%.*}" 'BEGIN { if (n > 0) printf "bytes per active call (RSS delta / calls): %.0f\n", (a - i) / n }'
+grep -E "PASSED|FAILED|lost" "$work/bench.txt" | head -3
