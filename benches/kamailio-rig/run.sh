@@ -7,15 +7,15 @@
 # duplicate events, and the harm to the calls. Everything stays on 127.0.0.1.
 #
 #   benches/kamailio-rig/run.sh                 # every run, results in $OUT
-#   RATE=50 DURATION=40 RUNS="baseline sync-fast" benches/kamailio-rig/run.sh
+#   RATE=50 DURATION=40 RUNS="none-fast sync-fast" benches/kamailio-rig/run.sh
 #
 # Parameters (environment):
 #   RATE       calls started per second (default 50)
 #   DURATION   seconds of calls per run (default 40)
-#   RUNS       which runs, in order (default: all). A run is "baseline" (Kamailio
-#              posts nothing; siphook alone) or MODE-ENDPOINT with MODE "sync"
-#              (http_client_query in the SIP worker) or "queue" (mqueue + one rtimer
-#              process posting) and ENDPOINT "fast" (answers at once), "slow"
+#   RUNS       which runs, in order (default: all). A run is MODE-ENDPOINT with
+#              MODE "none" (Kamailio posts nothing: siphook alone, as deployed),
+#              "sync" (http_client_query in the SIP worker) or "queue" (mqueue +
+#              rtimer processes posting), and ENDPOINT "fast" (answers at once), "slow"
 #              (answers after SLOW_MS), "down" (refuses connections for DOWN_FOR
 #              seconds from DOWN_AT seconds into the calls) or "hang" (accepts and
 #              never answers in that window)
@@ -45,7 +45,7 @@ CHILDREN="${CHILDREN:-8}"
 QUEUE_PROCS="${QUEUE_PROCS:-$CHILDREN}"
 DRAIN="${DRAIN:-180}"
 BASE_PORT="${BASE_PORT:-25060}"
-RUNS="${RUNS:-baseline sync-fast sync-slow sync-down sync-hang queue-fast queue-slow queue-down queue-hang}"
+RUNS="${RUNS:-none-fast none-slow none-down none-hang sync-fast sync-slow sync-down sync-hang queue-fast queue-slow queue-down queue-hang}"
 OUT="${OUT:-$ROOT/target/kamailio-rig/$(date -u +%Y%m%dT%H%M%SZ)}"
 SIPHOOK="${SIPHOOK:-$ROOT/target/release/siphook}"
 SECRET="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"   # a test secret, never a real one
@@ -77,6 +77,17 @@ if [ ! -x "$RIG" ] || [ "${BUILD:-0}" = 1 ]; then
 fi
 mkdir -p "$OUT"
 echo "results in $OUT" >&2
+# Every run uses these copies: others may rebuild target/ meanwhile.
+cp "$SIPHOOK" "$OUT/siphook"; SIPHOOK="$OUT/siphook"
+cp "$RIG" "$OUT/kamailio_rig"; RIG="$OUT/kamailio_rig"
+{
+    echo "commit $(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
+    echo "RATE=$RATE DURATION=$DURATION SLOW_MS=$SLOW_MS DOWN_AT=$DOWN_AT DOWN_FOR=$DOWN_FOR CHILDREN=$CHILDREN QUEUE_PROCS=$QUEUE_PROCS"
+    "$KAMAILIO" -v 2>&1 | head -1 || true
+    sipp -v 2>&1 | grep -m1 SIPp || true
+    grep -m1 "model name" /proc/cpuinfo || true
+    echo "cores $(nproc)"
+} >"$OUT/setup.txt"
 
 # Processes this script started, stopped by id (Kamailio by its process group).
 PIDS=()
@@ -127,11 +138,11 @@ one_run() {
     local run="$1" dir="$OUT/$1" mode endpoint
     mkdir -p "$dir"
     case "$run" in
-        baseline) mode=none; endpoint=fast ;;
-        sync-*|queue-*) mode="${run%%-*}"; endpoint="${run#*-}" ;;
+        none-*|sync-*|queue-*) mode="${run%%-*}"; endpoint="${run#*-}" ;;
         *) echo "unknown run $run" >&2; return 2 ;;
     esac
-    echo "== $run: $CALLS calls at $RATE/s, Kamailio hooks: $mode, endpoint: $endpoint" >&2
+    echo "== $run: $CALLS calls at $RATE/s, Kamailio hooks: $mode, endpoint: $endpoint; load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+    echo "load before: $(cat /proc/loadavg)" >"$dir/load.txt"
 
     # siphook, fed by Kamailio's HEP mirror. The retry schedule is shortened from
     # the default (0s, 5s, 5m, …) so that an outage's backlog is delivered within
@@ -219,6 +230,7 @@ TOML
     echo "   drained in $(( ($(now_ms) - t_drain) / 1000 )) s" >&2
     curl -sf "http://127.0.0.1:$ADMIN_PORT/metrics" >"$dir/siphook.metrics" || true
 
+    echo "load after: $(cat /proc/loadavg)" >>"$dir/load.txt"
     cleanup
     wait 2>/dev/null || true
     grep -E "packets (captured|dropped)" "$dir/tcpdump.log" >&2 || true

@@ -15,6 +15,7 @@ use crate::Ports;
 use crate::calls::{CallWire, Dir, read};
 use crate::receiver::Arrival;
 
+/// One run's files and the rig's ports.
 #[derive(clap::Args)]
 pub struct AnalyseArgs {
     /// The run's name in the report.
@@ -50,6 +51,10 @@ struct EventResult {
     expected: usize,
     received: usize,
     missing: usize,
+    /// Of `missing`, those whose trigger the proxy never acted on (never forwarded
+    /// or answered): the message was lost on its way into the proxy, so its mirror
+    /// never had a copy either.
+    missing_unhandled: usize,
     /// The same event again under a new identity: a real duplicate.
     duplicates: usize,
     /// The same webhook-id again (siphook's at-least-once redelivery).
@@ -90,7 +95,7 @@ struct Harm {
 }
 
 #[derive(Serialize)]
-struct Result {
+struct RunResult {
     label: String,
     siphook: SystemResult,
     kamailio: Option<SystemResult>,
@@ -127,6 +132,25 @@ fn trigger(call: &CallWire, event: &str) -> Option<u64> {
             .min()
         }),
         _ => None,
+    }
+}
+
+/// Whether the proxy acted on the message that makes `event` due: forwarded it,
+/// or (for a final answer) forwarded an answer to the caller.
+fn handled(call: &CallWire, event: &str) -> bool {
+    let any = |v: &[u64]| !v.is_empty();
+    match event {
+        "initiated" => {
+            any(call.req(Dir::UasOut, "INVITE")) || call.first_failure(Dir::UacOut).is_some()
+        }
+        "ringing" => any(call.resp(Dir::UacOut, 180, "INVITE")),
+        "answered" => any(call.resp(Dir::UacOut, 200, "INVITE")),
+        "completed" => {
+            any(call.req(Dir::UasOut, "BYE"))
+                || any(call.resp(Dir::UacOut, 200, "BYE"))
+                || call.first_failure(Dir::UacOut).is_some()
+        }
+        _ => false,
     }
 }
 
@@ -182,6 +206,9 @@ fn system(
             e.expected += 1;
             let Some(mut seen) = got.remove(&(id.as_str(), event)) else {
                 e.missing += 1;
+                if !handled(call, event) {
+                    e.missing_unhandled += 1;
+                }
                 continue;
             };
             seen.sort_by_key(|&(t, _)| t);
@@ -205,6 +232,7 @@ fn system(
         r.all.expected += e.expected;
         r.all.received += e.received;
         r.all.missing += e.missing;
+        r.all.missing_unhandled += e.missing_unhandled;
         r.all.duplicates += e.duplicates;
         r.all.redeliveries += e.redeliveries;
         r.all.negative += e.negative;
@@ -291,6 +319,7 @@ fn sipp_stat(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, String>>
         .collect())
 }
 
+/// Prints the run's tables (markdown) and writes its JSON.
 pub fn run(args: &AnalyseArgs) -> anyhow::Result<()> {
     let wire = read(&args.capture, args.ports)?;
     let text =
@@ -306,7 +335,7 @@ pub fn run(args: &AnalyseArgs) -> anyhow::Result<()> {
     if let Some(p) = &args.uas_stat {
         h.sipp_callee = sipp_stat(p)?;
     }
-    let result = Result {
+    let result = RunResult {
         label: args.label.clone(),
         siphook: system(&wire.calls, &arrivals, "/siphook", &EVENTS),
         kamailio: args.kamailio_posts.then(|| {
@@ -334,9 +363,9 @@ fn q(x: &Option<Quantiles>) -> String {
     }
 }
 
-fn markdown(r: &Result) -> String {
+fn markdown(r: &RunResult) -> String {
     let mut s = format!("### {}\n\n", r.label);
-    s += "| system | event | due | received | missing | duplicates | redelivered | latency p50 / p90 / p99 / max (ms) |\n|---|---|---|---|---|---|---|---|\n";
+    s += "| system | event | due | received | missing (trigger never handled by the proxy) | duplicates | redelivered | latency p50 / p90 / p99 / max (ms) |\n|---|---|---|---|---|---|---|---|\n";
     let mut rows = |name: &str, sys: &SystemResult| {
         let ordered = EVENTS
             .iter()
@@ -344,10 +373,11 @@ fn markdown(r: &Result) -> String {
             .chain([("all", &sys.all)]);
         for (event, e) in ordered {
             s += &format!(
-                "| {name} | {event} | {} | {} | {} | {} | {} | {} |\n",
+                "| {name} | {event} | {} | {} | {} ({}) | {} | {} | {} |\n",
                 e.expected,
                 e.received,
                 e.missing,
+                e.missing_unhandled,
                 e.duplicates,
                 e.redeliveries,
                 q(&e.latency_ms)

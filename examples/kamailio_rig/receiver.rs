@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 /// A webhook body is small; anything bigger is not one of the rig's.
 const MAX_BODY: usize = 64 * 1024;
 
+/// How the endpoint behaves: prompt, slow, or down for a window.
 #[derive(clap::Args)]
 pub struct ReceiveArgs {
     /// Where to listen (loopback).
@@ -152,7 +153,7 @@ pub async fn run(args: ReceiveArgs) -> anyhow::Result<()> {
     if let Some((_, until)) = window
         && !stop.is_cancelled()
     {
-        let wait = Duration::from_nanos((until * 1_000_000).saturating_sub(now_ns()));
+        let wait = Duration::from_nanos(until.saturating_mul(1_000_000).saturating_sub(now_ns()));
         let held = async {
             if args.down_mode == DownMode::Hang {
                 hang(&args.listen, wait).await
@@ -187,7 +188,7 @@ async fn serve_until(
     let down = stop.child_token();
     let deadline = until_ms.map(|ms| {
         tokio::time::Instant::now()
-            + Duration::from_nanos((ms * 1_000_000).saturating_sub(now_ns()))
+            + Duration::from_nanos(ms.saturating_mul(1_000_000).saturating_sub(now_ns()))
     });
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -218,6 +219,9 @@ async fn serve_until(
     Ok(())
 }
 
+/// Most connections a hung endpoint holds; later ones are dropped at once.
+const MAX_HELD: usize = 10_000;
+
 /// Accepts every connection for `wait` and answers none; then drops them all.
 async fn hang(addr: &SocketAddr, wait: Duration) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr)
@@ -229,7 +233,9 @@ async fn hang(addr: &SocketAddr, wait: Duration) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = &mut end => return Ok(()),
-            r = listener.accept() => if let Ok((stream, _)) = r {
+            r = listener.accept() => if let Ok((stream, _)) = r
+                && held.len() < MAX_HELD
+            {
                 held.push(stream);
             },
         }
