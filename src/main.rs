@@ -117,6 +117,10 @@ enum Command {
         /// How long to wait for the last webhooks after the last message.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
         drain_deadline: std::time::Duration,
+        /// The spawned siphook commits without fsync (to measure what durability
+        /// costs; never how siphook runs).
+        #[arg(long, requires = "spawn")]
+        no_fsync: bool,
         /// The spawned siphook's sip.invite_timeout (unanswered calls of --profile mixed).
         #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
         invite_timeout: std::time::Duration,
@@ -227,6 +231,7 @@ fn main() -> ExitCode {
             json,
             plot,
             drain_deadline,
+            no_fsync,
             invite_timeout,
         } => {
             use siphook::bench::{BenchOptions, Limit, Target};
@@ -250,6 +255,7 @@ fn main() -> ExitCode {
                 drain: drain_deadline,
                 secret,
                 invite_timeout,
+                no_fsync,
             };
             let ran = tokio::runtime::Runtime::new()
                 .context("starting the async runtime")

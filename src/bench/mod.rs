@@ -119,6 +119,9 @@ pub struct BenchOptions {
     pub secret: Option<String>,
     /// The spawned siphook's `sip.invite_timeout`: when unanswered calls end.
     pub invite_timeout: Duration,
+    /// The spawned siphook commits without fsync: what durability costs is the
+    /// difference from a run with it.
+    pub no_fsync: bool,
 }
 
 impl BenchOptions {
@@ -135,6 +138,7 @@ impl BenchOptions {
             drain: Duration::from_secs(10),
             secret: None,
             invite_timeout: Duration::from_secs(2),
+            no_fsync: false,
         }
     }
 
@@ -167,6 +171,9 @@ impl BenchOptions {
         }
         if self.invite_timeout < Duration::from_millis(10) || self.invite_timeout > MAX_DURATION {
             return bad("the invite timeout is 10ms to 1h".into());
+        }
+        if self.no_fsync && self.target != Target::Spawn {
+            return bad("--no-fsync needs --spawn: it cannot change a running siphook".into());
         }
         if let Target::External { sip, receiver } = &self.target {
             for a in [sip, receiver] {
@@ -339,6 +346,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
             baseline: opts.baseline,
             drain_s: opts.drain.as_secs_f64(),
             cpus: std::thread::available_parallelism().map_or(1, usize::from),
+            no_fsync: opts.no_fsync,
         },
         siphook,
         baseline,
@@ -379,8 +387,14 @@ async fn phases(
     let (target, spawned) = match opts.target {
         Target::Spawn => {
             let url = format!("http://{}/hook", receiver.addr);
-            let s = spawn::Spawned::start(opts.transport, &url, BENCH_SECRET, opts.invite_timeout)
-                .await?;
+            let s = spawn::Spawned::start(
+                opts.transport,
+                &url,
+                BENCH_SECRET,
+                opts.invite_timeout,
+                opts.no_fsync,
+            )
+            .await?;
             match s.target(opts.transport) {
                 Some(t) => (t, Some(s)),
                 None => {

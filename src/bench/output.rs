@@ -28,6 +28,8 @@ pub struct RunConfig {
     pub drain_s: f64,
     /// CPUs this process may use.
     pub cpus: usize,
+    /// The spawned siphook committed without fsync (`--no-fsync`).
+    pub no_fsync: bool,
 }
 
 /// The result of a run.
@@ -120,8 +122,17 @@ impl Report {
         };
         let _ = writeln!(
             out,
-            "siphook bench: target {}, {}, {} profile, {} calls/s for {limit}, hold {}s",
-            c.target, c.transport, c.profile, c.rate, c.hold_s
+            "siphook bench: target {}, {}, {} profile, {} calls/s for {limit}, hold {}s{}",
+            c.target,
+            c.transport,
+            c.profile,
+            c.rate,
+            c.hold_s,
+            if c.no_fsync {
+                ", outbox commits WITHOUT fsync"
+            } else {
+                ""
+            }
         );
         let s = &self.siphook;
         let b = self.baseline.as_ref();

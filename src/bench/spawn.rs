@@ -102,6 +102,7 @@ impl Spawned {
         receiver_url: &str,
         secret: &str,
         invite_timeout: Duration,
+        no_fsync: bool,
     ) -> Result<Spawned, BenchError> {
         let dir = TempDir::create()?;
         let text = config_text(
@@ -111,7 +112,8 @@ impl Spawned {
             secret,
             invite_timeout,
         );
-        let config = Config::parse(&text)?;
+        let mut config = Config::parse(&text)?;
+        config.outbox.fsync = !no_fsync;
         let (ready_tx, ready_rx) = oneshot::channel();
         let (signals, signals_rx) = mpsc::channel(4);
         let thread = std::thread::Builder::new()

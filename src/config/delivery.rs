@@ -18,6 +18,9 @@ pub struct OutboxConfig {
     pub commit_interval: Duration,
     /// Past this on-disk size new events are refused (counted, logged, unready).
     pub max_bytes: u64,
+    /// Whether a commit fsyncs. Always true from a config file: only `siphook bench
+    /// --no-fsync` turns it off, to measure what durability costs.
+    pub fsync: bool,
 }
 
 impl Default for OutboxConfig {
@@ -26,6 +29,7 @@ impl Default for OutboxConfig {
             path: PathBuf::from("data/outbox"),
             commit_interval: Duration::from_millis(1),
             max_bytes: 1 << 30,
+            fsync: true,
         }
     }
 }
@@ -185,6 +189,7 @@ impl RawOutbox {
                 d.max_bytes as usize,
                 (1 << 20, usize::MAX),
             ) as u64,
+            fsync: true,
         }
     }
 }

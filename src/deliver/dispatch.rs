@@ -69,8 +69,15 @@ pub fn prepare(
 ) -> Result<Dispatcher, crate::outbox::OutboxError> {
     let mut d = Dispatcher::new(Arc::new(ep), client, outbox, metrics);
     d.load()?;
+    // The first page now, so a small backlog is whole before anything runs; a
+    // large one goes on between deliveries (see `run`).
+    d.load_page()?;
     Ok(d)
 }
+
+/// Backlog entries read per turn of the dispatcher: a restart with a million
+/// pending events starts delivering after one page, not after reading them all.
+const LOAD_PAGE: usize = 4096;
 
 /// How often the oldest-pending gauge is refreshed: it ages while nothing happens.
 const AGE_TICK: Duration = Duration::from_secs(1);
@@ -87,8 +94,20 @@ pub async fn run(
     let mut tick = tokio::time::interval(AGE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if d.loading.is_some()
+            && let Err(e) = d.load_page()
+        {
+            // What is not loaded stays pending in the store for the next start.
+            tracing::error!(endpoint = %d.ep.name, error = %e, "cannot read the rest of the backlog");
+            d.finish_loading();
+        }
         d.dispatch_due();
-        let wake = d.next_wake();
+        // While the backlog loads, the loop comes round again at once.
+        let wake = if d.loading.is_some() {
+            Some(Duration::ZERO)
+        } else {
+            d.next_wake()
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
             c = rx.recv() => match c {
@@ -135,6 +154,12 @@ pub struct Dispatcher {
     /// loaded if pending; the writer's announcements of them (possible across a
     /// reload) are already queued.
     loaded_through: Option<u64>,
+    /// The backlog still being read: the next offset to read from, and the first
+    /// offset not in the backlog.
+    loading: Option<(u64, u64)>,
+    /// Events the writer announced while the backlog loads: they are queued after
+    /// it, so a call's new event never overtakes its older ones still unread.
+    held: Vec<Committed>,
     last_error: Option<LastError>,
     /// Delivered, not yet recorded in the store (see `record_delivered`).
     delivered: Vec<u64>,
@@ -172,6 +197,8 @@ impl Dispatcher {
             attempts: HashMap::new(),
             pending: BTreeMap::new(),
             loaded_through: None,
+            loading: None,
+            held: Vec::new(),
             last_error: None,
             delivered: Vec::new(),
             log_limit: crate::admin::RateLog::new(Duration::from_secs(1)),
@@ -196,25 +223,58 @@ impl Dispatcher {
         // writer, after their commit.
         let durable = self.outbox.durable_below();
         self.loaded_through = durable.checked_sub(1);
-        for (offset, state) in self.outbox.pending(&self.ep.name)? {
-            if offset >= durable {
+        self.loading = (durable > 0).then_some((0, durable));
+        self.publish_state();
+        Ok(())
+    }
+
+    /// Reads the next page of the backlog into the queues.
+    fn load_page(&mut self) -> Result<(), crate::outbox::OutboxError> {
+        let Some((from, end)) = self.loading else {
+            return Ok(());
+        };
+        let page = self.outbox.pending_page(&self.ep.name, from, LOAD_PAGE)?;
+        let full = page.len() == LOAD_PAGE;
+        let mut next = end;
+        for (offset, state) in page {
+            if offset >= end {
                 break;
             }
-            match self.outbox.event(offset)? {
-                Some(ev) => self.enqueue(offset, ev.call_key, ev.received_ms, state),
+            next = offset + 1;
+            match self.outbox.event_key(offset)? {
+                Some((call_key, received_ms)) => {
+                    self.enqueue_quietly(offset, call_key, received_ms, state)
+                }
                 // The event is gone (a crash between its removal and this entry's):
                 // nothing left to send.
                 None => self.outbox.delivered(&self.ep.name, offset)?,
             }
         }
+        if full && next < end {
+            self.loading = Some((next, end));
+        } else {
+            self.finish_loading();
+        }
         self.publish_counts();
-        self.publish_state();
         Ok(())
+    }
+
+    /// The backlog is read (or cannot be): what the writer announced meanwhile
+    /// joins the queues, behind it.
+    fn finish_loading(&mut self) {
+        self.loading = None;
+        for c in std::mem::take(&mut self.held) {
+            self.committed(c);
+        }
     }
 
     /// A newly committed event from the writer.
     fn committed(&mut self, c: Committed) {
         if self.loaded_through.is_some_and(|l| c.offset <= l) {
+            return;
+        }
+        if self.loading.is_some() {
+            self.held.push(c);
             return;
         }
         let state = DeliveryState {
@@ -225,6 +285,18 @@ impl Dispatcher {
     }
 
     fn enqueue(&mut self, offset: u64, call_key: u64, received_ms: i64, state: DeliveryState) {
+        self.enqueue_quietly(offset, call_key, received_ms, state);
+        self.publish_counts();
+    }
+
+    /// `enqueue` without refreshing the gauges (a backlog page does it once).
+    fn enqueue_quietly(
+        &mut self,
+        offset: u64,
+        call_key: u64,
+        received_ms: i64,
+        state: DeliveryState,
+    ) {
         if self.pending.insert(offset, received_ms).is_some() {
             return; // already queued: a delivery must never run twice at once
         }
@@ -237,7 +309,6 @@ impl Dispatcher {
         }
         // A queued event that is not the head waits; its stored state is read
         // again when it becomes one.
-        self.publish_counts();
     }
 
     fn state(&self) -> EndpointState {

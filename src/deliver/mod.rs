@@ -58,7 +58,13 @@ pub enum ReloadError {
 /// Opens the configured outbox.
 pub fn open_outbox(config: &Config) -> Result<Arc<Outbox>, DeliveryError> {
     Outbox::open(&config.outbox.path, config.outbox.max_bytes)
-        .map(Arc::new)
+        .map(|o| {
+            Arc::new(if config.outbox.fsync {
+                o
+            } else {
+                o.without_fsync()
+            })
+        })
         .map_err(|source| DeliveryError::Outbox {
             path: config.outbox.path.display().to_string(),
             source,
@@ -340,10 +346,11 @@ impl Delivery {
 /// Warns about deliveries kept for an endpoint that was removed or renamed: they
 /// wait, with their events, until it is configured again.
 fn warn_unconfigured(outbox: &Outbox, config: &Config) {
-    match outbox.pending_by_endpoint() {
-        Ok(by_name) => {
-            for (name, n) in by_name {
+    match outbox.pending_endpoints() {
+        Ok(names) => {
+            for name in names {
                 if !config.endpoints.iter().any(|e| e.name == name) {
+                    let n = outbox.pending_count(&name);
                     tracing::warn!(endpoint = %name, pending = n, "pending deliveries for an endpoint that is not configured; they are kept until it is");
                 }
             }

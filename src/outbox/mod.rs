@@ -99,6 +99,8 @@ pub struct Outbox {
     max_bytes: u64,
     /// The store's directory: a failed store probes it for free space.
     path: std::path::PathBuf,
+    /// False only in `siphook bench --no-fsync`: commits then skip the flush.
+    fsync: bool,
 }
 
 const HEADER: usize = 2 + 8 + 4 + 8 + 1;
@@ -169,7 +171,16 @@ impl Outbox {
             durable_below: AtomicU64::new(next),
             max_bytes,
             path: path.to_path_buf(),
+            fsync: true,
         })
+    }
+
+    /// A store whose commits do not fsync: events are "durable" as soon as they are
+    /// written to sled's buffers, and a crash loses what sled had not flushed yet.
+    /// Only for measuring what the fsync costs (`siphook bench --no-fsync`).
+    pub fn without_fsync(mut self) -> Outbox {
+        self.fsync = false;
+        self
     }
 
     /// The store's directory.
@@ -232,7 +243,9 @@ impl Outbox {
     /// appends under one commit.
     pub async fn commit(&self) -> Result<(), OutboxError> {
         let upto = self.next_offset.load(Ordering::Acquire);
-        self.db.flush_async().await?;
+        if self.fsync {
+            self.db.flush_async().await?;
+        }
         self.durable_below.fetch_max(upto, Ordering::AcqRel);
         Ok(())
     }
@@ -302,13 +315,55 @@ impl Outbox {
 
     /// Every pending delivery of an endpoint, in offset order.
     pub fn pending(&self, endpoint: &str) -> Result<Vec<(u64, DeliveryState)>, OutboxError> {
+        self.pending_page(endpoint, 0, usize::MAX)
+    }
+
+    /// Up to `limit` pending deliveries of an endpoint from offset `from` on, in
+    /// offset order: a large backlog is loaded a page at a time, so delivery can
+    /// start before all of it is read.
+    pub fn pending_page(
+        &self,
+        endpoint: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeliveryState)>, OutboxError> {
         let mut out = Vec::new();
-        for kv in self.pending.scan_prefix(prefix(endpoint)) {
+        let range = pending_key(endpoint, from)..=pending_key(endpoint, u64::MAX);
+        for kv in self.pending.range(range).take(limit) {
             let (k, v) = kv?;
             let offset = offset_of(&k).ok_or(OutboxError::Corrupt(0))?;
             out.push((offset, serde_json::from_slice(&v).unwrap_or_default()));
         }
         Ok(out)
+    }
+
+    /// What a dispatcher needs of an event to queue it, `(call key, received ms)`,
+    /// without copying its body.
+    pub fn event_key(&self, offset: u64) -> Result<Option<(u64, i64)>, OutboxError> {
+        let Some(rec) = self.events.get(offset.to_be_bytes())? else {
+            return Ok(None);
+        };
+        let read = || {
+            let call_key = u64::from_be_bytes(rec.get(2..10)?.try_into().ok()?);
+            let received_ms = i64::from_be_bytes(rec.get(14..22)?.try_into().ok()?);
+            Some((call_key, received_ms))
+        };
+        read().map(Some).ok_or(OutboxError::Corrupt(offset))
+    }
+
+    /// The endpoint names with pending deliveries, found by skipping from one name
+    /// to the next rather than reading every entry (a backlog can be millions).
+    pub fn pending_endpoints(&self) -> Result<Vec<String>, OutboxError> {
+        let mut names = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        while let Some((k, _)) = self.pending.range(from.as_slice()..).next().transpose()? {
+            let name = &k[..k.len().saturating_sub(9)];
+            names.push(String::from_utf8_lossy(name).into_owned());
+            // Keys are `name \0 offset`: `name \1` sorts after all of that name's.
+            from = name.to_vec();
+            from.push(1);
+        }
+        Ok(names)
     }
 
     /// The state of one pending delivery.
@@ -319,20 +374,6 @@ impl Outbox {
     ) -> Result<Option<DeliveryState>, OutboxError> {
         let v = self.pending.get(pending_key(endpoint, offset))?;
         Ok(v.map(|v| serde_json::from_slice(&v).unwrap_or_default()))
-    }
-
-    /// Pending deliveries per endpoint name, for every name in the store
-    /// (including endpoints no longer configured).
-    pub fn pending_by_endpoint(
-        &self,
-    ) -> Result<std::collections::BTreeMap<String, usize>, OutboxError> {
-        let mut out = std::collections::BTreeMap::new();
-        for k in self.pending.iter().keys() {
-            let k = k?;
-            let name = String::from_utf8_lossy(&k[..k.len().saturating_sub(9)]).into_owned();
-            *out.entry(name).or_insert(0) += 1;
-        }
-        Ok(out)
     }
 
     /// Number of pending deliveries of an endpoint.

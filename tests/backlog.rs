@@ -1,0 +1,121 @@
+//! A restart with a backlog larger than one load page: the dispatcher reads it a
+//! page at a time between deliveries, and per-call order must hold across pages
+//! and for events the writer commits while the backlog is still being read.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::CallSpec;
+use common::receiver::Receiver;
+use siphook::admin::Metrics;
+use siphook::call::{Event, Meta, Timestamp, Tracker, TrackerConfig, Transport};
+use siphook::config::Config;
+use siphook::deliver::{Delivery, open_outbox};
+use siphook::sip::{ParseOptions, parse};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// Several load pages (4,096 each) of the dispatcher.
+const BACKLOG: usize = 20_000;
+
+fn template() -> Event {
+    let mut t = Tracker::new(TrackerConfig::from(&Config::default().sip));
+    let msg = parse(
+        CallSpec::new("backlog").invite(1).as_bytes(),
+        &ParseOptions::default(),
+    )
+    .unwrap();
+    let meta = Meta {
+        transport: Transport::Udp,
+        source: "10.0.0.1:5060".parse().unwrap(),
+        destination: "10.0.0.2:5060".parse().unwrap(),
+        received_at: Timestamp(1_795_330_800_000),
+    };
+    let mut out = Vec::new();
+    t.on_message(&msg, &meta, &mut out).unwrap();
+    out.remove(0)
+}
+
+/// Event `sequence` of call `call` (a distinct id for each pair).
+fn event(template: &Event, call: usize, sequence: u32) -> Event {
+    let mut e = template.clone();
+    e.call.id = format!("call_{call:016x}{:048x}", 0);
+    e.id = format!("evt_{call:032x}{sequence:032x}");
+    e.sequence = sequence;
+    e
+}
+
+#[tokio::test]
+async fn a_backlog_of_several_pages_goes_out_once_in_call_order_with_new_events_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rx = Receiver::ok().await;
+    let text = format!(
+        "[sip]\nudp = []\ntcp = []\n[outbox]\npath = \"{}\"\n[[endpoints]]\nname = \"test\"\nurl = \"{}\"\nallow_http = true\nsecrets = [\"{SECRET}\"]\n",
+        dir.path().join("outbox").display(),
+        rx.url()
+    );
+    let config = Config::parse(&text).unwrap();
+    let t = template();
+
+    // Call 0 has events spread over the pages; every other event is a call of its own.
+    let spread = [0, BACKLOG / 2, BACKLOG - 1];
+    {
+        let outbox = open_outbox(&config).unwrap();
+        let mut filler = 1;
+        for offset in 0..BACKLOG {
+            let e = match spread.iter().position(|&o| o == offset) {
+                Some(i) => event(&t, 0, i as u32 + 1),
+                None => {
+                    filler += 1;
+                    event(&t, filler, 1)
+                }
+            };
+            outbox.append(&e, &e.to_json(), &["test"], 0).unwrap();
+        }
+        outbox.commit().await.unwrap();
+    }
+
+    // The restart, with a new event of call 0 already waiting for the writer: once
+    // committed it must still wait for the three older ones, two of which sit on
+    // pages not read yet.
+    let (tx, events) = tokio::sync::mpsc::channel(16);
+    tx.send(event(&t, 0, 4)).await.unwrap();
+    let delivery = Delivery::start(
+        &config,
+        open_outbox(&config).unwrap(),
+        events,
+        None,
+        Metrics::new(),
+    )
+    .unwrap();
+
+    let mut ids = HashSet::new();
+    let mut last_seq: HashMap<String, u64> = HashMap::new();
+    let mut call0 = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while ids.len() < BACKLOG + 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} delivered",
+            ids.len(),
+            BACKLOG + 1
+        );
+        let req = rx.next().await;
+        let body = req.json();
+        assert!(
+            ids.insert(req.header("webhook-id").to_owned()),
+            "delivered once"
+        );
+        let call = body["call"]["id"].as_str().unwrap().to_owned();
+        let seq = body["sequence"].as_u64().unwrap();
+        let prev = last_seq.insert(call.clone(), seq).unwrap_or(0);
+        assert!(seq > prev, "call {call}: sequence {seq} after {prev}");
+        if call == event(&t, 0, 1).call.id {
+            call0.push(seq);
+        }
+    }
+    assert_eq!(call0, vec![1, 2, 3, 4]);
+    drop(tx);
+    delivery.shutdown().await.unwrap();
+}
