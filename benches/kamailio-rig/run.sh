@@ -244,8 +244,15 @@ TOML
         --json "$dir/result.json" "${posts[@]}" | tee "$dir/result.md"
 }
 
+dirs=()
 for r in $RUNS; do
     one_run "$r"
+    dirs+=("$OUT/$r")
 done
-cat "$OUT"/*/result.md >"$OUT/summary.md"
+{
+    "$RIG" summary "${dirs[@]}"
+    echo
+    for r in $RUNS; do cat "$OUT/$r/result.md"; done
+} >"$OUT/summary.md"
+head -n $(( 2 + 2 * $(wc -w <<<"$RUNS") )) "$OUT/summary.md"
 echo "summary: $OUT/summary.md" >&2

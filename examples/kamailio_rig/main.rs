@@ -9,6 +9,7 @@
 mod analyse;
 mod calls;
 mod receiver;
+mod summary;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,8 @@ enum Cmd {
     /// The webhook endpoint: records when each POST fully arrived (wall clock, the
     /// capture's clock) until SIGTERM/SIGINT.
     Receive(receiver::ReceiveArgs),
+    /// One table over several runs' results.
+    Summary(summary::SummaryArgs),
     /// Exits 0 once the proxy at `addr` answers an OPTIONS ping within 300 ms
     /// (the rig's readiness probe; Kamailio answers it without tracing it).
     Ping {
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Analyse(args) => analyse::run(&args),
         Cmd::Ping { addr } => ping(addr),
+        Cmd::Summary(args) => summary::run(&args),
     }
 }
 
