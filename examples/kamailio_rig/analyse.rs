@@ -436,3 +436,206 @@ fn markdown(r: &RunResult) -> String {
     );
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calls::Kind;
+
+    const MS: u64 = 1_000_000;
+
+    fn saw(
+        call: &mut CallWire,
+        dir: Dir,
+        method: Option<&str>,
+        code: Option<u16>,
+        cseq: &str,
+        t: u64,
+    ) {
+        let kind = Kind {
+            method: method.map(str::to_owned),
+            code,
+            cseq: cseq.to_owned(),
+        };
+        call.seen.entry((dir, kind)).or_default().push(t);
+    }
+
+    /// An answered call as the capture shows it, every message forwarded at once.
+    fn answered_call() -> CallWire {
+        let mut c = CallWire::default();
+        saw(
+            &mut c,
+            Dir::UacIn,
+            Some("INVITE"),
+            None,
+            "INVITE",
+            1000 * MS,
+        );
+        saw(
+            &mut c,
+            Dir::UasOut,
+            Some("INVITE"),
+            None,
+            "INVITE",
+            1001 * MS,
+        );
+        saw(&mut c, Dir::UasIn, None, Some(180), "INVITE", 1002 * MS);
+        saw(&mut c, Dir::UacOut, None, Some(180), "INVITE", 1002 * MS);
+        saw(&mut c, Dir::UasIn, None, Some(200), "INVITE", 1300 * MS);
+        saw(&mut c, Dir::UasIn, None, Some(200), "INVITE", 1800 * MS);
+        saw(&mut c, Dir::UacOut, None, Some(200), "INVITE", 1301 * MS);
+        saw(&mut c, Dir::UacIn, Some("BYE"), None, "BYE", 1900 * MS);
+        saw(&mut c, Dir::UasOut, Some("BYE"), None, "BYE", 1904 * MS);
+        saw(&mut c, Dir::UacOut, None, Some(200), "BYE", 1905 * MS);
+        c
+    }
+
+    fn arrival(path: &str, event: &str, t_ms: u64, id: Option<&str>) -> Arrival {
+        Arrival {
+            t_ns: t_ms * MS,
+            path: path.into(),
+            event: Some(event.into()),
+            call_id: Some("c1".into()),
+            webhook_id: id.map(str::to_owned),
+            sig_ok: id.map(|_| true),
+        }
+    }
+
+    #[test]
+    fn latency_is_from_the_first_trigger_to_the_first_arrival_and_repeats_are_told_apart() {
+        let calls = HashMap::from([("c1".to_string(), answered_call())]);
+        let arrivals = vec![
+            arrival("/siphook", "call.initiated", 1002, Some("e1")),
+            arrival("/siphook", "call.ringing", 1005, Some("e2")),
+            arrival("/siphook", "call.answered", 1303, Some("e3")),
+            // The same webhook-id again: a redelivery, not a duplicate.
+            arrival("/siphook", "call.answered", 1400, Some("e3")),
+            arrival("/siphook", "call.completed", 1901, Some("e4")),
+            // Another id for the same event: a real duplicate.
+            arrival("/siphook", "call.completed", 1950, Some("e5")),
+            arrival("/kamailio", "initiated", 1001, None),
+            arrival("/kamailio", "completed", 1910, None),
+        ];
+        let s = system(&calls, &arrivals, "/siphook", &EVENTS);
+        assert_eq!((s.all.expected, s.all.received, s.all.missing), (4, 4, 0));
+        assert_eq!(
+            (s.all.duplicates, s.all.redeliveries, s.unexpected),
+            (1, 1, 0)
+        );
+        let answered = &s.events["answered"];
+        // Trigger: the callee's first 200 (1300 ms), not its retransmission.
+        assert_eq!(answered.latency_ms.as_ref().map(|q| q.max), Some(3.0));
+        assert_eq!(
+            s.events["initiated"].latency_ms.as_ref().map(|q| q.p50),
+            Some(2.0)
+        );
+        assert_eq!(s.calls_out_of_order, 0);
+
+        let k = system(
+            &calls,
+            &arrivals,
+            "/kamailio",
+            &["initiated", "answered", "completed"],
+        );
+        assert_eq!((k.all.expected, k.all.received, k.all.missing), (3, 2, 1));
+        assert_eq!(k.events["answered"].missing, 1);
+        // The proxy forwarded that 200: the event was lost by the poster, not the wire.
+        assert_eq!(k.events["answered"].missing_unhandled, 0);
+        assert_eq!(
+            k.events["completed"].latency_ms.as_ref().map(|q| q.p50),
+            Some(10.0)
+        );
+    }
+
+    #[test]
+    fn events_arriving_in_another_order_than_they_happened_are_counted() {
+        let calls = HashMap::from([("c1".to_string(), answered_call())]);
+        let arrivals = vec![
+            arrival("/kamailio", "answered", 1310, None),
+            arrival("/kamailio", "initiated", 1320, None),
+            arrival("/kamailio", "completed", 1910, None),
+        ];
+        let k = system(
+            &calls,
+            &arrivals,
+            "/kamailio",
+            &["initiated", "answered", "completed"],
+        );
+        assert_eq!(k.calls_out_of_order, 1);
+        assert_eq!(k.all.missing, 0);
+    }
+
+    #[test]
+    fn a_trigger_the_proxy_never_handled_is_told_apart_and_unseen_calls_are_unexpected() {
+        let mut c = CallWire::default();
+        // The INVITE reached the proxy's socket but was never forwarded or answered.
+        saw(
+            &mut c,
+            Dir::UacIn,
+            Some("INVITE"),
+            None,
+            "INVITE",
+            1000 * MS,
+        );
+        saw(
+            &mut c,
+            Dir::UacIn,
+            Some("INVITE"),
+            None,
+            "INVITE",
+            1500 * MS,
+        );
+        let calls = HashMap::from([("c1".to_string(), c)]);
+        let mut stray = arrival("/siphook", "call.initiated", 5, Some("x"));
+        stray.call_id = Some("not-on-the-wire".into());
+        let s = system(&calls, &[stray], "/siphook", &EVENTS);
+        assert_eq!(
+            (s.all.expected, s.all.missing, s.all.missing_unhandled),
+            (1, 1, 1)
+        );
+        assert_eq!(s.unexpected, 1);
+        let h = harm(&calls);
+        assert_eq!(h.invite_retransmissions_from_caller, 1);
+        assert!(h.invite_forwarding_ms.is_none());
+    }
+
+    #[test]
+    fn a_failed_call_completes_at_the_first_final_answer_and_kamailio_failed_counts_as_completed() {
+        let mut c = CallWire::default();
+        saw(
+            &mut c,
+            Dir::UacIn,
+            Some("INVITE"),
+            None,
+            "INVITE",
+            1000 * MS,
+        );
+        saw(
+            &mut c,
+            Dir::UasOut,
+            Some("INVITE"),
+            None,
+            "INVITE",
+            1001 * MS,
+        );
+        saw(&mut c, Dir::UasIn, None, Some(486), "INVITE", 1100 * MS);
+        saw(&mut c, Dir::UacOut, None, Some(486), "INVITE", 1102 * MS);
+        let calls = HashMap::from([("c1".to_string(), c)]);
+        let arrivals = vec![
+            arrival("/kamailio", "initiated", 1001, None),
+            arrival("/kamailio", "failed", 1104, None),
+        ];
+        let k = system(
+            &calls,
+            &arrivals,
+            "/kamailio",
+            &["initiated", "answered", "completed"],
+        );
+        assert_eq!((k.all.expected, k.all.received), (2, 2));
+        assert_eq!(
+            k.events["completed"].latency_ms.as_ref().map(|q| q.p50),
+            Some(4.0)
+        );
+        assert_eq!(harm(&calls).errors_to_caller, BTreeMap::from([(486, 1)]));
+    }
+}

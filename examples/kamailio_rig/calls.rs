@@ -156,3 +156,28 @@ fn sip_summary(raw: &[u8]) -> Option<(String, Kind)> {
         },
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_responses_with_long_or_compact_call_id() {
+        let inv = b"INVITE sip:x@h SIP/2.0\r\nVia: SIP/2.0/UDP h\r\ni: abc@h\r\nCSeq: 1 INVITE\r\n\r\nv=0\r\n";
+        let (id, k) = sip_summary(inv).expect("parses");
+        assert_eq!(id, "abc@h");
+        assert_eq!(
+            (k.method.as_deref(), k.code, k.cseq.as_str()),
+            (Some("INVITE"), None, "INVITE")
+        );
+        let ok = b"SIP/2.0 200 OK\r\nCall-ID:  abc@h \r\nCSeq: 2 BYE\r\n\r\n";
+        let (id, k) = sip_summary(ok).expect("parses");
+        assert_eq!(id, "abc@h");
+        assert_eq!(
+            (k.method, k.code, k.cseq.as_str()),
+            (None, Some(200), "BYE")
+        );
+        assert!(sip_summary(b"SIP/2.0 200 OK\r\nCSeq: 1 INVITE\r\n\r\n").is_none());
+        assert!(sip_summary(b"\x16\x03\x01 not sip").is_none());
+    }
+}
