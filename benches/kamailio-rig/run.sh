@@ -28,6 +28,8 @@
 #              (default 180 seconds); what has not arrived by then is missing
 #   BASE_PORT  first of the loopback ports used (default 25060)
 #   OUT        results directory (default target/kamailio-rig/<date>)
+#   NICE       run the rig's processes at this nice level, with best-effort I/O
+#              priority 0 (e.g. -5 on a machine shared with builds; default: as is)
 #   SIPHOOK    the siphook binary (default target/release/siphook, built if absent)
 #
 # Needs: kamailio with kamailio-utils-modules (http_client, mqueue, rtimer), sipp
@@ -48,6 +50,8 @@ BASE_PORT="${BASE_PORT:-25060}"
 RUNS="${RUNS:-none-fast none-slow none-down none-hang sync-fast sync-slow sync-down sync-hang queue-fast queue-slow queue-down queue-hang}"
 OUT="${OUT:-$ROOT/target/kamailio-rig/$(date -u +%Y%m%dT%H%M%SZ)}"
 SIPHOOK="${SIPHOOK:-$ROOT/target/release/siphook}"
+PRIO=()
+if [ -n "${NICE:-}" ]; then PRIO=(nice -n "$NICE" ionice -c2 -n0); fi
 SECRET="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"   # a test secret, never a real one
 
 PROXY_PORT=$BASE_PORT
@@ -82,7 +86,7 @@ cp "$SIPHOOK" "$OUT/siphook"; SIPHOOK="$OUT/siphook"
 cp "$RIG" "$OUT/kamailio_rig"; RIG="$OUT/kamailio_rig"
 {
     echo "commit $(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
-    echo "RATE=$RATE DURATION=$DURATION SLOW_MS=$SLOW_MS DOWN_AT=$DOWN_AT DOWN_FOR=$DOWN_FOR CHILDREN=$CHILDREN QUEUE_PROCS=$QUEUE_PROCS"
+    echo "NICE=${NICE:-} RATE=$RATE DURATION=$DURATION SLOW_MS=$SLOW_MS DOWN_AT=$DOWN_AT DOWN_FOR=$DOWN_FOR CHILDREN=$CHILDREN QUEUE_PROCS=$QUEUE_PROCS"
     "$KAMAILIO" -v 2>&1 | head -1 || true
     sipp -v 2>&1 | grep -m1 SIPp || true
     grep -m1 "model name" /proc/cpuinfo || true
@@ -165,12 +169,12 @@ secrets = ["$SECRET"]
 retry_schedule = ["0s", "1s", "2s", "4s", "8s", "8s", "8s", "8s", "8s", "8s", "8s", "8s"]
 circuit_probe_interval = "2s"
 TOML
-    tcpdump -i lo -n -s 0 -B 65536 -w "$dir/sip.pcap" \
+    "${PRIO[@]}" tcpdump -i lo -n -s 0 -B 65536 -w "$dir/sip.pcap" \
         "udp and port $PROXY_PORT and not port $HEP_PORT" 2>"$dir/tcpdump.log" &
     PIDS+=($!)
     wait_for tcpdump 10 grep -q "listening on" "$dir/tcpdump.log"
 
-    "$SIPHOOK" run --config "$dir/siphook.toml" 2>"$dir/siphook.log" &
+    "${PRIO[@]}" "$SIPHOOK" run --config "$dir/siphook.toml" 2>"$dir/siphook.log" &
     PIDS+=($!)
     wait_for siphook 20 curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz"
 
@@ -182,12 +186,12 @@ TOML
         queue) defs+=(-A HOOKS_QUEUE -A "QUEUE_TIMER=\"name=hooks;interval=2000u;mode=$QUEUE_PROCS;\"") ;;
     esac
     mkdir -p "$dir/kamailio"
-    setsid "$KAMAILIO" -DD -E -m 256 -M 16 -f "$HERE/kamailio.cfg" -Y "$dir/kamailio" \
+    "${PRIO[@]}" setsid "$KAMAILIO" -DD -E -m 256 -M 16 -f "$HERE/kamailio.cfg" -Y "$dir/kamailio" \
         -P "$dir/kamailio/pid" -w "$dir/kamailio" "${defs[@]}" >"$dir/kamailio.log" 2>&1 &
     GROUPS_+=($!)
     wait_for kamailio 20 "$RIG" ping "127.0.0.1:$PROXY_PORT"
 
-    sipp -sf "$ROOT/tests/sipp/proxy_uas_answer.xml" -i 127.0.0.1 -p "$UAS_PORT" \
+    "${PRIO[@]}" sipp -sf "$ROOT/tests/sipp/proxy_uas_answer.xml" -i 127.0.0.1 -p "$UAS_PORT" \
         -m "$CALLS" -nostdin -trace_stat -stf "$dir/uas_stat.csv" -fd 1 \
         >/dev/null 2>"$dir/uas.stderr" &
     local uas=$!
@@ -205,7 +209,7 @@ TOML
             ;;
         *) echo "unknown endpoint $endpoint" >&2; return 2 ;;
     esac
-    "$RIG" "${recv_args[@]}" 2>"$dir/receiver.log" &
+    "${PRIO[@]}" "$RIG" "${recv_args[@]}" 2>"$dir/receiver.log" &
     local recv=$!
     PIDS+=($recv)
     wait_for receiver 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$RECV_PORT"
@@ -213,7 +217,7 @@ TOML
     # The caller: RATE calls per second, CALLS in all; SIPp's own timeout ends a
     # run that hangs.
     local uac_status=0
-    timeout $(( DURATION + 120 )) sipp -sf "$ROOT/tests/sipp/proxy_uac_answered.xml" \
+    "${PRIO[@]}" timeout $(( DURATION + 120 )) sipp -sf "$ROOT/tests/sipp/proxy_uac_answered.xml" \
         -s +15551234567 -i 127.0.0.1 -p "$UAC_PORT" -r "$RATE" -m "$CALLS" -nostdin \
         -trace_stat -stf "$dir/uac_stat.csv" -fd 1 -timeout $(( DURATION + 100 )) \
         "127.0.0.1:$PROXY_PORT" >/dev/null 2>"$dir/uac.stderr" || uac_status=$?
