@@ -14,7 +14,9 @@
 //!
 //! Meanwhile `/healthz` and `/metrics` are asked every 10 ms on fresh connections
 //! (the target: within 100 ms during the flood) and the quantiles of
-//! their latency are reported with the peak RSS.
+//! their latency are reported with the peak RSS, next to the same request to a
+//! trivial server in this process: on a shared machine, what the host's
+//! scheduling alone costs.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -198,8 +200,12 @@ fn quantiles(mut v: Vec<Duration>) -> String {
     }
     v.sort();
     let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3;
+    let slow = v
+        .iter()
+        .filter(|d| **d > Duration::from_millis(100))
+        .count();
     format!(
-        "n={} p50={:.2} ms p99={:.2} ms max={:.2} ms",
+        "n={} p50={:.2} ms p99={:.2} ms max={:.2} ms, {slow} over 100 ms",
         v.len(),
         q(0.5),
         q(0.99),
@@ -213,7 +219,35 @@ fn quantiles(mut v: Vec<Duration>) -> String {
 struct Samples {
     healthz: Vec<(Instant, Duration)>,
     metrics: Vec<(Instant, Duration)>,
-    failures: usize,
+    /// The same request to a trivial server in this process: what the host's
+    /// scheduling alone costs, on a machine shared with other work.
+    baseline: Vec<(Instant, Duration)>,
+    /// Answers other than 200, per path.
+    failures: std::collections::BTreeMap<&'static str, usize>,
+}
+
+/// A minimal HTTP server on its own thread that answers every request with 200:
+/// the control for the admin latencies.
+fn baseline_server() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
+    let addr = listener.local_addr().expect("its address");
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            // The whole request first: closing on unread bytes would reset the
+            // connection under the client.
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    addr
 }
 
 /// The latencies of `v` asked for within `from..to`.
@@ -235,19 +269,24 @@ fn main() {
     let samples = Arc::new(Mutex::new(Samples::default()));
     let sampler = {
         let (stop, samples, admin) = (stop.clone(), samples.clone(), s.admin);
+        let control = baseline_server();
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                for path in ["/healthz", "/metrics"] {
+                for path in ["/healthz", "/metrics", "baseline"] {
                     let t = Instant::now();
-                    let ok = matches!(get(admin, path), Ok((200, _)));
+                    let ok = match path {
+                        "baseline" => matches!(get(control, "/"), Ok((200, _))),
+                        _ => matches!(get(admin, path), Ok((200, _))),
+                    };
                     let took = t.elapsed();
                     let mut s = samples.lock().unwrap_or_else(|e| e.into_inner());
                     if !ok {
-                        s.failures += 1;
+                        *s.failures.entry(path).or_default() += 1;
                     }
                     match path {
                         "/healthz" => s.healthz.push((t, took)),
-                        _ => s.metrics.push((t, took)),
+                        "/metrics" => s.metrics.push((t, took)),
+                        _ => s.baseline.push((t, took)),
                     }
                 }
                 std::thread::sleep(Duration::from_millis(10));
@@ -351,10 +390,11 @@ fn main() {
         ("blast", paced_end, end),
     ] {
         println!(
-            "{phase}: /healthz {}; /metrics {}",
+            "{phase}:\n  /healthz {}\n  /metrics {}\n  control  {}",
             quantiles(within(&samples.healthz, from, to)),
-            quantiles(within(&samples.metrics, from, to))
+            quantiles(within(&samples.metrics, from, to)),
+            quantiles(within(&samples.baseline, from, to))
         );
     }
-    println!("admin answers other than 200: {}", samples.failures);
+    println!("answers other than 200: {:?}", samples.failures);
 }

@@ -143,11 +143,7 @@ pub async fn serve(
             token: token_rx,
             stopping: stopping.clone(),
         });
-        tokio::spawn(crate::admin::server::serve(
-            listener,
-            state,
-            admin_stop.clone(),
-        ))
+        run_admin(listener, state, admin_stop.clone())
     });
     tracing::info!(
         udp = ?gateway.udp_addrs,
@@ -217,7 +213,7 @@ pub async fn serve(
     let committed = delivery.shutdown().await;
     admin_stop.cancel();
     if let Some(t) = admin_task {
-        let _ = t.await;
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     if let Some(e) = failure {
         return Err(e);
@@ -225,6 +221,48 @@ pub async fn serve(
     committed.map_err(ServeError::Outbox)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves the admin listener on a thread and runtime of its own. Under a flood,
+/// ingest and the tracker keep the main runtime's workers busy, and its I/O
+/// driver is polled only between their turns: `/healthz` and `/metrics` must
+/// not wait for that (measured in docs/operations.md, "Limits and shedding").
+fn run_admin(
+    listener: tokio::net::TcpListener,
+    state: Arc<AdminState>,
+    stop: CancellationToken,
+) -> std::thread::JoinHandle<()> {
+    // Registered again with the admin runtime's own driver, so readiness never
+    // depends on the main runtime.
+    let listener = listener.into_std();
+    std::thread::Builder::new()
+        .name("siphook-admin".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the admin runtime; admin HTTP is off");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match listener.and_then(tokio::net::TcpListener::from_std) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot move the admin listener; admin HTTP is off");
+                        return;
+                    }
+                };
+                crate::admin::server::serve(listener, state, stop).await;
+            });
+        })
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot start the admin thread; admin HTTP is off");
+            std::thread::spawn(|| {})
+        })
 }
 
 /// Sends WATCHDOG=1 every `interval` forever (never, without a watchdog).
