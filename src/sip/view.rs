@@ -7,30 +7,14 @@ use super::addr::{NameAddr, Reason, ReferTo, Replaces, split_outside_quotes};
 use super::message::{Method, ParseError, ParseOptions, SipMessage, Siptrace, StartLine};
 use super::stir::{self, StirShaken};
 
-/// Builds the typed view from rsip's parse; `request_uri` is the text rsip was not
-/// given (see `message::parse`).
+/// Builds the typed view from the start line (read by `message::parse`) and the
+/// headers rsip parsed.
 pub(super) fn build(
-    msg: rsip::SipMessage,
-    request_uri: Option<String>,
+    start: StartLine,
+    headers: rsip::Headers,
+    body: &[u8],
     opts: &ParseOptions,
 ) -> Result<SipMessage, ParseError> {
-    let (start, headers, body) = match msg {
-        rsip::SipMessage::Request(r) => (
-            StartLine::Request {
-                method: Method::from_rsip(r.method),
-                uri: request_uri.ok_or(ParseError::Malformed)?,
-            },
-            r.headers,
-            r.body,
-        ),
-        rsip::SipMessage::Response(r) => {
-            let status = u16::from(r.status_code);
-            if !(100..=699).contains(&status) {
-                return Err(ParseError::Malformed);
-            }
-            (StartLine::Response { status }, r.headers, r.body)
-        }
-    };
     let mut call_id = None;
     let mut from = None;
     let mut to = None;
@@ -132,7 +116,7 @@ pub(super) fn build(
     let sipfrag_status = content_type
         .as_deref()
         .filter(|ct| ct.starts_with("message/sipfrag"))
-        .and_then(|_| sipfrag_status(&body));
+        .and_then(|_| sipfrag_status(body));
     Ok(SipMessage {
         start,
         call_id,
