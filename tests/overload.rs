@@ -164,8 +164,10 @@ fn shed(m: &[Sample], reason: &str) -> f64 {
     )
 }
 
-/// Sends `invites` over UDP `WINDOW` at a time, waiting after each window until
-/// siphook has parsed everything sent so far (`base` had been parsed before).
+/// Sends INVITEs of new calls over UDP `WINDOW` at a time, waiting after each
+/// window until the tracker has taken or refused every one sent so far (`base`
+/// before these), or siphook has counted it as shed: paced by the tracker, so no
+/// queue can fill behind a window.
 async fn send_paced(s: &Siphook, sock: &UdpSocket, invites: &[String], base: f64) {
     let mut sent = 0usize;
     for chunk in invites.chunks(WINDOW) {
@@ -174,11 +176,21 @@ async fn send_paced(s: &Siphook, sock: &UdpSocket, invites: &[String], base: f64
         }
         sent += chunk.len();
         let want = base + sent as f64;
-        s.until(&format!("{want} UDP messages parsed"), |m| {
-            udp_parsed(m) >= want
+        s.until(&format!("{want} INVITEs tracked"), |m| {
+            tracked(m) + shed(m, "queue_full") + shed(m, "receive_buffer_full") >= want
         })
         .await;
     }
+}
+
+/// New calls the tracker took into its table or refused there.
+fn tracked(m: &[Sample]) -> f64 {
+    sum(m, "siphook_calls_active", &[])
+        + sum(
+            m,
+            "siphook_sip_messages_ignored_total",
+            &[("reason", "table_full")],
+        )
 }
 
 fn invites(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
