@@ -117,6 +117,10 @@ enum Command {
         /// How long to wait for the last webhooks after the last message.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
         drain_deadline: std::time::Duration,
+        /// The receiver answers every Nth webhook 503 (a flaky endpoint; siphook
+        /// retries it). 0: never.
+        #[arg(long, default_value_t = 0)]
+        fail_every: u64,
         /// The spawned siphook commits without fsync (to measure what durability
         /// costs; never how siphook runs).
         #[arg(long, requires = "spawn")]
@@ -232,6 +236,7 @@ fn main() -> ExitCode {
             plot,
             drain_deadline,
             no_fsync,
+            fail_every,
             invite_timeout,
         } => {
             use siphook::bench::{BenchOptions, Limit, Target};
@@ -256,6 +261,7 @@ fn main() -> ExitCode {
                 secret,
                 invite_timeout,
                 no_fsync,
+                fail_every,
             };
             let ran = tokio::runtime::Runtime::new()
                 .context("starting the async runtime")

@@ -81,6 +81,24 @@ async fn the_baseline_sees_the_same_calls_and_the_ratios_are_reported() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flaky_receiver_costs_retries_not_events() {
+    let mut opts = BenchOptions::spawn(50.0, 20);
+    opts.fail_every = 7;
+    let report = run(opts).await;
+    let s = &report.siphook;
+    // Every 7th webhook is refused, retries included; the spawned siphook's
+    // schedule (0s 1s 2s 4s) outlasts that, so every event still arrives once.
+    assert_eq!((s.expected, s.received, s.lost), (80, 80, 0));
+    assert!(s.refused_on_purpose >= 80 / 7, "{}", s.refused_on_purpose);
+    assert_eq!(s.duplicates, 0);
+    assert_eq!(s.out_of_order, Some(0));
+    assert!(report.passed(), "{}", report.table());
+    assert!(report.table().contains("answered 503 on purpose"));
+    // A retried event waited at least the schedule's 1 s.
+    assert!(s.latency_ms.as_ref().expect("latencies").max >= 1000.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_with_the_wrong_secret_counts_bad_signatures_and_fails_the_run() {
     let mut opts = BenchOptions::spawn(100.0, 10);
     // A valid secret, but not the one the spawned siphook signs with.

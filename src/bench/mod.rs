@@ -33,7 +33,7 @@ pub const BENCH_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// Highest rate accepted, calls per second.
 const MAX_RATE: f64 = 100_000.0;
 /// Most calls one phase plays.
-const MAX_CALLS: u64 = 1_000_000;
+const MAX_CALLS: u64 = 2_000_000;
 /// Longest run, hold, drain.
 const MAX_DURATION: Duration = Duration::from_secs(3600);
 
@@ -122,6 +122,9 @@ pub struct BenchOptions {
     /// The spawned siphook commits without fsync: what durability costs is the
     /// difference from a run with it.
     pub no_fsync: bool,
+    /// The receiver answers every Nth webhook 503 (0: none): a flaky endpoint, for
+    /// soaking the retry path.
+    pub fail_every: u64,
 }
 
 impl BenchOptions {
@@ -139,6 +142,7 @@ impl BenchOptions {
             secret: None,
             invite_timeout: Duration::from_secs(2),
             no_fsync: false,
+            fail_every: 0,
         }
     }
 
@@ -317,6 +321,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
         opts.profile,
         event_prefix.clone(),
         relay_prefix.clone(),
+        opts.fail_every,
     )
     .await?;
     let result = phases(opts, calls, &receiver, &event_prefix, &relay_prefix, base).await;
@@ -432,6 +437,7 @@ async fn phases(
             bad_signatures: seen.bad_signatures,
             duplicates: seen.duplicates,
             malformed: seen.malformed,
+            refused: seen.refused,
         },
     );
     drop(seen);

@@ -165,6 +165,11 @@ impl Report {
         if s.timer_events > 0 {
             row("timer events (untimed)", &|p| p.timer_events.to_string());
         }
+        if s.refused_on_purpose > 0 {
+            row("answered 503 on purpose", &|p| {
+                p.refused_on_purpose.to_string()
+            });
+        }
         let quantiles = [("p50", 0), ("p90", 1), ("p99", 2), ("p99.9", 3), ("max", 4)];
         for (name, i) in quantiles {
             let pick = |q: &Quantiles| [q.p50, q.p90, q.p99, q.p999, q.max][i];

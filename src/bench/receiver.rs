@@ -127,6 +127,8 @@ pub(crate) struct Seen {
     pub(crate) malformed: usize,
     /// Relay posts, in arrival order.
     pub(crate) relayed: Vec<RelayArrival>,
+    /// Webhooks answered 503 on purpose (`--fail-every`).
+    pub(crate) refused: usize,
 }
 
 #[derive(Default)]
@@ -146,6 +148,10 @@ struct State {
     distinct: AtomicUsize,
     /// Relay posts seen.
     relayed: AtomicUsize,
+    /// Every Nth webhook is answered 503 (a flaky endpoint); 0: none.
+    fail_every: u64,
+    /// Webhooks received, for `fail_every`.
+    posts: std::sync::atomic::AtomicU64,
 }
 
 /// A running receiver.
@@ -179,6 +185,7 @@ impl Receiver {
         profile: Profile,
         event_prefix: String,
         relay_prefix: String,
+        fail_every: u64,
     ) -> Result<Receiver, BenchError> {
         let listener = TcpListener::bind(bind)
             .await
@@ -201,6 +208,8 @@ impl Receiver {
             inner: Mutex::default(),
             distinct: AtomicUsize::new(0),
             relayed: AtomicUsize::new(0),
+            fail_every,
+            posts: std::sync::atomic::AtomicU64::new(0),
         });
         let stop = CancellationToken::new();
         let task = tokio::spawn(accept_loop(listener, state.clone(), stop.clone()));
@@ -312,6 +321,12 @@ fn webhook(
         lock(state).seen.malformed += 1;
         return status(StatusCode::BAD_REQUEST);
     };
+    let n = state.posts.fetch_add(1, Ordering::Relaxed) + 1;
+    if state.fail_every > 0 && n.is_multiple_of(state.fail_every) {
+        // Refused before it is recorded: the retry is what counts as received.
+        lock(state).seen.refused += 1;
+        return status(StatusCode::SERVICE_UNAVAILABLE);
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));

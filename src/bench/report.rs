@@ -97,6 +97,9 @@ pub struct PhaseResult {
     /// SIP message sent → webhook received, for every expected event received
     /// that a message caused.
     pub latency_ms: Option<Quantiles>,
+    /// Webhooks the receiver answered 503 on purpose (`--fail-every`); each one's
+    /// retry is what counted as received, and its latency includes the wait.
+    pub refused_on_purpose: usize,
     /// Every latency sample as (sent, latency) in nanoseconds since the run began,
     /// in arrival order: what `--plot` draws. Too bulky for the JSON report.
     #[serde(skip)]
@@ -118,6 +121,7 @@ pub(crate) struct EventTally<'a> {
     pub(crate) bad_signatures: usize,
     pub(crate) duplicates: usize,
     pub(crate) malformed: usize,
+    pub(crate) refused: usize,
 }
 
 /// Matches siphook's webhooks to the messages that caused them.
@@ -184,6 +188,7 @@ pub(crate) fn analyse_events(profile: Profile, sent: &Sent, tally: EventTally<'_
         timer_events,
         relay_errors: None,
         latency_ms: Quantiles::of(samples.iter().map(|&(_, l)| l).collect()),
+        refused_on_purpose: tally.refused,
         series: samples,
     }
 }
@@ -267,6 +272,7 @@ pub(crate) fn analyse_relay(
         timer_events: 0,
         relay_errors: Some(relay_errors),
         latency_ms: Quantiles::of(samples.iter().map(|&(_, l)| l).collect()),
+        refused_on_purpose: 0,
         series: samples,
     }
 }
@@ -357,6 +363,7 @@ mod tests {
                 bad_signatures: 0,
                 duplicates: 0,
                 malformed: 0,
+                refused: 0,
             },
         );
         assert_eq!((r.expected, r.received, r.lost), (7, 6, 1));
