@@ -18,8 +18,10 @@ use crate::ingest::tcp::TcpLimits;
 use crate::ingest::{self, Inbound, IngestContext, Wire};
 use crate::sip::ParseOptions;
 
-/// Events waiting for their consumer; the tracker waits when it is full.
-const EVENT_QUEUE: usize = 65_536;
+/// Events waiting for their consumer (the outbox writer); the tracker waits when
+/// it is full, so a stalled disk makes ingest shed at the tracker's own queue
+/// (`queue_full`) instead of growing memory. Public so tests can fill it exactly.
+pub const EVENT_QUEUE: usize = 65_536;
 
 /// Why siphook could not start.
 #[derive(Debug, thiserror::Error)]

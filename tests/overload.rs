@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use common::admin::{Sample, parse_metrics, request, sum};
 use common::receiver::{Receiver, Reply};
-use common::{CallSpec, DEADLINE, free_port};
+use common::{CallSpec, DEADLINE, Harness, free_port, test_config};
+use siphook::gateway::EVENT_QUEUE;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::process::{Child, Command};
@@ -609,4 +610,72 @@ async fn a_ten_megabyte_header_block_is_cut_at_max_message_bytes() {
     })
     .await;
     s.assert_running();
+}
+
+/// The outbox writer stalls (here nobody takes the tracker's events, as when the
+/// disk stops answering): the tracker waits once the event queue is full, its own
+/// queue fills behind it, and every message past that is shed as `queue_full`,
+/// counted one for one, while the listener goes on reading and parsing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_writer_sheds_at_the_tracker_queue_while_ingest_reads_on() {
+    const QUEUE: usize = 1024;
+    const EXTRA: usize = 500;
+    let mut config = test_config();
+    config.sip.queue_capacity = QUEUE;
+    let h = Harness::with_config(config).await;
+    // One call more than the event queue holds is taken: its event is the one
+    // the tracker waits to hand over.
+    let taken = EVENT_QUEUE + 1;
+    let total = taken + QUEUE + EXTRA;
+    let msgs = invites("stall", 0..total);
+    // Up to the stall, paced by the tracker so nothing is shed yet; then by the
+    // parser, the tracker being stuck.
+    let mut sent = 0usize;
+    for chunk in msgs[..taken].chunks(WINDOW) {
+        for m in chunk {
+            h.send(m).await;
+        }
+        sent += chunk.len();
+        h.wait_metric("siphook_calls_active", &[], sent as f64)
+            .await;
+    }
+    assert_eq!(h.metric("siphook_sip_messages_dropped_total", &[]), 0.0);
+    for chunk in msgs[taken..].chunks(WINDOW) {
+        for m in chunk {
+            h.send(m).await;
+        }
+        sent += chunk.len();
+        h.wait_metric(
+            "siphook_sip_messages_total",
+            &[("transport", "udp")],
+            sent as f64,
+        )
+        .await;
+    }
+    h.wait_metric(
+        "siphook_sip_messages_dropped_total",
+        &[("reason", "queue_full")],
+        EXTRA as f64,
+    )
+    .await;
+    assert_eq!(
+        h.metric("siphook_sip_messages_total", &[("transport", "udp")]),
+        total as f64,
+        "every datagram read and parsed while the tracker was stuck"
+    );
+    assert_eq!(
+        h.metric(
+            "siphook_sip_messages_dropped_total",
+            &[("reason", "queue_full")]
+        ),
+        EXTRA as f64
+    );
+    assert_eq!(h.metric("siphook_calls_active", &[]), taken as f64);
+    assert_eq!(
+        h.metric(
+            "siphook_sip_messages_dropped_total",
+            &[("reason", "receive_buffer_full")]
+        ),
+        0.0
+    );
 }
