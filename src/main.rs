@@ -181,7 +181,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => match Config::load(&file) {
-            Ok(_) => {
+            Ok(config) => {
+                for w in config.warnings(&file) {
+                    eprintln!("warning: {w}");
+                }
                 println!("ok");
                 ExitCode::SUCCESS
             }
@@ -309,6 +312,9 @@ fn main() -> ExitCode {
 
 fn run(path: &std::path::Path, print_events: bool, log: LogReload) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    for w in config.warnings(path) {
+        tracing::warn!("{w}");
+    }
     let output = if print_events {
         EventOutput::JsonLines
     } else {

@@ -17,6 +17,8 @@ pub struct HepConfig {
     pub tcp: Vec<SocketAddr>,
     /// When set, packets whose auth-key chunk does not match are dropped, counted.
     pub auth_key: Option<Redacted>,
+    /// The key is written in the file itself (`auth_key`, not `auth_key_file`).
+    pub auth_key_inline: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -48,6 +50,7 @@ impl RawHep {
                 );
             }
         }
+        let auth_key_inline = self.auth_key.as_ref().is_some_and(|k| !k.is_empty());
         let auth_key = match (self.auth_key, self.auth_key_file) {
             (Some(k), None) if k.is_empty() => None,
             (Some(k), None) => Some(Redacted(k)),
@@ -59,7 +62,12 @@ impl RawHep {
                 None
             }
         };
-        HepConfig { udp, tcp, auth_key }
+        HepConfig {
+            udp,
+            tcp,
+            auth_key,
+            auth_key_inline,
+        }
     }
 }
 

@@ -15,6 +15,7 @@ mod delivery;
 mod hep;
 mod problems;
 mod service;
+mod warnings;
 
 use problems::{MAX_TYPE_ERRORS, display_path, format_path, remove_at, without_value};
 

@@ -1,0 +1,124 @@
+//! Settings that are valid but risky: the file loads, and the operator is told why
+//! it should not stay that way (`check-config` prints these, `run` logs them).
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use super::Config;
+
+impl Config {
+    /// What an operator should change, for this configuration read from `path`
+    /// (the file's permissions matter when it holds secrets). Empty when nothing.
+    pub fn warnings(&self, path: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(a) = self.admin.listen.filter(|a| !a.ip().is_loopback()) {
+            out.push(format!(
+                "admin.listen {a} is not loopback: /metrics and the bearer-token API /v1 \
+                 are plain HTTP; keep it on loopback or put a TLS proxy in front"
+            ));
+        }
+        if self.hep.auth_key.is_none() {
+            let public = |key: &str, addrs: &[SocketAddr]| {
+                addrs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, a)| !a.ip().is_loopback())
+                    .map(|(i, a)| format!("{key}[{i}] {a}"))
+                    .collect::<Vec<_>>()
+            };
+            for at in public("hep.udp", &self.hep.udp)
+                .into_iter()
+                .chain(public("hep.tcp", &self.hep.tcp))
+            {
+                out.push(format!(
+                    "{at} is not loopback and [hep] has no auth key: anyone who \
+                     reaches it can inject calls"
+                ));
+            }
+        }
+        if readable_by_others(path) {
+            let inline: Vec<String> = self
+                .endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.inline_secrets)
+                .map(|(i, e)| format!("endpoints[{i}] ({})", e.name))
+                .chain(self.hep.auth_key_inline.then(|| "hep.auth_key".to_owned()))
+                .collect();
+            if !inline.is_empty() {
+                out.push(format!(
+                    "{} hold secrets written in {}, which other users can read: move \
+                     them to files (secret_files, *_file, auth_key_file; systemd \
+                     LoadCredential=) or chmod 600 the file",
+                    inline.join(", "),
+                    path.display()
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(unix)]
+fn readable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o044 != 0)
+}
+
+#[cfg(not(unix))]
+fn readable_by_others(_: &Path) -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn file(text: &str, mode: u32) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("siphook.toml");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn the_shipped_config_has_nothing_to_warn_about() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/siphook.toml");
+        assert_eq!(
+            Config::load(&path).unwrap().warnings(&path),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn public_admin_and_keyless_public_hep_are_named() {
+        let text = "[sip]\nudp = []\ntcp = []\n[hep]\nudp = [\"127.0.0.1:9060\", \"0.0.0.0:9061\"]\n\
+                    tcp = [\"[::]:9062\"]\n[admin]\nlisten = \"0.0.0.0:9960\"\n";
+        let (_d, path) = file(text, 0o600);
+        let w = Config::load(&path).unwrap().warnings(&path);
+        assert_eq!(w.len(), 3, "{w:#?}");
+        assert!(w[0].starts_with("admin.listen 0.0.0.0:9960 is not loopback"));
+        assert!(w[1].starts_with("hep.udp[1] 0.0.0.0:9061 is not loopback"));
+        assert!(w[2].starts_with("hep.tcp[0] [::]:9062 is not loopback"));
+    }
+
+    #[test]
+    fn inline_secrets_in_a_file_others_can_read() {
+        let text = format!(
+            "[sip]\nudp = []\ntcp = []\n[hep]\nauth_key = \"k-123\"\n[[endpoints]]\nname = \"crm\"\n\
+             url = \"https://crm.example/hook\"\nsecrets = [\"{SECRET}\"]\n"
+        );
+        let (_d, open) = file(&text, 0o644);
+        let w = Config::load(&open).unwrap().warnings(&open);
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(w[0].starts_with("endpoints[0] (crm), hep.auth_key hold secrets written in"));
+        assert!(!w[0].contains(SECRET) && !w[0].contains("k-123"));
+        let (_d, closed) = file(&text, 0o600);
+        assert!(Config::load(&closed).unwrap().warnings(&closed).is_empty());
+    }
+}
