@@ -17,7 +17,8 @@ pub struct Metrics {
     pub sip_parse_errors: IntCounterVec,
     /// Bytes received on SIP sockets.
     pub sip_received_bytes: IntCounterVec,
-    /// Parsed messages shed before the tracker, by reason (`queue_full`).
+    /// SIP messages shed before the tracker, by reason: `queue_full` (parsed, the
+    /// tracker's queue was full) or `receive_buffer_full` (the kernel dropped them).
     pub sip_dropped: IntCounterVec,
     /// Messages the tracker took no action on, by reason.
     pub sip_ignored: IntCounterVec,
@@ -142,7 +143,7 @@ impl Metrics {
             sip_dropped: counter(
                 &r,
                 "siphook_sip_messages_dropped_total",
-                "Parsed SIP messages shed before the call tracker.",
+                "SIP messages shed before the call tracker: queue_full (the tracker's queue), receive_buffer_full (dropped by the kernel on a full UDP receive buffer).",
                 &["transport", "reason"],
             ),
             sip_ignored: counter(
