@@ -12,7 +12,8 @@ use common::receiver::Receiver;
 use siphook::admin::Metrics;
 use siphook::call::{Event, Meta, Timestamp, Tracker, TrackerConfig, Transport};
 use siphook::config::Config;
-use siphook::deliver::{Delivery, open_outbox};
+use siphook::deliver::{Delivery, EndpointCommand, open_outbox};
+use siphook::outbox::DeliveryState;
 use siphook::sip::{ParseOptions, parse};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -116,6 +117,78 @@ async fn a_backlog_of_several_pages_goes_out_once_in_call_order_with_new_events_
         }
     }
     assert_eq!(call0, vec![1, 2, 3, 4]);
+    drop(tx);
+    delivery.shutdown().await.unwrap();
+}
+
+/// A dead letter the operator replays while the backlog still loads must wait for
+/// its call's older pending events, even those on pages not read yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_replayed_while_the_backlog_loads_stays_behind_its_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rx = Receiver::ok().await;
+    let text = format!(
+        "[sip]\nudp = []\ntcp = []\n[outbox]\npath = \"{}\"\n[[endpoints]]\nname = \"test\"\nurl = \"{}\"\nallow_http = true\nsecrets = [\"{SECRET}\"]\n",
+        dir.path().join("outbox").display(),
+        rx.url()
+    );
+    let config = Config::parse(&text).unwrap();
+    let t = template();
+    // Call 0's first event is pending behind a large backlog; its second is a dead
+    // letter (say both failed, and only the first was replayed before a restart).
+    let dead;
+    {
+        let outbox = open_outbox(&config).unwrap();
+        for i in 0..BACKLOG {
+            let e = event(&t, i + 1, 1);
+            outbox.append(&e, &e.to_json(), &["test"], 0).unwrap();
+        }
+        let first = event(&t, 0, 1);
+        outbox
+            .append(&first, &first.to_json(), &["test"], 0)
+            .unwrap();
+        let second = event(&t, 0, 2);
+        dead = outbox
+            .append(&second, &second.to_json(), &["test"], 0)
+            .unwrap();
+        let state = DeliveryState {
+            attempts: 3,
+            ..Default::default()
+        };
+        outbox.dead_letter("test", dead, &state).unwrap();
+        outbox.commit().await.unwrap();
+    }
+    let (tx, events) = tokio::sync::mpsc::channel(16);
+    let delivery = Delivery::start(
+        &config,
+        open_outbox(&config).unwrap(),
+        events,
+        None,
+        Metrics::new(),
+    )
+    .unwrap();
+    let commands = delivery.endpoints().borrow()["test"].clone();
+    let (reply, replied) = tokio::sync::oneshot::channel();
+    commands
+        .send(EndpointCommand::Replay {
+            offsets: vec![dead],
+            reply,
+        })
+        .await
+        .unwrap();
+    assert_eq!(replied.await.unwrap(), vec![dead]);
+
+    let call0 = event(&t, 0, 1).call.id;
+    let mut seqs = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    for _ in 0..BACKLOG + 2 {
+        assert!(tokio::time::Instant::now() < deadline, "delivered in time");
+        let body = rx.next().await.json();
+        if body["call"]["id"] == call0.as_str() {
+            seqs.push(body["sequence"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(seqs, vec![1, 2]);
     drop(tx);
     delivery.shutdown().await.unwrap();
 }

@@ -78,3 +78,29 @@ async fn offsets_are_never_reused_and_events_live_while_referenced() {
     assert_eq!(stored.body, second.to_json());
     assert_eq!(stored.sequence, 1);
 }
+
+/// A pending key not shaped `name \0 offset` (damaged, or written by something
+/// else) must not stall the scan for endpoint names, which runs before delivery starts.
+#[test]
+fn a_malformed_pending_key_does_not_stall_the_endpoint_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox");
+    {
+        let db = sled::open(&path).unwrap();
+        let pending = db.open_tree("pending").unwrap();
+        pending.insert(b"legacy-key", b"{}".to_vec()).unwrap();
+        let mut good = b"crm\0".to_vec();
+        good.extend_from_slice(&7u64.to_be_bytes());
+        pending.insert(good, b"{}".to_vec()).unwrap();
+        db.flush().unwrap();
+    }
+    let outbox = Outbox::open(&path, u64::MAX).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(outbox.pending_endpoints().unwrap());
+    });
+    let names = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the scan returns");
+    assert_eq!(names, vec!["crm".to_owned()]);
+}

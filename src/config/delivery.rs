@@ -117,7 +117,8 @@ pub struct EndpointConfig {
     /// Client private key for mTLS (PEM).
     pub client_key_file: Option<PathBuf>,
     /// A secret or credential is written in the file itself (`secrets`,
-    /// `auth.bearer_token`, `auth.basic_password`): a warning if others can read it.
+    /// `auth.bearer_token`, `auth.basic_password`, or static `headers`, which may
+    /// carry API keys): a warning if others can read it.
     pub inline_secrets: bool,
     /// PII this endpoint must not see in clear (`redact`, `redact_mode`,
     /// `redact_key_file`); `None` sends events as stored.
@@ -367,7 +368,7 @@ pub(super) fn validate_endpoints(
                 "at least one secret (secrets or secret_files) is required to sign events".into(),
             );
         }
-        let mut inline_secrets = !r.secrets.is_empty();
+        let mut inline_secrets = !r.secrets.is_empty() || !r.headers.is_empty();
         let auth = r.auth.and_then(|a| {
             inline_secrets |= a.bearer_token.is_some() || a.basic_password.is_some();
             let token = match (a.bearer_token, a.bearer_token_file) {

@@ -49,7 +49,8 @@ impl Config {
                 out.push(format!(
                     "{} hold secrets written in {}, which other users can read: move \
                      them to files (secret_files, *_file, auth_key_file; systemd \
-                     LoadCredential=) or chmod 600 the file",
+                     LoadCredential=) or chmod 600 the file (static headers can \
+                     only be written there)",
                     inline.join(", "),
                     path.display()
                 ));

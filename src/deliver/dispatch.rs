@@ -156,7 +156,7 @@ pub struct Dispatcher {
     loaded_through: Option<u64>,
     /// The backlog still being read: the next offset to read from, and the first
     /// offset not in the backlog.
-    loading: Option<(u64, u64)>,
+    pub(super) loading: Option<(u64, u64)>,
     /// Events the writer announced while the backlog loads: they are queued after
     /// it, so a call's new event never overtakes its older ones still unread.
     held: Vec<Committed>,

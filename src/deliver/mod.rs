@@ -130,8 +130,9 @@ impl Delivery {
         metrics: Metrics,
     ) -> Result<Delivery, DeliveryError> {
         warn_unconfigured(&outbox, config);
-        // Every backlog is loaded before the writer runs: a scan racing the writer
-        // could see unflushed events.
+        // Every backlog's extent (what was committed) is fixed before the writer
+        // runs: a scan racing the writer could see unflushed events. Its pages are
+        // read later, up to that extent only.
         let mut prepared = Vec::new();
         for ep in &config.endpoints {
             let client = client::HttpClient::new(ep)?;

@@ -357,7 +357,15 @@ impl Outbox {
         let mut names = Vec::new();
         let mut from: Vec<u8> = Vec::new();
         while let Some((k, _)) = self.pending.range(from.as_slice()..).next().transpose()? {
-            let name = &k[..k.len().saturating_sub(9)];
+            let cut = k.len().checked_sub(9).filter(|&i| k[i] == 0);
+            let Some(cut) = cut else {
+                // Not `name \0 offset` (damaged, or written by something else): step
+                // past this key alone rather than seek to it for ever.
+                from = k.to_vec();
+                from.push(0);
+                continue;
+            };
+            let name = &k[..cut];
             names.push(String::from_utf8_lossy(name).into_owned());
             // Keys are `name \0 offset`: `name \1` sorts after all of that name's.
             from = name.to_vec();

@@ -290,7 +290,7 @@ pub fn parse(raw: &[u8], opts: &ParseOptions) -> Result<SipMessage, ParseError> 
         .collect::<Vec<_>>()[..]
     {
         [version, ..] if version.starts_with("SIP/") => (None, section.start_line),
-        [method, uri, version] if version.starts_with("SIP/") => (
+        [method, uri, version] if is_sip_version(version) => (
             Some(StartLine::Request {
                 method: Method::parse(method).ok_or(ParseError::Malformed)?,
                 uri: uri.to_owned(),
@@ -314,6 +314,14 @@ pub fn parse(raw: &[u8], opts: &ParseOptions) -> Result<SipMessage, ParseError> 
     };
     let body = &section.body[..body_len.min(section.body.len())];
     super::view::build(start, response.headers, body, opts)
+}
+
+/// `SIP/2.0` and its like (`SIP/` digits `.` digits), as rsip checks a response's.
+fn is_sip_version(v: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    v.strip_prefix("SIP/")
+        .and_then(|n| n.split_once('.'))
+        .is_some_and(|(major, minor)| digits(major) && digits(minor))
 }
 
 /// The status line a request's headers are parsed behind (see `parse`).
@@ -360,6 +368,31 @@ User-Agent: Test UA\r\n\
 \x201.0\r\n\
 c: application/sdp\r\n\
 l: 4\r\n\r\nv=0\r\ntrailing";
+
+    #[test]
+    fn a_request_line_needs_a_sip_version() {
+        let ok = COMPACT.as_bytes();
+        assert!(parse(ok, &opts()).is_ok());
+        for v in [
+            "SIP/3.0x",
+            "SIP/2.0x",
+            "SIP/",
+            "SIP/banana",
+            "SIP/.0",
+            "HTTP/1.1",
+        ] {
+            let raw = COMPACT.replacen("SIP/2.0\r\n", &format!("{v}\r\n"), 1);
+            assert!(raw.contains(v));
+            assert_eq!(
+                parse(raw.as_bytes(), &opts()),
+                Err(ParseError::Malformed),
+                "{v}"
+            );
+        }
+        // Other versions of the same shape pass, as rsip lets them in a status line.
+        let raw = COMPACT.replacen("SIP/2.0\r\n", "SIP/3.0\r\n", 1);
+        assert!(parse(raw.as_bytes(), &opts()).is_ok());
+    }
 
     #[test]
     fn compact_folded_tel_uri() {

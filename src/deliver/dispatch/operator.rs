@@ -74,6 +74,11 @@ impl Dispatcher {
             }
             self.dead = self.dead.saturating_sub(1);
             replayed.push(offset);
+            // Pending in the store again: a backlog page not read yet picks it up
+            // in offset order, behind its call's older events on that page.
+            if self.loading.is_some_and(|(from, _)| offset >= from) {
+                continue;
+            }
             let pending = DeliveryState {
                 next_at_ms: now,
                 ..Default::default()
