@@ -38,6 +38,8 @@ pub struct Metrics {
     pub events_refused: IntCounterVec,
     /// Outbox size on disk.
     pub outbox_size_bytes: IntGauge,
+    /// `[outbox] max_bytes`: an alert compares the size's trend against it.
+    pub outbox_max_bytes: IntGauge,
     /// 1 while the outbox takes new events, 0 while it refuses them (past
     /// max_bytes): the process is not ready then.
     pub outbox_accepting: IntGauge,
@@ -199,6 +201,11 @@ impl Metrics {
                 &["reason"],
             ),
             outbox_size_bytes: gauge(&r, "siphook_outbox_size_bytes", "Outbox size on disk."),
+            outbox_max_bytes: gauge(
+                &r,
+                "siphook_outbox_max_bytes",
+                "[outbox] max_bytes: past it new events are refused.",
+            ),
             outbox_commit_duration: histogram(
                 &r,
                 "siphook_outbox_commit_duration_seconds",

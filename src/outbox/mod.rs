@@ -183,6 +183,11 @@ impl Outbox {
         self
     }
 
+    /// `max_bytes` as opened: past it new events are refused.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
     /// The store's directory.
     pub fn path(&self) -> &Path {
         &self.path

@@ -80,6 +80,9 @@ pub async fn run(
     let mut stored: Vec<Stored> = Vec::with_capacity(64);
     let mut errors = RateLog::new(Duration::from_secs(10));
     let mut size = outbox.size_on_disk();
+    metrics
+        .outbox_max_bytes
+        .set(i64::try_from(outbox.max_bytes()).unwrap_or(i64::MAX));
     // Readiness is right from the start and follows the store while no event
     // arrives (a full store drained by deliveries, or space freed by hand).
     let _ = refresh_space(&outbox, &metrics, size);
