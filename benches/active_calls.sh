@@ -45,6 +45,7 @@ allow_http = true
 secrets = ["$SECRET"]
 EOF
 
+chmod 600 "$work/siphook.toml"   # it holds the endpoint secret
 "$BIN" run --config "$work/siphook.toml" &
 pid=$!
 for _ in $(seq 1 100); do

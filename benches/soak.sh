@@ -47,6 +47,7 @@ secrets = ["$SECRET"]
 retry_schedule = ["0s", "1s", "2s", "5s", "10s", "30s", "60s", "120s"]
 EOF
 
+chmod 600 "$work/siphook.toml"   # it holds the endpoint secret
 "$BIN" run --config "$work/siphook.toml" 2>"$OUT/siphook.log" &
 pid=$!
 for _ in $(seq 1 100); do

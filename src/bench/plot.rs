@@ -11,9 +11,12 @@ use super::output::Report;
 
 /// Bins of the histogram.
 const BINS: usize = 80;
-/// Most points drawn in the scatter; beyond it every k-th sample is kept, plus
-/// every sample above the p99 so the tail is never thinned away.
-const MAX_POINTS: usize = 20_000;
+/// Most points drawn in the scatter: beyond it every k-th sample is kept, and of
+/// the samples above the p99 (the tail, which even thinning must keep visible)
+/// at most `MAX_TAIL`, evenly spread. Keeps a plot of millions of samples to a
+/// few hundred kilobytes.
+const MAX_POINTS: usize = 3_000;
+const MAX_TAIL: usize = 1_000;
 
 const SIPHOOK: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
 const RELAY: RGBColor = RGBColor(0x99, 0x99, 0x99);
@@ -166,15 +169,23 @@ where
     Ok(())
 }
 
-/// At most about `MAX_POINTS`, keeping every sample above the p99.
+/// At most about `MAX_POINTS` + `MAX_TAIL`, with the tail thinned less.
 fn thin(points: &[(f64, f64)], p99: f64) -> Vec<(f64, f64)> {
     let step = points.len().div_ceil(MAX_POINTS).max(1);
-    points
-        .iter()
-        .enumerate()
-        .filter(|&(i, &(_, ms))| i % step == 0 || ms > p99)
-        .map(|(_, &p)| p)
-        .collect()
+    let tail = points.iter().filter(|&&(_, ms)| ms > p99).count();
+    let tail_step = tail.div_ceil(MAX_TAIL).max(1);
+    let mut seen_tail = 0;
+    let mut out = Vec::with_capacity(MAX_POINTS + MAX_TAIL);
+    for (i, &(t, ms)) in points.iter().enumerate() {
+        let keep_tail = ms > p99 && {
+            seen_tail += 1;
+            (seen_tail - 1) % tail_step == 0
+        };
+        if i % step == 0 || keep_tail {
+            out.push((t, ms));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -200,5 +211,17 @@ mod tests {
         let kept = thin(&with_tail, 2.0);
         assert!(kept.len() <= MAX_POINTS + 1);
         assert!(kept.iter().any(|&(_, ms)| ms == 50.0));
+        // A heavy tail is thinned too, but stays over-represented.
+        let heavy: Vec<(f64, f64)> = (0..100_000)
+            .map(|i| (i as f64, if i % 10 == 0 { 9.0 } else { 1.0 }))
+            .collect();
+        let kept = thin(&heavy, 2.0);
+        assert!(kept.len() <= MAX_POINTS + MAX_TAIL + 1, "{}", kept.len());
+        let tail = kept.iter().filter(|&&(_, ms)| ms > 2.0).count();
+        assert!(
+            tail >= MAX_TAIL && tail * 5 > kept.len(),
+            "{tail} of {}",
+            kept.len()
+        );
     }
 }
