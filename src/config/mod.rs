@@ -13,14 +13,16 @@ use serde::Deserialize;
 
 mod delivery;
 mod hep;
+mod outbox;
 mod problems;
 mod service;
 mod warnings;
 
 use problems::{MAX_TYPE_ERRORS, display_path, format_path, remove_at, without_value};
 
-pub use delivery::{Auth, Encoding, EndpointConfig, Format, OutboxConfig, Redacted, glob_match};
+pub use delivery::{Auth, Encoding, EndpointConfig, Format, Redacted, glob_match};
 pub use hep::HepConfig;
+pub use outbox::OutboxConfig;
 pub use service::{AdminConfig, LogConfig, ServiceConfig};
 
 /// The validated configuration the process runs on.
@@ -251,7 +253,7 @@ fn scrub_secrets(text: &str) -> String {
 struct RawConfig {
     sip: RawSip,
     hep: hep::RawHep,
-    outbox: delivery::RawOutbox,
+    outbox: outbox::RawOutbox,
     endpoints: Vec<delivery::RawEndpoint>,
     admin: service::RawAdmin,
     log: service::RawLog,

@@ -1,0 +1,71 @@
+//! `[outbox]`: where events are stored before any delivery attempt.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::Checker;
+
+/// `[outbox]`: the sled store every event is committed to before delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxConfig {
+    /// Directory of the sled database (relative paths: to the working directory).
+    pub path: PathBuf,
+    /// Longest an event waits to be grouped into a commit.
+    pub commit_interval: Duration,
+    /// Past this on-disk size new events are refused (counted, logged, unready).
+    pub max_bytes: u64,
+    /// Whether a commit fsyncs. Always true from a config file: only `siphook bench
+    /// --no-fsync` turns it off, to measure what durability costs.
+    pub fsync: bool,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            path: PathBuf::from("data/outbox"),
+            commit_interval: Duration::from_millis(1),
+            max_bytes: 1 << 30,
+            fsync: true,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct RawOutbox {
+    path: Option<String>,
+    commit_interval: Option<String>,
+    max_bytes: Option<String>,
+}
+
+impl RawOutbox {
+    pub(super) fn validate(self, c: &mut Checker<'_>) -> OutboxConfig {
+        let d = OutboxConfig::default();
+        let path = match self.path {
+            Some(p) if p.trim().is_empty() => {
+                c.problem("outbox.path", "must not be empty".into());
+                d.path
+            }
+            Some(p) => PathBuf::from(p),
+            None => d.path,
+        };
+        OutboxConfig {
+            path,
+            commit_interval: c.duration(
+                "outbox.commit_interval",
+                self.commit_interval,
+                d.commit_interval,
+                Duration::ZERO,
+            ),
+            max_bytes: c.size(
+                "outbox.max_bytes",
+                self.max_bytes,
+                d.max_bytes as usize,
+                (1 << 20, usize::MAX),
+            ) as u64,
+            fsync: true,
+        }
+    }
+}
