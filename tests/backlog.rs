@@ -7,35 +7,29 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::CallSpec;
 use common::receiver::Receiver;
 use siphook::admin::Metrics;
-use siphook::call::{Event, Meta, Timestamp, Tracker, TrackerConfig, Transport};
+use siphook::call::Event;
 use siphook::config::Config;
 use siphook::deliver::{Delivery, EndpointCommand, open_outbox};
 use siphook::outbox::DeliveryState;
-use siphook::sip::{ParseOptions, parse};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// Several load pages (4,096 each) of the dispatcher.
 const BACKLOG: usize = 20_000;
 
 fn template() -> Event {
-    let mut t = Tracker::new(TrackerConfig::from(&Config::default().sip));
-    let msg = parse(
-        CallSpec::new("backlog").invite(1).as_bytes(),
-        &ParseOptions::default(),
-    )
-    .unwrap();
-    let meta = Meta {
-        transport: Transport::Udp,
-        source: "10.0.0.1:5060".parse().unwrap(),
-        destination: "10.0.0.2:5060".parse().unwrap(),
-        received_at: Timestamp(1_795_330_800_000),
-    };
-    let mut out = Vec::new();
-    t.on_message(&msg, &meta, &mut out).unwrap();
-    out.remove(0)
+    common::initiated_event("backlog")
+}
+
+/// An outbox in `dir` and one endpoint, `test`, delivering to `rx`.
+fn config(dir: &tempfile::TempDir, rx: &Receiver) -> Config {
+    let text = format!(
+        "[sip]\nudp = []\ntcp = []\n[outbox]\npath = \"{}\"\n[[endpoints]]\nname = \"test\"\nurl = \"{}\"\nallow_http = true\nsecrets = [\"{SECRET}\"]\n",
+        dir.path().join("outbox").display(),
+        rx.url()
+    );
+    Config::parse(&text).unwrap()
 }
 
 /// Event `sequence` of call `call` (a distinct id for each pair).
@@ -51,12 +45,7 @@ fn event(template: &Event, call: usize, sequence: u32) -> Event {
 async fn a_backlog_of_several_pages_goes_out_once_in_call_order_with_new_events_behind_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut rx = Receiver::ok().await;
-    let text = format!(
-        "[sip]\nudp = []\ntcp = []\n[outbox]\npath = \"{}\"\n[[endpoints]]\nname = \"test\"\nurl = \"{}\"\nallow_http = true\nsecrets = [\"{SECRET}\"]\n",
-        dir.path().join("outbox").display(),
-        rx.url()
-    );
-    let config = Config::parse(&text).unwrap();
+    let config = config(&dir, &rx);
     let t = template();
 
     // Call 0 has events spread over the pages; every other event is a call of its own.
@@ -127,12 +116,7 @@ async fn a_backlog_of_several_pages_goes_out_once_in_call_order_with_new_events_
 async fn a_dead_letter_replayed_while_the_backlog_loads_stays_behind_its_call() {
     let dir = tempfile::tempdir().unwrap();
     let mut rx = Receiver::ok().await;
-    let text = format!(
-        "[sip]\nudp = []\ntcp = []\n[outbox]\npath = \"{}\"\n[[endpoints]]\nname = \"test\"\nurl = \"{}\"\nallow_http = true\nsecrets = [\"{SECRET}\"]\n",
-        dir.path().join("outbox").display(),
-        rx.url()
-    );
-    let config = Config::parse(&text).unwrap();
+    let config = config(&dir, &rx);
     let t = template();
     // Call 0's first event is pending behind a large backlog; its second is a dead
     // letter (say both failed, and only the first was replayed before a restart).

@@ -10,7 +10,6 @@ use std::time::Duration;
 use base64::Engine;
 use common::receiver::{Receiver, Reply};
 use common::{CallSpec, Harness, assert_valid};
-use sha2::{Digest, Sha256};
 use siphook::config::Config;
 use siphook::deliver::Delivery;
 use tokio::sync::mpsc;
@@ -38,26 +37,6 @@ fn endpoint(rx: &Receiver, extra: &str) -> String {
     )
 }
 
-/// HMAC-SHA256 written out from RFC 2104, independent of the `hmac` crate siphook uses.
-fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let pad = |b: u8| k.iter().map(|x| x ^ b).collect::<Vec<u8>>();
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(msg)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .into()
-}
-
 fn verify(req: &common::receiver::Received) {
     let id = req.header("webhook-id");
     let ts = req.header("webhook-timestamp");
@@ -68,7 +47,7 @@ fn verify(req: &common::receiver::Received) {
     signed.extend_from_slice(&req.body);
     let expected = format!(
         "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(hmac_sha256(&key, &signed))
+        base64::engine::general_purpose::STANDARD.encode(common::hmac_sha256(&key, &signed))
     );
     assert_eq!(req.header("webhook-signature"), expected);
     let now = siphook::call::Timestamp::now().millis() / 1000;

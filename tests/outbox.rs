@@ -4,39 +4,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::CallSpec;
-use siphook::call::{Event, Meta, Timestamp, Tracker, TrackerConfig, Transport};
 use siphook::outbox::Outbox;
-use siphook::sip::{ParseOptions, parse};
-
-fn an_event(call_id: &str) -> Event {
-    let mut t = Tracker::new(TrackerConfig {
-        invite_timeout: Duration::from_secs(180),
-        max_call_duration: Duration::from_secs(3600),
-        challenge_window: Duration::from_secs(32),
-        max_active_calls: 10,
-    });
-    let opts = ParseOptions {
-        correlation_headers: vec![],
-        max_message_bytes: 65536,
-    };
-    let msg = parse(CallSpec::new(call_id).invite(1).as_bytes(), &opts).unwrap();
-    let meta = Meta {
-        transport: Transport::Udp,
-        source: "10.0.0.1:5060".parse().unwrap(),
-        destination: "10.0.0.2:5060".parse().unwrap(),
-        received_at: Timestamp(1_795_330_800_000),
-    };
-    let mut out = Vec::new();
-    t.on_message(&msg, &meta, &mut out).unwrap();
-    out.remove(0)
-}
 
 #[tokio::test]
 async fn offsets_are_never_reused_and_events_live_while_referenced() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("outbox");
-    let first = an_event("ob-1");
+    let first = common::initiated_event("ob-1");
     {
         let ob = Outbox::open(&path, 1 << 30).unwrap();
         let off = ob.append(&first, &first.to_json(), &["a", "b"], 0).unwrap();
@@ -71,7 +45,7 @@ async fn offsets_are_never_reused_and_events_live_while_referenced() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let second = an_event("ob-2");
+    let second = common::initiated_event("ob-2");
     assert_eq!(ob.append(&second, &second.to_json(), &["a"], 0).unwrap(), 1);
     let stored = ob.event(1).unwrap().unwrap();
     assert_eq!(stored.id, second.id);

@@ -16,7 +16,6 @@ use common::admin;
 use common::receiver::{Received, Receiver, Reply};
 use common::{CallSpec, DEADLINE, Harness, assert_valid};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use siphook::config::Config;
 use siphook::deliver::{Delivery, EndpointCommand};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -33,29 +32,9 @@ const ANI: &str = "+15557654321";
 const DNIS: &str = "+15551234567";
 const TRANSFER_TO: &str = "+15552220199";
 
-/// HMAC-SHA256 written out from RFC 2104, independent of the `hmac` crate siphook uses.
-fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let pad = |b: u8| k.iter().map(|x| x ^ b).collect::<Vec<u8>>();
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(msg)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .into()
-}
-
 /// What a receiver holding the redaction key computes to recognise a value.
 fn hashed(value: &str) -> String {
-    hmac_sha256(REDACT_KEY.as_bytes(), value.as_bytes())
+    common::hmac_sha256(REDACT_KEY.as_bytes(), value.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
@@ -75,7 +54,7 @@ fn verify(req: &Received) {
     signed.extend_from_slice(&req.body);
     let expected = format!(
         "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(hmac_sha256(&key, &signed))
+        base64::engine::general_purpose::STANDARD.encode(common::hmac_sha256(&key, &signed))
     );
     assert_eq!(req.header("webhook-signature"), expected);
 }

@@ -555,3 +555,45 @@ pub fn histogram_at_most(metrics: &Metrics, name: &str, le: f64) -> (u64, u64) {
     }
     (0, 0)
 }
+
+/// HMAC-SHA256 written out from RFC 2104, independent of the `hmac` crate siphook uses.
+pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&sha2::Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let pad = |b: u8| k.iter().map(|x| x ^ b).collect::<Vec<u8>>();
+    let inner = sha2::Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(msg)
+        .finalize();
+    sha2::Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// The `call.initiated` event the real tracker makes of an INVITE with this
+/// Call-ID: for tests that fill an outbox directly.
+pub fn initiated_event(call_id: &str) -> siphook::call::Event {
+    use siphook::call::{Meta, Timestamp, Tracker, TrackerConfig, Transport};
+    let mut t = Tracker::new(TrackerConfig::from(&Config::default().sip));
+    let msg = siphook::sip::parse(
+        CallSpec::new(call_id).invite(1).as_bytes(),
+        &siphook::sip::ParseOptions::default(),
+    )
+    .expect("a valid INVITE");
+    let meta = Meta {
+        transport: Transport::Udp,
+        source: "10.0.0.1:5060".parse().expect("address"),
+        destination: "10.0.0.2:5060".parse().expect("address"),
+        received_at: Timestamp(1_795_330_800_000),
+    };
+    let mut out = Vec::new();
+    t.on_message(&msg, &meta, &mut out).expect("tracked");
+    out.remove(0)
+}
