@@ -16,20 +16,6 @@ use tokio::sync::mpsc;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-async fn start(endpoints: &str) -> (Harness, Delivery, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[sip]\nudp = [\"127.0.0.1:0\"]\ntcp = [\"127.0.0.1:0\"]\n[outbox]\npath = \"{}\"\n{endpoints}",
-        dir.path().join("outbox").display()
-    );
-    let config = Config::parse(&text).unwrap();
-    let mut h = Harness::with_config(config.clone()).await;
-    let events = std::mem::replace(&mut h.gw.events, mpsc::channel(1).1);
-    let outbox = siphook::deliver::open_outbox(&config).unwrap();
-    let delivery = Delivery::start(&config, outbox, events, None, h.gw.metrics.clone()).unwrap();
-    (h, delivery, dir)
-}
-
 fn endpoint(rx: &Receiver, extra: &str) -> String {
     format!(
         "[[endpoints]]\nname = \"test\"\nurl = \"{}\"\nallow_http = true\nsecrets = [\"{SECRET}\"]\ntimeout = \"2s\"\nretry_schedule = [\"0s\", \"20ms\", \"20ms\", \"20ms\"]\n{extra}\n",
@@ -60,7 +46,7 @@ fn verify(req: &common::receiver::Received) {
 #[tokio::test]
 async fn signed_webhooks_for_every_event_in_order() {
     let mut rx = Receiver::ok().await;
-    let (h, delivery, _dir) = start(&endpoint(&rx, "")).await;
+    let (h, delivery, _dir) = common::start_delivery(&endpoint(&rx, "")).await;
     let call = CallSpec::new("deliver-1");
     h.send_all(&call.answered_flow()).await;
     let mut types = Vec::new();
@@ -97,7 +83,8 @@ async fn signed_webhooks_for_every_event_in_order() {
 async fn server_errors_are_retried_with_the_same_webhook_id() {
     let mut rx = Receiver::ok().await;
     rx.script([Reply::status(500), Reply::status(503)]);
-    let (h, _delivery, _dir) = start(&endpoint(&rx, "events = [\"call.initiated\"]")).await;
+    let (h, _delivery, _dir) =
+        common::start_delivery(&endpoint(&rx, "events = [\"call.initiated\"]")).await;
     h.send(&CallSpec::new("retry-1").invite(1)).await;
     let attempts = [rx.next().await, rx.next().await, rx.next().await];
     let ids: Vec<&str> = attempts.iter().map(|r| r.header("webhook-id")).collect();
@@ -118,7 +105,8 @@ async fn server_errors_are_retried_with_the_same_webhook_id() {
 async fn a_client_error_is_one_attempt_then_a_dead_letter() {
     let mut rx = Receiver::ok().await;
     rx.script([Reply::status(400)]);
-    let (h, delivery, _dir) = start(&endpoint(&rx, "events = [\"call.initiated\"]")).await;
+    let (h, delivery, _dir) =
+        common::start_delivery(&endpoint(&rx, "events = [\"call.initiated\"]")).await;
     h.send(&CallSpec::new("dead-1").invite(1)).await;
     let first = rx.next().await;
     h.wait_metric("siphook_deadletters", &[("endpoint", "test")], 1.0)
@@ -148,7 +136,8 @@ async fn retry_after_is_honoured() {
         headers: vec![("retry-after", "1".into())],
         delay: Duration::ZERO,
     }]);
-    let (h, _d, _dir) = start(&endpoint(&rx, "events = [\"call.initiated\"]")).await;
+    let (h, _d, _dir) =
+        common::start_delivery(&endpoint(&rx, "events = [\"call.initiated\"]")).await;
     h.send(&CallSpec::new("ra-1").invite(1)).await;
     let first = rx.next().await;
     let second = rx.next().await;
@@ -167,7 +156,7 @@ async fn a_hanging_receiver_times_out_and_is_retried() {
         headers: vec![],
         delay: Duration::from_secs(30),
     }]);
-    let (h, _d, _dir) = start(
+    let (h, _d, _dir) = common::start_delivery(
         &endpoint(&rx, "events = [\"call.initiated\"]\ntimeout = \"200ms\"")
             .replace("timeout = \"2s\"\n", ""),
     )
@@ -191,7 +180,8 @@ async fn a_hanging_receiver_times_out_and_is_retried() {
 async fn gone_pauses_the_endpoint_and_events_keep_queuing() {
     let mut rx = Receiver::ok().await;
     rx.script([Reply::status(410)]);
-    let (h, delivery, _dir) = start(&endpoint(&rx, "events = [\"call.initiated\"]")).await;
+    let (h, delivery, _dir) =
+        common::start_delivery(&endpoint(&rx, "events = [\"call.initiated\"]")).await;
     h.send(&CallSpec::new("gone-1").invite(1)).await;
     rx.next().await;
     h.wait_metric(
@@ -213,7 +203,7 @@ async fn gone_pauses_the_endpoint_and_events_keep_queuing() {
 #[tokio::test]
 async fn form_encoding() {
     let mut rx = Receiver::ok().await;
-    let (h, _d, _dir) = start(&endpoint(
+    let (h, _d, _dir) = common::start_delivery(&endpoint(
         &rx,
         "events = [\"call.initiated\"]\nencoding = \"form\"",
     ))
@@ -245,7 +235,7 @@ async fn two_hundred_calls_against_a_flaky_receiver_arrive_complete_and_in_order
     }))
     .await;
     let schedule = format!("retry_schedule = [{}]", vec!["\"5ms\""; 30].join(", "));
-    let (h, delivery, _dir) = start(&endpoint(&rx, "max_in_flight = 32").replace(
+    let (h, delivery, _dir) = common::start_delivery(&endpoint(&rx, "max_in_flight = 32").replace(
         "retry_schedule = [\"0s\", \"20ms\", \"20ms\", \"20ms\"]",
         &schedule,
     ))
@@ -303,7 +293,7 @@ async fn auth_custom_headers_and_cloudevents() {
         "events = [\"call.initiated\"]\nformat = \"cloudevents\"\nauth = {{ bearer_token_file = \"{}\" }}\nheaders = {{ \"X-Tenant\" = \"acme\" }}",
         token_file.display()
     );
-    let (h, _d, _dir) = start(&endpoint(&rx, &extra)).await;
+    let (h, _d, _dir) = common::start_delivery(&endpoint(&rx, &extra)).await;
     h.send(&CallSpec::new("ce-1").invite(1)).await;
     let req = rx.next().await;
     verify(&req);
@@ -325,7 +315,8 @@ async fn abort_message_header_stops_retries() {
         headers: vec![("webhook-delivery", "abort-message".into())],
         delay: Duration::ZERO,
     }]);
-    let (h, delivery, _dir) = start(&endpoint(&rx, "events = [\"call.initiated\"]")).await;
+    let (h, delivery, _dir) =
+        common::start_delivery(&endpoint(&rx, "events = [\"call.initiated\"]")).await;
     h.send(&CallSpec::new("abort-1").invite(1)).await;
     rx.next().await;
     h.wait_metric("siphook_deadletters", &[("endpoint", "test")], 1.0)
@@ -342,7 +333,7 @@ async fn abort_message_header_stops_retries() {
 async fn an_exhausted_schedule_dead_letters_and_the_next_event_of_the_call_goes_on() {
     let mut rx = Receiver::ok().await;
     rx.script(vec![Reply::status(503); 4]);
-    let (h, delivery, _dir) = start(&endpoint(
+    let (h, delivery, _dir) = common::start_delivery(&endpoint(
         &rx,
         "events = [\"call.initiated\", \"call.completed\"]",
     ))
@@ -376,7 +367,7 @@ async fn the_circuit_opens_after_ten_failures_probes_and_closes() {
     let schedule = format!("retry_schedule = [{}]", vec!["\"10ms\""; 50].join(", "));
     let extra =
         "events = [\"call.initiated\"]\nmax_in_flight = 1\ncircuit_probe_interval = \"300ms\"";
-    let (h, delivery, _dir) = start(&endpoint(&rx, extra).replace(
+    let (h, delivery, _dir) = common::start_delivery(&endpoint(&rx, extra).replace(
         "retry_schedule = [\"0s\", \"20ms\", \"20ms\", \"20ms\"]",
         &schedule,
     ))
@@ -469,7 +460,7 @@ async fn the_first_schedule_entry_delays_the_first_attempt() {
         "retry_schedule = [\"0s\", \"20ms\", \"20ms\", \"20ms\"]",
         "retry_schedule = [\"300ms\"]",
     );
-    let (h, _d, _dir) = start(&text).await;
+    let (h, _d, _dir) = common::start_delivery(&text).await;
     let sent = std::time::Instant::now();
     h.send(&CallSpec::new("delay-1").invite(1)).await;
     let req = rx.next().await;
