@@ -18,14 +18,11 @@ RATE=${2:-2000}
 START_S=$(( (CALLS + RATE - 1) / RATE ))
 HOLD_S=$(( START_S + 30 ))
 
-BIN=target/release/siphook
-[ -x "$BIN" ] || cargo build --release --locked
+. benches/lib.sh
 work=$(mktemp -d)
 trap 'kill "${pid:-0}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 SIP=$(port); RECV=$(port); ADMIN=$(port)
-SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
 cat >"$work/siphook.toml" <<EOF
 [sip]
 udp = ["127.0.0.1:$SIP"]
@@ -45,13 +42,7 @@ allow_http = true
 secrets = ["$SECRET"]
 EOF
 
-chmod 600 "$work/siphook.toml"   # it holds the endpoint secret
-"$BIN" run --config "$work/siphook.toml" &
-pid=$!
-for _ in $(seq 1 100); do
-  curl -fs "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+start_siphook "$work/siphook.toml" "$ADMIN"
 rss() { awk '/^VmRSS/ {print $2 * 1024}' "/proc/$pid/status"; }
 active() { curl -fs "http://127.0.0.1:$ADMIN/metrics" | awk '/^siphook_calls_active / {print $2}'; }
 idle=$(rss)

@@ -18,14 +18,11 @@ OUT=${3:-target/soak}
 INTERVAL=${SOAK_INTERVAL:-30}
 mkdir -p "$OUT"
 
-BIN=target/release/siphook
-[ -x "$BIN" ] || cargo build --release --locked
+. benches/lib.sh
 work=$(mktemp -d)
 trap 'kill "${pid:-0}" "${sampler:-0}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 SIP=$(port); RECV=$(port); ADMIN=$(port)
-SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
 cat >"$work/siphook.toml" <<EOF
 [sip]
 udp = ["127.0.0.1:$SIP"]
@@ -47,13 +44,7 @@ secrets = ["$SECRET"]
 retry_schedule = ["0s", "1s", "2s", "5s", "10s", "30s", "60s", "120s"]
 EOF
 
-chmod 600 "$work/siphook.toml"   # it holds the endpoint secret
-"$BIN" run --config "$work/siphook.toml" 2>"$OUT/siphook.log" &
-pid=$!
-for _ in $(seq 1 100); do
-  curl -fs "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+start_siphook "$work/siphook.toml" "$ADMIN" "$OUT/siphook.log"
 
 metric() { awk -v m="$1" '$1 == m || index($1, m"{") == 1 {print $2; exit}' "$work/metrics"; }
 sample() {
