@@ -9,7 +9,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -17,47 +17,11 @@ use std::time::Duration;
 use common::admin::{self, parse_metrics, sum};
 use common::process::Siphook;
 use common::receiver::{Receiver, Reply};
-use common::stage::{can_stage, not_root};
+use common::stage::{Tmpfs, can_stage, not_root};
 use common::{ADMIN_TOKEN, CallSpec, DEADLINE};
 use serde_json::Value;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
-
-/// A small tmpfs mounted for one test; unmounted when dropped, even on a panic.
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -t tmpfs failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Tmpfs {
-            dir: dir.to_path_buf(),
-        })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazy: a process of the test that is still being reaped must not leave
-        // the mount behind.
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.dir)
-            .status();
-    }
-}
 
 /// Writes `bytes` of zeros to `path` (the filler that takes a disk's space).
 fn fill(path: &Path, bytes: usize) {

@@ -48,6 +48,11 @@ pub struct Metrics {
     pub outbox_storage_failing: IntGauge,
     /// Time of one group commit (fsync).
     pub outbox_commit_duration: Histogram,
+    /// Compaction checks that looked at the live data, by result (`done`, `dense`,
+    /// `too_much_live`, `failed`): the disk stays bounded only while `done` moves.
+    pub outbox_compactions: IntCounterVec,
+    /// How long a compaction paused the store.
+    pub outbox_compaction_duration: Histogram,
     /// Deliveries waiting, per endpoint.
     pub outbox_pending: IntGaugeVec,
     /// Age of each endpoint's oldest waiting event: a stuck endpoint shows here
@@ -210,6 +215,19 @@ impl Metrics {
                 &r,
                 "siphook_outbox_commit_duration_seconds",
                 "Duration of one outbox group commit (fsync).",
+                &[],
+            )
+            .with_label_values::<&str>(&[]),
+            outbox_compactions: counter(
+                &r,
+                "siphook_outbox_compactions_total",
+                "Outbox compaction checks by result.",
+                &["result"],
+            ),
+            outbox_compaction_duration: histogram(
+                &r,
+                "siphook_outbox_compaction_duration_seconds",
+                "How long one outbox compaction paused the store.",
                 &[],
             )
             .with_label_values::<&str>(&[]),

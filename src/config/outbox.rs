@@ -16,6 +16,9 @@ pub struct OutboxConfig {
     pub commit_interval: Duration,
     /// Past this on-disk size new events are refused (counted, logged, unready).
     pub max_bytes: u64,
+    /// Past this on-disk size the store is copied into a fresh one when most of
+    /// it is garbage: sled alone does not give the space of deleted events back.
+    pub compact_above: u64,
     /// Whether a commit fsyncs. Always true from a config file: only `siphook bench
     /// --no-fsync` turns it off, to measure what durability costs.
     pub fsync: bool,
@@ -27,6 +30,7 @@ impl Default for OutboxConfig {
             path: PathBuf::from("data/outbox"),
             commit_interval: Duration::from_millis(1),
             max_bytes: 1 << 30,
+            compact_above: default_compact_above(1 << 30),
             fsync: true,
         }
     }
@@ -38,6 +42,13 @@ pub(super) struct RawOutbox {
     path: Option<String>,
     commit_interval: Option<String>,
     max_bytes: Option<String>,
+    compact_above: Option<String>,
+}
+
+/// 64 MiB, or half of a smaller `max_bytes`: compaction must start well before
+/// the store is refused for size.
+fn default_compact_above(max_bytes: u64) -> u64 {
+    (64 << 20).min(max_bytes / 2)
 }
 
 impl RawOutbox {
@@ -51,6 +62,26 @@ impl RawOutbox {
             Some(p) => PathBuf::from(p),
             None => d.path,
         };
+        let max_bytes = c.size(
+            "outbox.max_bytes",
+            self.max_bytes,
+            d.max_bytes as usize,
+            (1 << 20, usize::MAX),
+        ) as u64;
+        let compact_default = default_compact_above(max_bytes);
+        let mut compact_above = c.size(
+            "outbox.compact_above",
+            self.compact_above.clone(),
+            compact_default as usize,
+            (1 << 20, usize::MAX),
+        ) as u64;
+        if self.compact_above.is_some() && compact_above >= max_bytes {
+            c.problem(
+                "outbox.compact_above",
+                format!("must be below outbox.max_bytes ({max_bytes} bytes)"),
+            );
+            compact_above = compact_default;
+        }
         OutboxConfig {
             path,
             commit_interval: c.duration(
@@ -59,12 +90,8 @@ impl RawOutbox {
                 d.commit_interval,
                 Duration::ZERO,
             ),
-            max_bytes: c.size(
-                "outbox.max_bytes",
-                self.max_bytes,
-                d.max_bytes as usize,
-                (1 << 20, usize::MAX),
-            ) as u64,
+            max_bytes,
+            compact_above,
             fsync: true,
         }
     }

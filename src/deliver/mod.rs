@@ -21,7 +21,7 @@ use crate::admin::Metrics;
 use crate::call::Event;
 use crate::config::{Config, EndpointConfig};
 use crate::outbox::writer::{self, Sinks};
-use crate::outbox::{Outbox, OutboxError};
+use crate::outbox::{Compactor, ONLINE_MAX_LIVE, Outbox, OutboxError, Verdict};
 
 /// Why delivery could not start.
 #[derive(Debug, thiserror::Error)]
@@ -55,20 +55,34 @@ pub enum ReloadError {
     Broken(DeliveryError),
 }
 
-/// Opens the configured outbox.
+/// Opens the configured outbox, compacting it first if most of its file is
+/// garbage: before ingest opens, any amount of live data may be copied.
 pub fn open_outbox(config: &Config) -> Result<Arc<Outbox>, DeliveryError> {
-    Outbox::open(&config.outbox.path, config.outbox.max_bytes)
-        .map(|o| {
-            Arc::new(if config.outbox.fsync {
-                o
-            } else {
-                o.without_fsync()
-            })
-        })
-        .map_err(|source| DeliveryError::Outbox {
+    let outbox = Outbox::open(&config.outbox.path, config.outbox.max_bytes).map_err(|source| {
+        DeliveryError::Outbox {
             path: config.outbox.path.display().to_string(),
             source,
-        })
+        }
+    })?;
+    match outbox.compact_if_sparse(config.outbox.compact_above, u64::MAX) {
+        Ok(Verdict::Done(c)) => tracing::info!(
+            before = c.before,
+            after = c.after,
+            live = c.live,
+            took_ms = c.took.as_millis() as u64,
+            "outbox compacted at start"
+        ),
+        Ok(_) => {}
+        // Not fatal: the store is as it was, and the writer reports it if it fails.
+        Err(e) => {
+            tracing::error!(error = %e, "outbox compaction at start failed; the store is unchanged")
+        }
+    }
+    Ok(Arc::new(if config.outbox.fsync {
+        outbox
+    } else {
+        outbox.without_fsync()
+    }))
 }
 
 /// Capacity of an endpoint's command queue (operator requests are rare).
@@ -159,6 +173,7 @@ impl Delivery {
                 endpoints: sinks,
                 echo,
             },
+            Compactor::new(config.outbox.compact_above, ONLINE_MAX_LIVE),
             metrics.clone(),
         ));
         let d = Delivery {

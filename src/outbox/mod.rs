@@ -12,15 +12,20 @@
 //! An event record is deleted when no endpoint still needs it (its reference count
 //! reaches zero); a dead letter keeps its reference until it is replayed and delivered.
 
+mod compact;
+mod store;
 pub mod writer;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
 use crate::call::{CallSnapshot, Event, EventType};
+pub use compact::{CHECK_EVERY, Compacted, Compactor, ONLINE_MAX_LIVE, SPARSE_RATIO, Verdict};
+use store::{Layout, Store};
 
 /// Why the outbox could not do what was asked. Carries no event content.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +44,12 @@ pub enum OutboxError {
     /// A record did not decode: the store was written by something else.
     #[error("corrupt outbox record at offset {0}")]
     Corrupt(u64),
+    /// Another process has the store open.
+    #[error("the outbox is in use by another process")]
+    Locked,
+    /// The store's own files (lock, generation pointer, directories) are unusable.
+    #[error("outbox layout: {0}")]
+    Layout(String),
 }
 
 /// What a stored event carries for its delivery.
@@ -84,21 +95,16 @@ pub struct DeadLetter {
     pub state: DeliveryState,
 }
 
-/// The store.
+/// The store. Its sled database is swapped for a compacted copy now and then, so
+/// every operation reads it through a lock that a compaction takes alone.
 pub struct Outbox {
-    db: sled::Db,
-    events: sled::Tree,
-    pending: sled::Tree,
-    dead: sled::Tree,
-    calls: sled::Tree,
-    meta: sled::Tree,
+    store: RwLock<Store>,
+    layout: Layout,
     next_offset: AtomicU64,
     /// Every offset below this is on disk: a dispatcher started while the writer
     /// runs (a reload) must not send what a crash could still take back.
     durable_below: AtomicU64,
     max_bytes: u64,
-    /// The store's directory: a failed store probes it for free space.
-    path: std::path::PathBuf,
     /// False only in `siphook bench --no-fsync`: commits then skip the flush.
     fsync: bool,
 }
@@ -141,38 +147,37 @@ pub fn call_key(call_id: &str) -> u64 {
 }
 
 impl Outbox {
-    /// Opens (or creates) the store at `path`.
+    /// Opens (or creates) the store at `path`; fails with [`OutboxError::Locked`]
+    /// while another process has it open.
     pub fn open(path: &Path, max_bytes: u64) -> Result<Outbox, OutboxError> {
-        let db = sled::Config::new().path(path).open()?;
-        let events = db.open_tree("events")?;
-        let pending = db.open_tree("pending")?;
-        let dead = db.open_tree("dead")?;
-        let calls = db.open_tree("calls")?;
-        let meta = db.open_tree("meta")?;
+        let layout = Layout::lock(path)?;
+        let s = layout.open_current()?;
         // Offsets are never reused: a dead letter or a stale pending entry must not
         // come to name another event once the newest events were delivered.
-        let after_last = match events.last()? {
+        let after_last = match s.events.last()? {
             Some((k, _)) => offset_of(&k).map_or(0, |o| o + 1),
             None => 0,
         };
-        let recorded = meta
+        let recorded = s
+            .meta
             .get(NEXT_OFFSET)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map_or(0, u64::from_be_bytes);
         let next = after_last.max(recorded);
         Ok(Outbox {
-            db,
-            events,
-            pending,
-            dead,
-            calls,
-            meta,
+            store: RwLock::new(s),
+            layout,
             next_offset: AtomicU64::new(next),
             durable_below: AtomicU64::new(next),
             max_bytes,
-            path: path.to_path_buf(),
             fsync: true,
         })
+    }
+
+    /// The live generation, for one operation. Never held across another call
+    /// that takes it: a compaction waiting for the lock would deadlock the two.
+    fn store(&self) -> RwLockReadGuard<'_, Store> {
+        self.store.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A store whose commits do not fsync: events are "durable" as soon as they are
@@ -190,12 +195,12 @@ impl Outbox {
 
     /// The store's directory.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.layout.root()
     }
 
     /// Bytes the store takes on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.store().db.size_on_disk().unwrap_or(0)
     }
 
     /// Refuses new events when the store, at `size` bytes, is past `max_bytes`.
@@ -217,6 +222,7 @@ impl Outbox {
         endpoints: &[&str],
         now_ms: i64,
     ) -> Result<u64, OutboxError> {
+        let s = self.store();
         let offset = self.next_offset.fetch_add(1, Ordering::AcqRel);
         let id = event.id.as_bytes();
         let id_len = u8::try_from(id.len()).map_err(|_| OutboxError::Corrupt(offset))?;
@@ -231,15 +237,15 @@ impl Outbox {
         rec.extend_from_slice(body);
         // The record goes first: sled's log keeps write order, so a crash never
         // leaves a pending entry without its event.
-        self.events.insert(offset.to_be_bytes(), rec)?;
-        self.meta.insert(NEXT_OFFSET, &(offset + 1).to_be_bytes())?;
+        s.events.insert(offset.to_be_bytes(), rec)?;
+        s.meta.insert(NEXT_OFFSET, &(offset + 1).to_be_bytes())?;
         let state = DeliveryState {
             next_at_ms: now_ms,
             ..DeliveryState::default()
         };
         let state = serde_json::to_vec(&state).unwrap_or_default();
         for e in endpoints {
-            self.pending.insert(pending_key(e, offset), state.clone())?;
+            s.pending.insert(pending_key(e, offset), state.clone())?;
         }
         Ok(offset)
     }
@@ -249,7 +255,20 @@ impl Outbox {
     pub async fn commit(&self) -> Result<(), OutboxError> {
         let upto = self.next_offset.load(Ordering::Acquire);
         if self.fsync {
-            self.db.flush_async().await?;
+            // Not awaited under the lock. A compaction meanwhile made everything up
+            // to `upto` durable in the new generation, so the old one's flush, which
+            // may fail once its files are gone, no longer decides.
+            let (db, generation) = {
+                let s = self.store();
+                (s.db.clone(), s.generation)
+            };
+            let flushed = db.flush_async().await;
+            drop(db);
+            if let Err(e) = flushed
+                && self.store().generation == generation
+            {
+                return Err(e.into());
+            }
         }
         self.durable_below.fetch_max(upto, Ordering::AcqRel);
         Ok(())
@@ -263,15 +282,17 @@ impl Outbox {
     /// Whether an endpoint answered 410 Gone and has not been resumed since; kept
     /// across restarts.
     pub fn is_paused(&self, endpoint: &str) -> bool {
-        self.meta.get(paused_key(endpoint)).ok().flatten().is_some()
+        let s = self.store();
+        s.meta.get(paused_key(endpoint)).ok().flatten().is_some()
     }
 
     /// Pauses (410 Gone) or resumes an endpoint.
     pub fn set_paused(&self, endpoint: &str, paused: bool) -> Result<(), OutboxError> {
+        let s = self.store();
         if paused {
-            self.meta.insert(paused_key(endpoint), &[1u8])?;
+            s.meta.insert(paused_key(endpoint), &[1u8])?;
         } else {
-            self.meta.remove(paused_key(endpoint))?;
+            s.meta.remove(paused_key(endpoint))?;
         }
         Ok(())
     }
@@ -279,11 +300,12 @@ impl Outbox {
     /// Keeps the call's state current with this event (or forgets a completed
     /// call); made durable by the same commit as the event.
     pub fn track_call(&self, event: &Event) -> Result<(), OutboxError> {
+        let s = self.store();
         if event.event_type == EventType::Completed {
-            self.calls.remove(event.call.id.as_bytes())?;
+            s.calls.remove(event.call.id.as_bytes())?;
         } else {
             let snap = serde_json::to_vec(&event.snapshot()).unwrap_or_default();
-            self.calls.insert(event.call.id.as_bytes(), snap)?;
+            s.calls.insert(event.call.id.as_bytes(), snap)?;
         }
         Ok(())
     }
@@ -291,14 +313,16 @@ impl Outbox {
     /// Forgets a live call's snapshot (a replay's open calls must not resume as
     /// live ones); durable with the next commit.
     pub fn forget_call(&self, call_id: &str) -> Result<(), OutboxError> {
-        self.calls.remove(call_id.as_bytes())?;
+        let s = self.store();
+        s.calls.remove(call_id.as_bytes())?;
         Ok(())
     }
 
     /// Calls that were live when the process last stopped.
     pub fn active_calls(&self) -> Result<Vec<CallSnapshot>, OutboxError> {
+        let s = self.store();
         let mut out = Vec::new();
-        for kv in self.calls.iter() {
+        for kv in s.calls.iter() {
             let (_, v) = kv?;
             match serde_json::from_slice(&v) {
                 Ok(s) => out.push(s),
@@ -310,12 +334,7 @@ impl Outbox {
 
     /// Reads an event record.
     pub fn event(&self, offset: u64) -> Result<Option<StoredEvent>, OutboxError> {
-        let Some(rec) = self.events.get(offset.to_be_bytes())? else {
-            return Ok(None);
-        };
-        decode(offset, &rec)
-            .map(Some)
-            .ok_or(OutboxError::Corrupt(offset))
+        read_event(&self.store().events, offset)
     }
 
     /// Every pending delivery of an endpoint, in offset order.
@@ -332,9 +351,10 @@ impl Outbox {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, DeliveryState)>, OutboxError> {
+        let s = self.store();
         let mut out = Vec::new();
         let range = pending_key(endpoint, from)..=pending_key(endpoint, u64::MAX);
-        for kv in self.pending.range(range).take(limit) {
+        for kv in s.pending.range(range).take(limit) {
             let (k, v) = kv?;
             let offset = offset_of(&k).ok_or(OutboxError::Corrupt(0))?;
             out.push((offset, serde_json::from_slice(&v).unwrap_or_default()));
@@ -345,7 +365,8 @@ impl Outbox {
     /// What a dispatcher needs of an event to queue it, `(call key, received ms)`,
     /// without copying its body.
     pub fn event_key(&self, offset: u64) -> Result<Option<(u64, i64)>, OutboxError> {
-        let Some(rec) = self.events.get(offset.to_be_bytes())? else {
+        let s = self.store();
+        let Some(rec) = s.events.get(offset.to_be_bytes())? else {
             return Ok(None);
         };
         let read = || {
@@ -359,9 +380,10 @@ impl Outbox {
     /// The endpoint names with pending deliveries, found by skipping from one name
     /// to the next rather than reading every entry (a backlog can be millions).
     pub fn pending_endpoints(&self) -> Result<Vec<String>, OutboxError> {
+        let s = self.store();
         let mut names = Vec::new();
         let mut from: Vec<u8> = Vec::new();
-        while let Some((k, _)) = self.pending.range(from.as_slice()..).next().transpose()? {
+        while let Some((k, _)) = s.pending.range(from.as_slice()..).next().transpose()? {
             let cut = k.len().checked_sub(9).filter(|&i| k[i] == 0);
             let Some(cut) = cut else {
                 // Not `name \0 offset` (damaged, or written by something else): step
@@ -385,13 +407,15 @@ impl Outbox {
         endpoint: &str,
         offset: u64,
     ) -> Result<Option<DeliveryState>, OutboxError> {
-        let v = self.pending.get(pending_key(endpoint, offset))?;
+        let s = self.store();
+        let v = s.pending.get(pending_key(endpoint, offset))?;
         Ok(v.map(|v| serde_json::from_slice(&v).unwrap_or_default()))
     }
 
     /// Number of pending deliveries of an endpoint.
     pub fn pending_count(&self, endpoint: &str) -> usize {
-        self.pending.scan_prefix(prefix(endpoint)).count()
+        let s = self.store();
+        s.pending.scan_prefix(prefix(endpoint)).count()
     }
 
     /// Records a failed attempt so a restart resumes the schedule where it was.
@@ -401,7 +425,8 @@ impl Outbox {
         offset: u64,
         state: &DeliveryState,
     ) -> Result<(), OutboxError> {
-        self.pending.insert(
+        let s = self.store();
+        s.pending.insert(
             pending_key(endpoint, offset),
             serde_json::to_vec(state).unwrap_or_default(),
         )?;
@@ -417,11 +442,12 @@ impl Outbox {
     /// [`Outbox::delivered`] for several events in one transaction: a busy
     /// dispatcher records what finished together at the cost of one.
     pub fn delivered_many(&self, endpoint: &str, offsets: &[u64]) -> Result<(), OutboxError> {
+        let s = self.store();
         let keys: Vec<(u64, Vec<u8>)> = offsets
             .iter()
             .map(|&o| (o, pending_key(endpoint, o)))
             .collect();
-        (&self.pending, &self.events)
+        (&s.pending, &s.events)
             .transaction(|(pending, events)| {
                 for (offset, key) in &keys {
                     if pending.remove(key.as_slice())?.is_some() {
@@ -440,9 +466,10 @@ impl Outbox {
         offset: u64,
         state: &DeliveryState,
     ) -> Result<(), OutboxError> {
+        let s = self.store();
         let key = pending_key(endpoint, offset);
         let state = serde_json::to_vec(state).unwrap_or_default();
-        (&self.pending, &self.dead)
+        (&s.pending, &s.dead)
             .transaction(|(pending, dead)| {
                 dead.insert(key.as_slice(), state.as_slice())?;
                 pending.remove(key.as_slice())?;
@@ -458,9 +485,10 @@ impl Outbox {
         &self,
         endpoint: Option<&str>,
     ) -> Result<std::collections::BTreeMap<String, Vec<u64>>, OutboxError> {
+        let s = self.store();
         let keys = match endpoint {
-            Some(e) => self.dead.scan_prefix(prefix(e)).keys(),
-            None => self.dead.iter().keys(),
+            Some(e) => s.dead.scan_prefix(prefix(e)).keys(),
+            None => s.dead.iter().keys(),
         };
         let mut out: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
         for k in keys {
@@ -479,7 +507,8 @@ impl Outbox {
 
     /// Number of dead letters of an endpoint (keys only).
     pub fn dead_count(&self, endpoint: &str) -> usize {
-        self.dead.scan_prefix(prefix(endpoint)).keys().count()
+        let s = self.store();
+        s.dead.scan_prefix(prefix(endpoint)).keys().count()
     }
 
     /// Dead letters, optionally of one endpoint, in offset order.
@@ -496,6 +525,7 @@ impl Outbox {
         after: Option<(&str, u64)>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, OutboxError> {
+        let s = self.store();
         use std::ops::Bound;
         let start = match after {
             Some((e, o)) => Bound::Excluded(pending_key(e, o)),
@@ -503,7 +533,7 @@ impl Outbox {
         };
         let want = endpoint.map(prefix);
         let mut out = Vec::new();
-        for kv in self.dead.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+        for kv in s.dead.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
             if out.len() >= limit {
                 break;
             }
@@ -513,7 +543,9 @@ impl Outbox {
             }
             let offset = offset_of(&k).ok_or(OutboxError::Corrupt(0))?;
             let endpoint = String::from_utf8_lossy(&k[..k.len().saturating_sub(9)]).into_owned();
-            let event_id = self.event(offset)?.map(|e| e.id).unwrap_or_default();
+            let event_id = read_event(&s.events, offset)?
+                .map(|e| e.id)
+                .unwrap_or_default();
             out.push(DeadLetter {
                 endpoint,
                 offset,
@@ -527,13 +559,14 @@ impl Outbox {
     /// Moves a dead letter back to pending with a fresh schedule; the next start
     /// delivers it (a running dispatcher does not rescan the store).
     pub fn replay(&self, endpoint: &str, offset: u64, now_ms: i64) -> Result<bool, OutboxError> {
+        let s = self.store();
         let key = pending_key(endpoint, offset);
         let state = DeliveryState {
             next_at_ms: now_ms,
             ..DeliveryState::default()
         };
         let state = serde_json::to_vec(&state).unwrap_or_default();
-        (&self.dead, &self.pending)
+        (&s.dead, &s.pending)
             .transaction(|(dead, pending)| {
                 if dead.remove(key.as_slice())?.is_none() {
                     return Ok(false);
@@ -573,6 +606,15 @@ fn tx_error(e: sled::transaction::TransactionError<()>, offset: u64) -> OutboxEr
         sled::transaction::TransactionError::Storage(s) => OutboxError::Storage(s),
         sled::transaction::TransactionError::Abort(()) => OutboxError::Corrupt(offset),
     }
+}
+
+fn read_event(events: &sled::Tree, offset: u64) -> Result<Option<StoredEvent>, OutboxError> {
+    let Some(rec) = events.get(offset.to_be_bytes())? else {
+        return Ok(None);
+    };
+    decode(offset, &rec)
+        .map(Some)
+        .ok_or(OutboxError::Corrupt(offset))
 }
 
 fn decode(offset: u64, rec: &[u8]) -> Option<StoredEvent> {

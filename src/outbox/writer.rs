@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Outbox, OutboxError, call_key};
+use super::{Compactor, Outbox, OutboxError, Verdict, call_key};
 use crate::admin::{Metrics, RateLog};
 use crate::call::{Event, Timestamp};
 use crate::config::EndpointConfig;
@@ -74,6 +74,7 @@ pub async fn run(
     mut rx: mpsc::Receiver<Event>,
     mut control: mpsc::Receiver<Control>,
     mut sinks: Sinks,
+    mut compactor: Compactor,
     metrics: Metrics,
 ) -> Result<(), OutboxError> {
     let mut batch: Vec<Event> = Vec::with_capacity(64);
@@ -110,6 +111,9 @@ pub async fn run(
             },
             _ = recheck.tick() => {
                 size = outbox.size_on_disk();
+                if compactor.due(size) {
+                    size = compact(&outbox, &mut compactor, &metrics, size).await;
+                }
                 let _ = refresh_space(&outbox, &metrics, size);
                 continue;
             }
@@ -220,8 +224,65 @@ pub async fn run(
                 }
             }
         }
+        // Between batches, with everything so far committed: a compaction copies
+        // only durable data, and no commit of the writer's can race its switch.
+        if compactor.due(size) {
+            size = compact(&outbox, &mut compactor, &metrics, size).await;
+        }
     }
     Ok(())
+}
+
+/// Runs a due compaction check on a blocking thread, so the runtime goes on
+/// taking SIP traffic into its queues meanwhile; returns the size on disk after.
+async fn compact(
+    outbox: &Arc<Outbox>,
+    compactor: &mut Compactor,
+    metrics: &Metrics,
+    size: u64,
+) -> u64 {
+    let (store, policy) = (outbox.clone(), compactor.clone());
+    let verdict = tokio::task::spawn_blocking(move || policy.check(&store))
+        .await
+        .unwrap_or_else(|e| Err(OutboxError::Layout(format!("compaction task failed: {e}"))));
+    compactor.checked(size, &verdict);
+    match &verdict {
+        Ok(Verdict::Done(c)) => {
+            tracing::info!(
+                before = c.before,
+                after = c.after,
+                live = c.live,
+                paused_ms = c.took.as_millis() as u64,
+                "outbox compacted"
+            );
+            metrics
+                .outbox_compaction_duration
+                .observe(c.took.as_secs_f64());
+        }
+        Ok(Verdict::TooMuchLive { live }) => {
+            tracing::warn!(
+                size,
+                live,
+                "outbox is mostly garbage but holds too much live data to compact while running; it is compacted at the next start"
+            )
+        }
+        Ok(v) => tracing::debug!(size, verdict = ?v, "outbox compaction not worth it"),
+        Err(e) => {
+            tracing::error!(error = %e, "outbox compaction failed; the store is unchanged")
+        }
+    }
+    let label = match &verdict {
+        Ok(v) => v.label(),
+        Err(_) => Some("failed"),
+    };
+    if let Some(label) = label {
+        metrics.outbox_compactions.with_label_values(&[label]).inc();
+    }
+    let size = outbox.size_on_disk();
+    metrics
+        .outbox_size_bytes
+        .set(i64::try_from(size).unwrap_or(i64::MAX));
+    size
 }
 
 /// How often the store's size is measured while no event arrives.
