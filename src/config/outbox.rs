@@ -73,7 +73,7 @@ impl RawOutbox {
             "outbox.compact_above",
             self.compact_above.clone(),
             compact_default as usize,
-            (1 << 20, usize::MAX),
+            (64 << 10, usize::MAX),
         ) as u64;
         if self.compact_above.is_some() && compact_above >= max_bytes {
             c.problem(
@@ -94,5 +94,42 @@ impl RawOutbox {
             compact_above,
             fsync: true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    fn outbox(text: &str) -> Result<(u64, u64), Vec<String>> {
+        match Config::parse(&format!("[outbox]\n{text}")) {
+            Ok(c) => Ok((c.outbox.max_bytes, c.outbox.compact_above)),
+            Err(ConfigError::Invalid(p)) => Err(p.iter().map(ToString::to_string).collect()),
+            Err(e) => Err(vec![e.to_string()]),
+        }
+    }
+
+    #[test]
+    fn compaction_starts_well_below_max_bytes() {
+        assert_eq!(outbox(""), Ok((1 << 30, 64 << 20)));
+        // A small store compacts at half its limit, not at 64 MiB it never reaches.
+        assert_eq!(outbox("max_bytes = \"16MiB\""), Ok((16 << 20, 8 << 20)));
+        assert_eq!(
+            outbox("max_bytes = \"16MiB\"\ncompact_above = \"4MiB\""),
+            Ok((16 << 20, 4 << 20))
+        );
+        assert_eq!(
+            outbox("max_bytes = \"16MiB\"\ncompact_above = \"16MiB\""),
+            Err(vec![
+                "outbox.compact_above: must be below outbox.max_bytes (16777216 bytes)".into()
+            ])
+        );
+        assert_eq!(
+            outbox("compact_above = \"1KiB\""),
+            Err(vec![
+                "outbox.compact_above: \"1KiB\" is outside 65536 to 18446744073709551615 bytes"
+                    .into()
+            ])
+        );
     }
 }

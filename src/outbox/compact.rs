@@ -168,12 +168,65 @@ impl Compactor {
     pub fn checked(&mut self, size: u64, verdict: &Result<Verdict, OutboxError>) {
         self.floor = match verdict {
             // Look again once it has grown by a quarter: the live share only falls
-            // as garbage is added.
-            Ok(Verdict::Dense { .. } | Verdict::TooMuchLive { .. }) => size + size / 4,
+            // as garbage is added. A failed copy (most often a full disk, which it
+            // filled for a moment) is not retried sooner either.
+            Ok(Verdict::Dense { .. } | Verdict::TooMuchLive { .. }) | Err(_) => {
+                size.saturating_add(size / 4)
+            }
             // Twice a fresh copy: a store whose garbage comes back slowly is not
             // rescanned every minute.
             Ok(Verdict::Done(c)) => self.above.max(c.after.saturating_mul(2)),
-            Ok(Verdict::NotDue) | Err(_) => self.floor,
+            Ok(Verdict::NotDue) => self.floor,
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The policy with its minute already passed.
+    fn ready(c: &mut Compactor) {
+        c.next_check = Instant::now();
+    }
+
+    #[test]
+    fn a_check_waits_for_the_minute_and_for_growth_after_its_verdict() {
+        let mut c = Compactor::new(64, u64::MAX);
+        assert!(!c.due(63), "below compact_above");
+        assert!(c.due(64));
+        assert!(!c.due(1 << 30), "at most one check a minute");
+
+        ready(&mut c);
+        c.checked(100, &Ok(Verdict::Dense { live: 60 }));
+        assert!(
+            !c.due(124),
+            "a dense file is looked at again after growing a quarter"
+        );
+        assert!(c.due(125));
+
+        ready(&mut c);
+        let failed = Err(OutboxError::Layout("no room".into()));
+        c.checked(200, &failed);
+        assert!(!c.due(249), "a failed copy is not retried at once");
+        assert!(c.due(250));
+
+        ready(&mut c);
+        let done = Compacted {
+            before: 250,
+            after: 40,
+            live: 10,
+            took: Duration::ZERO,
+        };
+        c.checked(250, &Ok(Verdict::Done(done)));
+        assert!(
+            !c.due(79),
+            "twice the fresh copy, and never below compact_above"
+        );
+        assert!(c.due(80));
+        ready(&mut c);
+        c.checked(80, &Ok(Verdict::Done(Compacted { after: 10, ..done })));
+        assert!(!c.due(63));
+        assert!(c.due(64));
     }
 }
