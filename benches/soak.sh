@@ -7,6 +7,9 @@
 #
 #   benches/soak.sh [DURATION_S] [RATE] [OUT_DIR]   (defaults: 3600 500 target/soak)
 #
+# SOAK_COMPACT_ABOVE (e.g. "16MiB") sets [outbox] compact_above, so a run shorter
+# than the hour still shows compactions; default: siphook's own (64 MiB).
+#
 # Writes OUT_DIR/samples.csv, OUT_DIR/bench.txt, OUT_DIR/bench.json and
 # OUT_DIR/soak.svg (RSS and outbox size over time). Loopback only.
 set -euo pipefail
@@ -29,6 +32,7 @@ udp = ["127.0.0.1:$SIP"]
 tcp = []
 [outbox]
 path = "$work/outbox"
+${SOAK_COMPACT_ABOVE:+compact_above = \"$SOAK_COMPACT_ABOVE\"}
 [admin]
 listen = "127.0.0.1:$ADMIN"
 [log]
@@ -49,16 +53,17 @@ start_siphook "$work/siphook.toml" "$ADMIN" "$OUT/siphook.log"
 metric() { awk -v m="$1" '$1 == m || index($1, m"{") == 1 {print $2; exit}' "$work/metrics"; }
 sample() {
   curl -fs "http://127.0.0.1:$ADMIN/metrics" >"$work/metrics" 2>/dev/null || : >"$work/metrics"
-  printf '%s,%s,%s,%s,%s,%s,%s\n' "$(( $(date +%s) - start ))" \
+  printf '%s,%s,%s,%s,%s,%s,%s,%s\n' "$(( $(date +%s) - start ))" \
     "$(awk '/^VmRSS/ {print $2 * 1024}' "/proc/$pid/status")" \
     "$(du -sb "$work/outbox" 2>/dev/null | cut -f1 || true)" \
     "$(metric siphook_outbox_size_bytes)" \
     "$(metric siphook_outbox_pending)" \
     "$(metric siphook_deadletters)" \
-    "$(metric siphook_calls_active)"
+    "$(metric siphook_calls_active)" \
+    "$(metric 'siphook_outbox_compactions_total{result="done"}')"
 }
 start=$(date +%s)
-echo "seconds,rss_bytes,outbox_du_bytes,outbox_size_bytes,pending,deadletters,calls_active" >"$OUT/samples.csv"
+echo "seconds,rss_bytes,outbox_du_bytes,outbox_size_bytes,pending,deadletters,calls_active,compactions" >"$OUT/samples.csv"
 (
   # Bounded: the run, its drain and a margin.
   for _ in $(seq 0 $(( (DURATION + 360) / INTERVAL ))); do
