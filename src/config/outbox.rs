@@ -19,6 +19,9 @@ pub struct OutboxConfig {
     /// Past this on-disk size the store is copied into a fresh one when most of
     /// it is garbage: sled alone does not give the space of deleted events back.
     pub compact_above: u64,
+    /// How often a running service checks whether compaction pays (the check
+    /// reads the live data, up to a quarter of the file).
+    pub compact_check_interval: Duration,
     /// Whether a commit fsyncs. Always true from a config file: only `siphook bench
     /// --no-fsync` turns it off, to measure what durability costs.
     pub fsync: bool,
@@ -31,6 +34,7 @@ impl Default for OutboxConfig {
             commit_interval: Duration::from_millis(1),
             max_bytes: 1 << 30,
             compact_above: default_compact_above(1 << 30),
+            compact_check_interval: Duration::from_secs(60),
             fsync: true,
         }
     }
@@ -43,6 +47,7 @@ pub(super) struct RawOutbox {
     commit_interval: Option<String>,
     max_bytes: Option<String>,
     compact_above: Option<String>,
+    compact_check_interval: Option<String>,
 }
 
 /// 64 MiB, or half of a smaller `max_bytes`: compaction must start well before
@@ -92,6 +97,12 @@ impl RawOutbox {
             ),
             max_bytes,
             compact_above,
+            compact_check_interval: c.duration(
+                "outbox.compact_check_interval",
+                self.compact_check_interval,
+                d.compact_check_interval,
+                Duration::from_millis(100),
+            ),
             fsync: true,
         }
     }

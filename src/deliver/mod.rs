@@ -173,7 +173,11 @@ impl Delivery {
                 endpoints: sinks,
                 echo,
             },
-            Compactor::new(config.outbox.compact_above, ONLINE_MAX_LIVE),
+            Compactor::new(
+                config.outbox.compact_above,
+                ONLINE_MAX_LIVE,
+                config.outbox.compact_check_interval,
+            ),
             metrics.clone(),
         ));
         let d = Delivery {

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
 use crate::call::{CallSnapshot, Event, EventType};
-pub use compact::{CHECK_EVERY, Compacted, Compactor, ONLINE_MAX_LIVE, SPARSE_RATIO, Verdict};
+pub use compact::{Compacted, Compactor, ONLINE_MAX_LIVE, SPARSE_RATIO, Verdict};
 use store::{Layout, Store};
 
 /// Why the outbox could not do what was asked. Carries no event content.
@@ -50,6 +50,10 @@ pub enum OutboxError {
     /// The store's own files (lock, generation pointer, directories) are unusable.
     #[error("outbox layout: {0}")]
     Layout(String),
+    /// A compaction switched generations but could not make the switch durable:
+    /// a crash could bring back the old one, so no new event may be taken.
+    #[error("outbox generation switch not durable: {0}")]
+    Unsynced(String),
 }
 
 /// What a stored event carries for its delivery.

@@ -111,6 +111,23 @@ fn sync_dir(dir: &Path) -> Result<(), OutboxError> {
         .map_err(|e| layout_error("syncing", dir, e))
 }
 
+/// fsync of every file and directory under `dir`, and of `dir` itself.
+fn sync_tree(dir: &Path) -> Result<(), OutboxError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| layout_error("listing", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| layout_error("listing", dir, e))?;
+        let path = entry.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| layout_error("syncing", &path, e))?;
+        }
+    }
+    sync_dir(dir)
+}
+
 impl Layout {
     /// Creates `root` if needed and takes its lock.
     pub(super) fn lock(root: &Path) -> Result<Layout, OutboxError> {
@@ -149,33 +166,54 @@ impl Layout {
     /// Opens the live generation (a new store is generation 1) and removes what an
     /// interrupted compaction left behind.
     pub(super) fn open_current(&self) -> Result<Store, OutboxError> {
+        let legacy = LEGACY_FILES.iter().any(|f| self.root.join(f).exists());
         let store = match self.read_current()? {
             Some(generation) => {
                 let dir = self.generation_dir(generation);
-                if !dir.join("conf").exists() {
+                // A new store names generation 1 before creating it, so a crash in
+                // between leaves no `db` there; any other missing store is an error.
+                let created_not_yet = generation == 1 && !legacy && !dir.join("db").exists();
+                if !created_not_yet && !dir.join("conf").exists() {
                     return Err(OutboxError::Layout(format!(
                         "{} names generation {generation}, but {} holds no store",
                         self.root.join(CURRENT).display(),
                         dir.display()
                     )));
                 }
+                if legacy && generation != 0 {
+                    // A migration cut short, or an older siphook run here since:
+                    // which, only an operator can tell, so nothing is deleted.
+                    tracing::warn!(path = %self.root.display(), "the outbox directory holds a store from before generations beside generation {generation}; it is not used, and is kept for an operator to remove");
+                }
                 Store::open(&dir, generation)?
             }
-            None if LEGACY_FILES.iter().any(|f| self.root.join(f).exists()) => {
-                Store::open(&self.root, 0)?
-            }
+            None if legacy => Store::open(&self.root, 0)?,
             None => {
-                // A new store; any `gen-*` here is from a start that crashed before
-                // it wrote CURRENT, so held nothing.
-                self.remove_all_but(u64::MAX);
-                let store = Store::open(&self.generation_dir(1), 1)?;
-                store.db.flush()?;
+                if let Some(name) = self.generation_names().first() {
+                    return Err(OutboxError::Layout(format!(
+                        "{} is missing but {} holds {name}: restore CURRENT with the number of the newest complete generation, or move the directory away",
+                        self.root.join(CURRENT).display(),
+                        self.root.display()
+                    )));
+                }
                 self.switch(1)?;
-                store
+                Store::open(&self.generation_dir(1), 1)?
             }
         };
         self.remove_all_but(store.generation);
         Ok(store)
+    }
+
+    /// Names of the `gen-<n>` directories here.
+    fn generation_names(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .filter(|n| generation_of_dir(n).is_some())
+            .collect()
     }
 
     fn read_current(&self) -> Result<Option<u64>, OutboxError> {
@@ -219,14 +257,19 @@ impl Layout {
                     in_batch += 1;
                     if in_batch == COPY_BATCH {
                         dst.apply_batch(std::mem::take(&mut batch))?;
+                        // Paced by a flush: sled 0.34.7's I/O pool has deadlocked
+                        // under long unflushed write runs (see tests/compaction.rs).
+                        to.db.flush()?;
                         in_batch = 0;
                     }
                 }
                 dst.apply_batch(batch)?;
             }
             to.db.flush()?;
-            // sled syncs its files, not the directory entries that name them.
-            sync_dir(&dir)?;
+            // sled's flush syncs the data of its log (sync_file_range on Linux),
+            // not a new file's size or the names in the directory: the old
+            // generation is deleted on the strength of this one, so sync it all.
+            sync_tree(&dir)?;
             Ok((to, live))
         })();
         if copied.is_err() {
@@ -250,32 +293,41 @@ impl Layout {
         sync_dir(&self.root)
     }
 
-    /// Removes every generation but `keep` (and generation 0's files unless it is
-    /// `keep`). Best effort: what stays is removed by the next open.
+    /// Removes every `gen-<n>` directory but `keep`'s. Best effort: what stays is
+    /// removed by the next open.
     pub(super) fn remove_all_but(&self, keep: u64) {
+        for name in self.generation_names() {
+            if generation_of_dir(&name) == Some(keep) {
+                continue;
+            }
+            let path = self.root.join(&name);
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an old outbox generation; the next start tries again");
+            }
+        }
+    }
+
+    /// Removes sled's files of a store from before generations, once its first
+    /// compaction has moved it into `gen-1`; never at open, where they could be
+    /// newer than the generations (an older siphook run here since).
+    pub(super) fn remove_legacy(&self) {
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return;
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
+            if !(LEGACY_FILES.contains(&name) || name.starts_with(LEGACY_SNAPSHOT_PREFIX)) {
+                continue;
+            }
             let path = entry.path();
-            let removed = match generation_of_dir(name) {
-                Some(g) if g != keep => std::fs::remove_dir_all(&path),
-                None if keep != 0
-                    && (LEGACY_FILES.contains(&name)
-                        || name.starts_with(LEGACY_SNAPSHOT_PREFIX)) =>
-                {
-                    if path.is_dir() {
-                        std::fs::remove_dir_all(&path)
-                    } else {
-                        std::fs::remove_file(&path)
-                    }
-                }
-                _ => continue,
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
             };
             if let Err(e) = removed {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove an old outbox generation; the next start tries again");
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove the outbox's files from before generations");
             }
         }
     }

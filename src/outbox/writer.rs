@@ -112,7 +112,10 @@ pub async fn run(
             _ = recheck.tick() => {
                 size = outbox.size_on_disk();
                 if compactor.due(size) {
-                    size = compact(&outbox, &mut compactor, &metrics, size).await;
+                    size = match compact(&outbox, &mut compactor, &metrics, size).await {
+                        Ok(size) => size,
+                        Err(e) => return Err(broken(&outbox, &metrics, e, &mut rx, &mut control, &mut errors).await),
+                    };
                 }
                 let _ = refresh_space(&outbox, &metrics, size);
                 continue;
@@ -227,20 +230,28 @@ pub async fn run(
         // Between batches, with everything so far committed: a compaction copies
         // only durable data, and no commit of the writer's can race its switch.
         if compactor.due(size) {
-            size = compact(&outbox, &mut compactor, &metrics, size).await;
+            size = match compact(&outbox, &mut compactor, &metrics, size).await {
+                Ok(size) => size,
+                Err(e) => {
+                    return Err(
+                        broken(&outbox, &metrics, e, &mut rx, &mut control, &mut errors).await,
+                    );
+                }
+            };
         }
     }
     Ok(())
 }
 
 /// Runs a due compaction check on a blocking thread, so the runtime goes on
-/// taking SIP traffic into its queues meanwhile; returns the size on disk after.
+/// taking SIP traffic into its queues meanwhile; returns the size on disk after,
+/// or the error after which the store must take no more events.
 async fn compact(
     outbox: &Arc<Outbox>,
     compactor: &mut Compactor,
     metrics: &Metrics,
     size: u64,
-) -> u64 {
+) -> Result<u64, OutboxError> {
     let (store, policy) = (outbox.clone(), compactor.clone());
     let verdict = tokio::task::spawn_blocking(move || policy.check(&store))
         .await
@@ -267,6 +278,8 @@ async fn compact(
             )
         }
         Ok(v) => tracing::debug!(size, verdict = ?v, "outbox compaction not worth it"),
+        // Reported by the writer, which stops taking events.
+        Err(OutboxError::Unsynced(_)) => {}
         Err(e) => {
             tracing::error!(error = %e, "outbox compaction failed; the store is unchanged")
         }
@@ -278,11 +291,14 @@ async fn compact(
     if let Some(label) = label {
         metrics.outbox_compactions.with_label_values(&[label]).inc();
     }
+    if let Err(e @ OutboxError::Unsynced(_)) = verdict {
+        return Err(e);
+    }
     let size = outbox.size_on_disk();
     metrics
         .outbox_size_bytes
         .set(i64::try_from(size).unwrap_or(i64::MAX));
-    size
+    Ok(size)
 }
 
 /// How often the store's size is measured while no event arrives.
