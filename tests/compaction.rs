@@ -18,16 +18,12 @@ use siphook::outbox::{DeliveryState, Outbox, OutboxError, Verdict};
 /// Most events a test churns through while growing garbage.
 const MAX_CHURN: usize = 200_000;
 
-/// One test at a time churns a store. sled 0.34.7's I/O thread pool is shared by
-/// every database in the process and stops adding threads once more are busy than
-/// idle (its count of waiting threads underflows); churning flat out has deadlocked
-/// it: every pool thread waiting for the segment lock, whose holder waits for a file
-/// truncation queued behind them.
+/// One test at a time churns a store: they share two cores and sled's one I/O
+/// thread pool, and a churn that competes with three others measures little.
 static CHURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Appends copies of one event until the file reaches `size` bytes, then delivers
 /// them all: the garbage a drained backlog leaves behind, which sled keeps.
-/// Commits every [`PER_COMMIT`] events, as the writer does under moderate load.
 async fn grow_garbage(ob: &Outbox, size: u64) {
     let event = common::initiated_event("churn");
     let body = event.to_json();
@@ -49,8 +45,7 @@ async fn grow_garbage(ob: &Outbox, size: u64) {
     }
 }
 
-/// Events written between two commits. Much more than this, written flat out,
-/// has deadlocked sled 0.34.7 (see `CHURN`).
+/// Events written between two commits, as the writer does under moderate load.
 const PER_COMMIT: usize = 100;
 
 /// What an operator and the dispatchers can read back from a store.

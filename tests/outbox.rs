@@ -78,3 +78,43 @@ fn a_malformed_pending_key_does_not_stall_the_endpoint_scan() {
         .expect("the scan returns");
     assert_eq!(names, vec!["crm".to_owned()]);
 }
+
+/// sled 0.34.7 hung every writer when a backlog drained under load: a file
+/// truncation it waited for under its segment lock sat queued behind pool threads
+/// waiting for that lock (vendor/sled/PATCHED.md). Unpatched, this loop hung in 8
+/// of 10 runs; it runs on its own thread so a hang fails the test, not the suite.
+#[test]
+fn a_draining_backlog_under_load_does_not_hang_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox");
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let ob = Outbox::open(&path, 1 << 30).unwrap();
+            let event = common::initiated_event("drain");
+            let body = event.to_json();
+            // A backlog, then traffic delivered as fast as it comes, flushed
+            // every 1,000 events: the file's tail frees and is truncated.
+            while ob.size_on_disk() < 2 << 20 {
+                for _ in 0..1000 {
+                    ob.append(&event, &body, &["a"], 0).unwrap();
+                }
+                ob.commit().await.unwrap();
+            }
+            for _ in 0..60 {
+                for _ in 0..1000 {
+                    let offset = ob.append(&event, &body, &["a"], 0).unwrap();
+                    ob.delivered("a", offset).unwrap();
+                }
+                ob.commit().await.unwrap();
+            }
+        });
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the store hung (sled's truncation deadlock is back)");
+}

@@ -257,8 +257,8 @@ impl Layout {
                     in_batch += 1;
                     if in_batch == COPY_BATCH {
                         dst.apply_batch(std::mem::take(&mut batch))?;
-                        // Paced by a flush: sled 0.34.7's I/O pool has deadlocked
-                        // under long unflushed write runs (see tests/compaction.rs).
+                        // Paced by a flush, so sled's log buffers do not hold a
+                        // large store twice over before anything reaches disk.
                         to.db.flush()?;
                         in_batch = 0;
                     }
