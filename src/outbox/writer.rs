@@ -111,10 +111,15 @@ pub async fn run(
             },
             _ = recheck.tick() => {
                 size = outbox.size_on_disk();
+                // An idle store is compacted too: a backlog that drained at night
+                // leaves its garbage with no batch to follow.
                 if compactor.due(size) {
                     size = match compact(&outbox, &mut compactor, &metrics, size).await {
                         Ok(size) => size,
-                        Err(e) => return Err(broken(&outbox, &metrics, e, &mut rx, &mut control, &mut errors).await),
+                        Err(e) => {
+                            let e = broken(&outbox, &metrics, e, &mut rx, &mut control, &mut errors);
+                            return Err(e.await);
+                        }
                     };
                 }
                 let _ = refresh_space(&outbox, &metrics, size);
