@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::receiver::Receiver;
@@ -108,16 +108,12 @@ async fn keep_some(ob: &Outbox) {
     ob.commit().await.unwrap();
 }
 
-/// Opens `path`, retrying while the previous handle's sled threads let go.
-async fn reopen(path: &Path) -> Outbox {
-    let started = std::time::Instant::now();
-    loop {
-        match Outbox::open(path, 1 << 30) {
-            Ok(ob) => return ob,
-            Err(e) => assert!(started.elapsed() < DEADLINE, "outbox stays locked: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// A new store in a temporary directory, and the store's path.
+fn new_store() -> (tempfile::TempDir, PathBuf, Outbox) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox");
+    let ob = Outbox::open(&path, 1 << 30).unwrap();
+    (dir, path, ob)
 }
 
 fn current(path: &Path) -> String {
@@ -137,9 +133,7 @@ fn generations(path: &Path) -> Vec<String> {
 #[tokio::test]
 async fn compaction_gives_the_space_back_and_keeps_every_record() {
     let _one_at_a_time = CHURN.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox");
-    let ob = Outbox::open(&path, 1 << 30).unwrap();
+    let (_dir, path, ob) = new_store();
     assert_eq!(current(&path), "1\n", "a new store starts as generation 1");
     grow_garbage(&ob, 16 << 20).await;
     keep_some(&ob).await;
@@ -174,7 +168,7 @@ async fn compaction_gives_the_space_back_and_keeps_every_record() {
     let after = contents(&ob);
     drop(ob);
 
-    let ob = reopen(&path).await;
+    let ob = common::reopen_outbox(&path).await;
     assert_eq!(
         contents(&ob),
         after,
@@ -187,9 +181,7 @@ async fn compaction_gives_the_space_back_and_keeps_every_record() {
 #[tokio::test]
 async fn a_store_mostly_live_or_too_live_to_copy_is_left_alone() {
     let _one_at_a_time = CHURN.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox");
-    let ob = Outbox::open(&path, 1 << 30).unwrap();
+    let (_dir, path, ob) = new_store();
     let event = common::initiated_event("backlog");
     let body = event.to_json();
     while ob.size_on_disk() < 2 << 20 {
@@ -220,9 +212,7 @@ async fn a_store_mostly_live_or_too_live_to_copy_is_left_alone() {
 
 #[tokio::test]
 async fn leftovers_of_an_interrupted_compaction_are_removed_at_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox");
-    let ob = Outbox::open(&path, 1 << 30).unwrap();
+    let (_dir, path, ob) = new_store();
     keep_some(&ob).await;
     ob.compact().unwrap();
     let before = contents(&ob);
@@ -234,7 +224,7 @@ async fn leftovers_of_an_interrupted_compaction_are_removed_at_open() {
     // A crash after the switch: the previous generation still there.
     copy_dir(&path.join("gen-2"), &path.join("gen-1"));
 
-    let ob = reopen(&path).await;
+    let ob = common::reopen_outbox(&path).await;
     assert_eq!(contents(&ob), before);
     assert_eq!(generations(&path), ["gen-2"]);
     drop(ob);
@@ -252,7 +242,7 @@ async fn leftovers_of_an_interrupted_compaction_are_removed_at_open() {
         "the data is untouched"
     );
     std::fs::write(path.join("CURRENT"), b"2\n").unwrap();
-    assert_eq!(contents(&reopen(&path).await), before);
+    assert_eq!(contents(&common::reopen_outbox(&path).await), before);
 }
 
 async fn open_error(path: &Path) -> String {
@@ -297,7 +287,7 @@ async fn a_store_from_before_generations_opens_and_moves_into_one() {
         db.open_tree("dead").unwrap();
         db.flush().unwrap();
     }
-    let ob = reopen(&path).await;
+    let ob = common::reopen_outbox(&path).await;
     assert_eq!(ob.pending_endpoints().unwrap(), ["crm"]);
     assert!(
         !path.join("CURRENT").exists(),
@@ -309,7 +299,7 @@ async fn a_store_from_before_generations_opens_and_moves_into_one() {
         assert!(!path.join(legacy).exists(), "{legacy} is removed");
     }
     drop(ob);
-    let ob = reopen(&path).await;
+    let ob = common::reopen_outbox(&path).await;
     assert_eq!(ob.pending("crm").unwrap(), [(7, DeliveryState::default())]);
     drop(ob);
 
@@ -323,7 +313,7 @@ async fn a_store_from_before_generations_opens_and_moves_into_one() {
             .unwrap();
         db.flush().unwrap();
     }
-    let ob = reopen(&path).await;
+    let ob = common::reopen_outbox(&path).await;
     assert_eq!(
         ob.pending_endpoints().unwrap(),
         ["crm"],
@@ -334,9 +324,7 @@ async fn a_store_from_before_generations_opens_and_moves_into_one() {
 
 #[tokio::test]
 async fn a_second_open_is_refused_while_the_store_is_in_use() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outbox");
-    let _first = Outbox::open(&path, 1 << 30).unwrap();
+    let (_dir, path, _first) = new_store();
     assert!(matches!(
         Outbox::open(&path, 1 << 30),
         Err(OutboxError::Locked)

@@ -33,18 +33,7 @@ async fn offsets_are_never_reused_and_events_live_while_referenced() {
         ob.commit().await.unwrap();
     }
     // Every event was delivered and removed; a new one still gets a new offset.
-    // (sled's flusher thread releases the file lock a moment after the drop.)
-    let started = std::time::Instant::now();
-    let ob = loop {
-        match Outbox::open(&path, 1 << 30) {
-            Ok(ob) => break ob,
-            Err(e) => assert!(
-                started.elapsed() < common::DEADLINE,
-                "outbox stays locked: {e}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let ob = common::reopen_outbox(&path).await;
     let second = common::initiated_event("ob-2");
     assert_eq!(ob.append(&second, &second.to_json(), &["a"], 0).unwrap(), 1);
     let stored = ob.event(1).unwrap().unwrap();

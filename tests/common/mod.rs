@@ -579,6 +579,19 @@ pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
 
 /// The `call.initiated` event the real tracker makes of an INVITE with this
 /// Call-ID: for tests that fill an outbox directly.
+/// Opens the outbox at `path`, retrying while a previous handle's sled threads
+/// still hold it (they let go a moment after the drop).
+pub async fn reopen_outbox(path: &std::path::Path) -> siphook::outbox::Outbox {
+    let started = std::time::Instant::now();
+    loop {
+        match siphook::outbox::Outbox::open(path, 1 << 30) {
+            Ok(ob) => return ob,
+            Err(e) => assert!(started.elapsed() < DEADLINE, "outbox stays locked: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn initiated_event(call_id: &str) -> siphook::call::Event {
     use siphook::call::{Meta, Timestamp, Tracker, TrackerConfig, Transport};
     let mut t = Tracker::new(TrackerConfig::from(&Config::default().sip));
