@@ -113,15 +113,13 @@ pub async fn run(
                 size = outbox.size_on_disk();
                 // An idle store is compacted too: a backlog that drained at night
                 // leaves its garbage with no batch to follow.
-                if compactor.due(size) {
-                    size = match compact(&outbox, &mut compactor, &metrics, size).await {
-                        Ok(size) => size,
-                        Err(e) => {
-                            let e = broken(&outbox, &metrics, e, &mut rx, &mut control, &mut errors);
-                            return Err(e.await);
-                        }
-                    };
-                }
+                size = match compact(&outbox, &mut compactor, &metrics, size).await {
+                    Ok(size) => size,
+                    Err(e) => {
+                        let e = broken(&outbox, &metrics, e, &mut rx, &mut control, &mut errors);
+                        return Err(e.await);
+                    }
+                };
                 let _ = refresh_space(&outbox, &metrics, size);
                 continue;
             }
@@ -234,29 +232,29 @@ pub async fn run(
         }
         // Between batches, with everything so far committed: a compaction copies
         // only durable data, and no commit of the writer's can race its switch.
-        if compactor.due(size) {
-            size = match compact(&outbox, &mut compactor, &metrics, size).await {
-                Ok(size) => size,
-                Err(e) => {
-                    return Err(
-                        broken(&outbox, &metrics, e, &mut rx, &mut control, &mut errors).await,
-                    );
-                }
-            };
-        }
+        size = match compact(&outbox, &mut compactor, &metrics, size).await {
+            Ok(size) => size,
+            Err(e) => {
+                let e = broken(&outbox, &metrics, e, &mut rx, &mut control, &mut errors);
+                return Err(e.await);
+            }
+        };
     }
     Ok(())
 }
 
-/// Runs a due compaction check on a blocking thread, so the runtime goes on
-/// taking SIP traffic into its queues meanwhile; returns the size on disk after,
-/// or the error after which the store must take no more events.
+/// Runs a compaction check, if one is due, on a blocking thread, so the runtime
+/// goes on taking SIP traffic into its queues meanwhile; returns the size on
+/// disk after, or the error after which the store must take no more events.
 async fn compact(
     outbox: &Arc<Outbox>,
     compactor: &mut Compactor,
     metrics: &Metrics,
     size: u64,
 ) -> Result<u64, OutboxError> {
+    if !compactor.due(size) {
+        return Ok(size);
+    }
     let (store, policy) = (outbox.clone(), compactor.clone());
     let verdict = tokio::task::spawn_blocking(move || policy.check(&store))
         .await
