@@ -7,6 +7,8 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+
 use common::receiver::Receiver;
 use siphook::admin::Metrics;
 use siphook::call::Event;
@@ -33,6 +35,18 @@ fn config(dir: &tempfile::TempDir, rx: &Receiver) -> Config {
 }
 
 /// Event `sequence` of call `call` (a distinct id for each pair).
+/// Starts delivery on the store a previous run left, with `waiting` already in
+/// the writer's queue; the sender keeps the queue open.
+async fn restart(config: &Config, waiting: Vec<Event>) -> (mpsc::Sender<Event>, Delivery) {
+    let (tx, events) = mpsc::channel(16);
+    for e in waiting {
+        tx.send(e).await.unwrap();
+    }
+    let outbox = open_outbox(config).unwrap();
+    let delivery = Delivery::start(config, outbox, events, None, Metrics::new()).unwrap();
+    (tx, delivery)
+}
+
 fn event(template: &Event, call: usize, sequence: u32) -> Event {
     let mut e = template.clone();
     e.call.id = format!("call_{call:016x}{:048x}", 0);
@@ -69,16 +83,7 @@ async fn a_backlog_of_several_pages_goes_out_once_in_call_order_with_new_events_
     // The restart, with a new event of call 0 already waiting for the writer: once
     // committed it must still wait for the three older ones, two of which sit on
     // pages not read yet.
-    let (tx, events) = tokio::sync::mpsc::channel(16);
-    tx.send(event(&t, 0, 4)).await.unwrap();
-    let delivery = Delivery::start(
-        &config,
-        open_outbox(&config).unwrap(),
-        events,
-        None,
-        Metrics::new(),
-    )
-    .unwrap();
+    let (tx, delivery) = restart(&config, vec![event(&t, 0, 4)]).await;
 
     let mut ids = HashSet::new();
     let mut last_seq: HashMap<String, u64> = HashMap::new();
@@ -142,15 +147,7 @@ async fn a_dead_letter_replayed_while_the_backlog_loads_stays_behind_its_call() 
         outbox.dead_letter("test", dead, &state).unwrap();
         outbox.commit().await.unwrap();
     }
-    let (tx, events) = tokio::sync::mpsc::channel(16);
-    let delivery = Delivery::start(
-        &config,
-        open_outbox(&config).unwrap(),
-        events,
-        None,
-        Metrics::new(),
-    )
-    .unwrap();
+    let (tx, delivery) = restart(&config, Vec::new()).await;
     let commands = delivery.endpoints().borrow()["test"].clone();
     let (reply, replied) = tokio::sync::oneshot::channel();
     commands
