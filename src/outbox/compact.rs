@@ -181,7 +181,7 @@ impl Compactor {
                 size.saturating_add(size / 4)
             }
             // Twice a fresh copy: a store whose garbage comes back slowly is not
-            // rescanned every minute.
+            // rescanned at every check.
             Ok(Verdict::Done(c)) => self.above.max(c.after.saturating_mul(2)),
             Ok(Verdict::NotDue) => self.floor,
         };
