@@ -6,8 +6,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
-use siphook::call::{Meta, Timestamp, Tracker, TrackerConfig, Transport};
+use siphook::call::{Tracker, TrackerConfig};
 use siphook::sip::{ParseOptions, parse};
+use siphook::vocab::{Meta, Timestamp, Transport};
 
 struct Counting;
 

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use siphook::admin::Metrics;
 use siphook::config::Config;
 use siphook::deliver::{Delivery, open_outbox};
-use siphook::gateway::Gateway;
+use siphook::metrics::Metrics;
+use siphook::pipeline::Gateway;
 
 fn invite(i: usize) -> String {
     format!(

@@ -15,10 +15,12 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use siphook::call::{Meta, Timestamp, Tracker, TrackerConfig, Transport};
+use siphook::call::{Tracker, TrackerConfig};
 use siphook::config::Config;
-use siphook::deliver::sign::{Secret, signature_header};
+use siphook::deliver::sign::signature_header;
 use siphook::sip::{self, Framer, ParseOptions};
+use siphook::vocab::Secret;
+use siphook::vocab::{Meta, Timestamp, Transport};
 
 const SDP: &str = "v=0\r\no=- 20518 0 IN IP4 203.0.113.1\r\ns=-\r\nc=IN IP4 203.0.113.1\r\nt=0 0\r\nm=audio 54400 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=sendrecv\r\n";
 

@@ -18,11 +18,12 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use siphook::admin::Metrics;
-use siphook::call::{Event, Meta, Timestamp, Tracker, TrackerConfig, Transport};
+use siphook::call::{Event, Tracker, TrackerConfig};
 use siphook::config::Config;
 use siphook::deliver::{Delivery, open_outbox};
+use siphook::metrics::Metrics;
 use siphook::sip::{ParseOptions, parse};
+use siphook::vocab::{Meta, Timestamp, Transport};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// Appends per commit while filling: the writer's own batches are smaller, but

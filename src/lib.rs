@@ -1,16 +1,30 @@
 //! siphook: a passive SIP tap that turns call signalling into signed webhooks.
 //!
-//! Data flows one way: socket ([`ingest`]) → parse ([`sip`]) → call tracker
-//! ([`call`]) → event sink. Each module talks to the next through small typed values.
+//! The rooms follow the data path, socket → [`ingest`] → [`sip`] → [`call`] →
+//! [`outbox`] → [`deliver`], standing on a ground of [`vocab`] (time, transport,
+//! secrets), [`metrics`] and [`config`]. [`admin`] serves what the others own;
+//! [`pipeline`] wires them and runs the process; [`replay`] and [`bench`](mod@bench) are
+//! commands built on them. Imports run down that list, never up: the rule is in
+//! ARCHITECTURE.md and `tests/architecture.rs` enforces it.
+
+pub mod vocab;
+
+pub mod config;
+pub mod metrics;
+
+pub mod sip;
+
+pub mod ingest;
+
+pub mod call;
+
+pub mod outbox;
+
+pub mod deliver;
 
 pub mod admin;
+
+pub mod pipeline;
+
 pub mod bench;
-pub mod call;
-pub mod config;
-pub mod deliver;
-pub mod gateway;
-pub mod ingest;
-pub mod outbox;
 pub mod replay;
-pub mod serve;
-pub mod sip;

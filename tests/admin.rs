@@ -12,7 +12,7 @@ use common::receiver::{Receiver, Reply};
 use common::{CallSpec, DEADLINE};
 use serde_json::{Value, json};
 use siphook::config::Config;
-use siphook::serve::{Bound, EventOutput, ServeOptions, Signal, serve};
+use siphook::pipeline::{Bound, EventOutput, ServeOptions, Signal, serve};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -22,7 +22,7 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 struct Running {
     bound: Bound,
     signals: mpsc::Sender<Signal>,
-    task: tokio::task::JoinHandle<Result<(), siphook::serve::ServeError>>,
+    task: tokio::task::JoinHandle<Result<(), siphook::pipeline::ServeError>>,
     sip: UdpSocket,
     _dir: tempfile::TempDir,
 }

@@ -10,10 +10,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use common::receiver::Receiver;
-use siphook::admin::Metrics;
 use siphook::call::Event;
 use siphook::config::Config;
 use siphook::deliver::{Delivery, EndpointCommand, open_outbox};
+use siphook::metrics::Metrics;
 use siphook::outbox::DeliveryState;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

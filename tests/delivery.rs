@@ -36,7 +36,7 @@ fn verify(req: &common::receiver::Received) {
         base64::engine::general_purpose::STANDARD.encode(common::hmac_sha256(&key, &signed))
     );
     assert_eq!(req.header("webhook-signature"), expected);
-    let now = siphook::call::Timestamp::now().millis() / 1000;
+    let now = siphook::vocab::Timestamp::now().millis() / 1000;
     assert!(
         (now - ts.parse::<i64>().unwrap()).abs() < 300,
         "timestamp within 5 minutes"

@@ -210,7 +210,7 @@ fn dashboard_is_valid_and_every_panel_queries_something() {
 
 #[test]
 fn every_metric_the_rules_and_dashboard_use_is_exported() {
-    let source = read("src/admin/metrics.rs");
+    let source = read("src/metrics/mod.rs");
     let mut exprs = Vec::new();
     dashboard_exprs(&dashboard(), &mut exprs);
     let mut used = siphook_metric_names(&exprs.join("\n"));
@@ -225,7 +225,7 @@ fn every_metric_the_rules_and_dashboard_use_is_exported() {
         .collect();
     assert!(
         missing.is_empty(),
-        "metrics queried by deploy/ that src/admin/metrics.rs does not define: {missing:?}"
+        "metrics queried by deploy/ that src/metrics/mod.rs does not define: {missing:?}"
     );
 }
 

@@ -7,8 +7,8 @@ mod common;
 use std::net::SocketAddr;
 
 use common::{CallSpec, Harness, metric_value, test_config};
-use siphook::call::Timestamp;
 use siphook::sip::hep::HepBuilder;
+use siphook::vocab::Timestamp;
 use tokio::io::AsyncWriteExt;
 
 const CALLER: &str = "192.0.2.10:5062";
@@ -35,7 +35,7 @@ async fn harness(auth_key: Option<&str>) -> Harness {
     let mut c = test_config();
     c.hep.udp = vec![addr("127.0.0.1:0")];
     c.hep.tcp = vec![addr("127.0.0.1:0")];
-    c.hep.auth_key = auth_key.map(|k| siphook::config::Redacted(k.into()));
+    c.hep.auth_key = auth_key.map(|k| siphook::vocab::Redacted(k.into()));
     Harness::with_config(c).await
 }
 

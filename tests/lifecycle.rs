@@ -786,7 +786,7 @@ fn has(msg: &str, assignment: &str) -> bool {
     msg.lines().any(|l| l == assignment)
 }
 
-/// BUG (src/admin/systemd.rs, `watchdog_interval`): fails while siphook reads
+/// BUG (src/pipeline/systemd.rs, `watchdog_interval`): fails while siphook reads
 /// `WATCHDOG_USEC` through `sd_notify::watchdog_enabled`, which (sd-notify 0.4.5)
 /// demands `WATCHDOG_PID`; sd_watchdog_enabled(3) enables the watchdog when
 /// `WATCHDOG_PID` is unset. siphook then never sends WATCHDOG=1 and a supervisor

@@ -19,7 +19,7 @@ use std::time::Duration;
 use common::admin::{Sample, parse_metrics, request, sum};
 use common::receiver::{Receiver, Reply};
 use common::{CallSpec, DEADLINE, Harness, free_port, test_config};
-use siphook::gateway::EVENT_QUEUE;
+use siphook::pipeline::EVENT_QUEUE;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::process::{Child, Command};

@@ -369,7 +369,7 @@ fn hep_inside_udp_gives_the_captured_addresses_and_times() {
         .map(|(us, m)| {
             // The HEP packet says when the SIP was seen; it reaches the collector
             // (and the capture) 40 ms later.
-            let at = siphook::call::Timestamp((us / 1000) as i64);
+            let at = siphook::vocab::Timestamp((us / 1000) as i64);
             let hep = HepBuilder::new().sip(17, uac, uas, at, &m).build();
             let mut ip = Vec::new();
             PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)

@@ -513,7 +513,7 @@ async fn no_secret_leaks(format: &str) {
                 17,
                 "192.0.2.10:5062".parse().unwrap(),
                 "198.51.100.20:5060".parse().unwrap(),
-                siphook::call::Timestamp::now(),
+                siphook::vocab::Timestamp::now(),
                 CallSpec::new(id).invite(1).as_bytes(),
             )
             .chunk(0, 14, key.as_bytes())

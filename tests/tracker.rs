@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use common::{CallSpec, assert_valid, schema_errors};
 use serde_json::{Value, json};
-use siphook::call::{Event, Meta, Timestamp, Tracker, TrackerConfig, Transport};
+use siphook::call::{Event, Tracker, TrackerConfig};
 use siphook::sip::{ParseOptions, parse};
+use siphook::vocab::{Meta, Timestamp, Transport};
 
 const T0: i64 = 1_795_330_800_000; // 2026-11-22T07:00:00.000Z
 

@@ -17,11 +17,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use siphook::call::{
-    Disposition, EndedBy, Event, EventData, EventType, Meta, Timestamp, Tracker, TrackerConfig,
-    Transport,
-};
+use siphook::call::{Disposition, EndedBy, Event, EventData, EventType, Tracker, TrackerConfig};
 use siphook::sip::{ParseOptions, parse};
+use siphook::vocab::{Meta, Timestamp, Transport};
 
 /// Few enough that messages collide with each other's dialogs often.
 const CALL_IDS: [&str; 4] = ["a84b4c76e66710", "f81d4fae-7dec", "c3", "x@h"];

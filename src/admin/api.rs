@@ -12,9 +12,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use super::server::{AdminState, Reply, json_reply, method_not_allowed, problem};
+use super::reply::{Reply, json_reply, method_not_allowed, problem};
+use super::state::AdminState;
+use crate::call::{CallsPage, TrackerQuery};
 use crate::deliver::EndpointCommand;
-use crate::gateway::{CallsPage, TrackerQuery};
 
 /// Default and largest page sizes.
 const DEFAULT_LIMIT: usize = 100;

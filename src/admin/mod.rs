@@ -1,12 +1,12 @@
-//! Operability: Prometheus metrics, the admin HTTP listener (health, readiness,
-//! the operator API) and the systemd notification protocol.
+//! The admin HTTP listener: `/metrics` (rendering the ground room's registry),
+//! `/healthz` and `/readyz` for machines, and the token-protected `/v1` API for the
+//! operator on call. It owns no state of its own; every answer comes from the room
+//! that owns it (the tracker, the dispatchers, the outbox), through [`AdminState`].
 
 mod api;
-pub mod metrics;
-pub mod ratelog;
-pub mod server;
-pub mod systemd;
+mod reply;
+mod server;
+mod state;
 
-pub use metrics::Metrics;
-pub use ratelog::RateLog;
-pub use server::{AdminState, same_secret};
+pub use server::{bind, serve};
+pub use state::AdminState;

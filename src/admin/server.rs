@@ -14,40 +14,18 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::Metrics;
-use crate::config::Redacted;
-use crate::deliver::Endpoints;
-use crate::gateway::TrackerQuery;
-use crate::outbox::Outbox;
+use super::reply::{Reply, json_reply, method_not_allowed, problem};
+use super::state::AdminState;
+use crate::vocab::{Redacted, same_secret};
 
 /// Admin connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 64;
 /// A client must send its request headers within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The response type of every handler.
-pub type Reply = Response<Full<Bytes>>;
-
-/// Everything the admin API reads or asks, each through its owner's channel.
-pub struct AdminState {
-    /// The registry `/metrics` renders; also the outbox's readiness gauge.
-    pub metrics: Metrics,
-    /// Dead letters are read straight from the store (reads never conflict).
-    pub outbox: Arc<Outbox>,
-    /// Questions for the tracker task (active calls).
-    pub tracker: mpsc::Sender<TrackerQuery>,
-    /// The endpoint dispatchers in force.
-    pub endpoints: watch::Receiver<Endpoints>,
-    /// The bearer token `/v1` wants; replaced on reload.
-    pub token: watch::Receiver<Option<Redacted>>,
-    /// Set once shutdown begins: `/readyz` fails so load balancers move away.
-    pub stopping: CancellationToken,
-}
 
 /// Binds the admin listener; fails before anything runs if the address is taken.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -146,17 +124,6 @@ fn readyz(state: &AdminState) -> Reply {
     }
 }
 
-/// Compares a presented secret with the configured one in constant time: both are
-/// hashed first, so neither the length nor the first differing byte shows in the
-/// time taken.
-pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    let (a, b) = (Sha256::digest(given), Sha256::digest(expected));
-    a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
-}
-
 /// Bearer token check (constant time, see [`same_secret`]).
 fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), Box<Reply>> {
     let unauthorized = |detail: &str| {
@@ -185,37 +152,4 @@ fn authorize(state: &AdminState, req: &Request<Incoming>) -> Result<(), Box<Repl
         return Err(unauthorized("missing or wrong bearer token"));
     }
     Ok(())
-}
-
-/// A JSON response.
-pub fn json_reply(status: StatusCode, body: &serde_json::Value) -> Reply {
-    let mut r = Response::new(Full::new(Bytes::from(
-        serde_json::to_vec(body).unwrap_or_default(),
-    )));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
-}
-
-/// An RFC 7807 problem document.
-pub fn problem(status: StatusCode, title: &str, detail: &str) -> Reply {
-    let mut r = json_reply(
-        status,
-        &json!({"type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail}),
-    );
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    r
-}
-
-/// 405 for a known path with the wrong method.
-pub fn method_not_allowed() -> Reply {
-    problem(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "Method Not Allowed",
-        "this path does not take that method",
-    )
 }

@@ -142,7 +142,7 @@ impl Wire {
             Wire::Udp(socket, target) => socket.send_to(msg, *target).await.map(drop),
             Wire::Hep(socket, target, local) => {
                 let packet = crate::sip::hep::HepBuilder::new()
-                    .sip(17, *local, *target, crate::call::Timestamp::now(), msg)
+                    .sip(17, *local, *target, crate::vocab::Timestamp::now(), msg)
                     .build();
                 socket.send_to(&packet, *target).await.map(drop)
             }

@@ -256,7 +256,7 @@ pub enum BenchError {
     Runtime(std::io::Error),
     /// The spawned siphook stopped with an error.
     #[error("siphook: {0}")]
-    Serve(#[from] crate::serve::ServeError),
+    Serve(#[from] crate::pipeline::ServeError),
     /// The spawned siphook's thread panicked.
     #[error("siphook's thread panicked")]
     Panicked,

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{BenchError, Transport};
 use crate::config::Config;
-use crate::serve::{Bound, EventOutput, ServeOptions, Signal};
+use crate::pipeline::{Bound, EventOutput, ServeOptions, Signal};
 
 /// Longest siphook may take to start, and to stop.
 const START_WITHIN: Duration = Duration::from_secs(20);
@@ -125,7 +125,7 @@ impl Spawned {
                     log: None,
                     ready: Some(ready_tx),
                 };
-                runtime.block_on(crate::serve::serve(config, opts, signals_rx))?;
+                runtime.block_on(crate::pipeline::serve(config, opts, signals_rx))?;
                 Ok(())
             })
             .map_err(BenchError::Runtime)?;

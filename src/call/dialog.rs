@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use super::event::{
     AnsweredData, CallInfo, Disposition, EVENT_VERSION, EndedBy, Event, EventData, Resume,
-    RingingData, Timestamp, stable_id,
+    RingingData, stable_id,
 };
-use super::tracker::{TimerKey, TrackerConfig};
+use super::settings::{TimerKey, TrackerConfig};
 use crate::sip::{Method, SipMessage, StartLine};
+use crate::vocab::{Meta, Timestamp};
 
 /// Where a live call stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,7 +194,7 @@ impl Call {
     /// to (its first copy's destination). The proxy forwarding the INVITE (a
     /// copy from that address) shows the mirror sees both legs; from then on,
     /// requests to the proxy and responses from it are the caller's side.
-    pub(super) fn hop(&mut self, msg: &SipMessage, meta: &super::tracker::Meta) -> Hop {
+    pub(super) fn hop(&mut self, msg: &SipMessage, meta: &Meta) -> Hop {
         let caller = self.info.signaling.source;
         let proxy = self.info.signaling.destination;
         if !self.two_legs

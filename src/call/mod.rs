@@ -1,11 +1,16 @@
-//! Calls: the dialog state machine and the events it emits.
+//! Calls: the dialog state machine, the events it emits (the public contract),
+//! and the questions the tracker task answers about its table.
 
 mod dialog;
 pub mod event;
+pub mod query;
+mod settings;
 pub mod tracker;
 
 pub use event::{
     CallInfo, CallSnapshot, Disposition, EndedBy, Event, EventData, EventType, Signaling,
-    Timestamp, TransferKind, Transport,
+    TransferKind,
 };
-pub use tracker::{Ignored, Meta, Tracker, TrackerConfig};
+pub use query::{CallsPage, TrackerQuery};
+pub use settings::TrackerConfig;
+pub use tracker::{Ignored, Tracker};

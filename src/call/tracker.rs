@@ -5,54 +5,17 @@
 //! keeps every duration exact and every run reproducible.
 
 use std::collections::{BTreeMap, HashMap};
-
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::dialog::{Call, End, Hop, PendingRefer, Phase, ReplacingInvite, SEEN, Step};
 use super::event::{
-    CallInfo, CallSnapshot, CompletedData, Event, EventData, InitiatedData, Signaling, Timestamp,
-    TransferKind, TransferredData, Transport, stable_id,
+    CallInfo, CallSnapshot, CompletedData, Event, EventData, InitiatedData, Signaling,
+    TransferKind, TransferredData, stable_id,
 };
+use super::settings::{TimerKey, TrackerConfig};
 use crate::sip::{Method, SipMessage, StartLine};
-
-/// Timers and bounds of the tracker, from `[sip]`.
-#[derive(Debug, Clone)]
-pub struct TrackerConfig {
-    /// No final response by then: `no_answer`.
-    pub invite_timeout: Duration,
-    /// Answered and no BYE by then: completes.
-    pub max_call_duration: Duration,
-    /// Wait for a retry after a challenge, or for a final response after CANCEL.
-    pub challenge_window: Duration,
-    /// Most live calls held at once.
-    pub max_active_calls: usize,
-}
-
-impl From<&crate::config::SipConfig> for TrackerConfig {
-    fn from(c: &crate::config::SipConfig) -> Self {
-        TrackerConfig {
-            invite_timeout: c.invite_timeout,
-            max_call_duration: c.max_call_duration,
-            challenge_window: c.challenge_window,
-            max_active_calls: c.max_active_calls,
-        }
-    }
-}
-
-/// Where and when a message was seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Meta {
-    /// Transport it arrived on.
-    pub transport: Transport,
-    /// Sender address.
-    pub source: SocketAddr,
-    /// Receiver address.
-    pub destination: SocketAddr,
-    /// Receive time; becomes the timestamp of events it triggers.
-    pub received_at: Timestamp,
-}
+use crate::vocab::{Meta, Timestamp};
 
 /// Why a message changed nothing; each is a metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,9 +48,6 @@ impl Ignored {
         }
     }
 }
-
-/// Orders timers by instant, then by creation.
-pub(super) type TimerKey = (Timestamp, u64);
 
 enum Slot {
     Live(Box<Call>),

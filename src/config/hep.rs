@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 
 use super::Checker;
-use super::delivery::{Redacted, read_secret_file};
+use super::checker::read_secret_file;
+use crate::vocab::Redacted;
 
 /// `[hep]`, validated.
 #[derive(Debug, Clone, PartialEq, Default)]

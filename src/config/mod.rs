@@ -11,18 +11,23 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod checker;
 mod delivery;
 mod hep;
 mod outbox;
 mod problems;
+pub mod redact;
 mod service;
 mod warnings;
 
+use checker::Checker;
+pub use checker::parse_size;
 use problems::{MAX_TYPE_ERRORS, display_path, format_path, remove_at, without_value};
 
-pub use delivery::{Auth, Encoding, EndpointConfig, Format, Redacted, glob_match};
+pub use delivery::{Auth, Encoding, EndpointConfig, Format, glob_match};
 pub use hep::HepConfig;
 pub use outbox::OutboxConfig;
+pub use redact::Redaction;
 pub use service::{AdminConfig, LogConfig, ServiceConfig};
 
 /// The validated configuration the process runs on.
@@ -278,119 +283,6 @@ struct RawSip {
     siptrace_from: Option<Vec<String>>,
 }
 
-/// Collects problems while turning raw strings into typed values.
-struct Checker<'a> {
-    problems: &'a mut Vec<Problem>,
-}
-
-impl Checker<'_> {
-    pub(crate) fn problem(&mut self, path: impl Into<String>, message: String) {
-        self.problems.push(Problem {
-            path: path.into(),
-            message,
-        });
-    }
-
-    fn addrs(
-        &mut self,
-        path: &str,
-        raw: Option<Vec<String>>,
-        default: Vec<SocketAddr>,
-    ) -> Vec<SocketAddr> {
-        let Some(raw) = raw else { return default };
-        let mut out = Vec::with_capacity(raw.len());
-        for (i, s) in raw.iter().enumerate() {
-            match s.parse::<SocketAddr>() {
-                Ok(a) if out.contains(&a) => {
-                    self.problem(format!("{path}[{i}]"), format!("duplicate address \"{s}\""))
-                }
-                Ok(a) => out.push(a),
-                Err(_) => self.problem(
-                    format!("{path}[{i}]"),
-                    format!("invalid socket address \"{s}\""),
-                ),
-            }
-        }
-        out
-    }
-
-    pub(crate) fn duration(
-        &mut self,
-        path: &str,
-        raw: Option<String>,
-        default: Duration,
-        min: Duration,
-    ) -> Duration {
-        let Some(s) = raw else { return default };
-        match humantime::parse_duration(s.trim()) {
-            Ok(d) if d < min => {
-                self.problem(
-                    path,
-                    format!(
-                        "\"{s}\" is shorter than the minimum {}",
-                        humantime::format_duration(min)
-                    ),
-                );
-                default
-            }
-            Ok(d) => d,
-            Err(_) => {
-                self.problem(
-                    path,
-                    format!(
-                        "invalid duration \"{s}\" (use e.g. \"250ms\", \"32s\", \"3m\", \"4h\")"
-                    ),
-                );
-                default
-            }
-        }
-    }
-
-    pub(crate) fn size(
-        &mut self,
-        path: &str,
-        raw: Option<String>,
-        default: usize,
-        range: (usize, usize),
-    ) -> usize {
-        let Some(s) = raw else { return default };
-        match parse_size(&s) {
-            Some(n) if n >= range.0 && n <= range.1 => n,
-            Some(_) => {
-                self.problem(
-                    path,
-                    format!("\"{s}\" is outside {} to {} bytes", range.0, range.1),
-                );
-                default
-            }
-            None => {
-                self.problem(
-                    path,
-                    format!("invalid size \"{s}\" (use e.g. \"64KiB\", \"4MiB\")"),
-                );
-                default
-            }
-        }
-    }
-
-    pub(crate) fn count(
-        &mut self,
-        path: &str,
-        raw: Option<i64>,
-        default: usize,
-        range: (usize, usize),
-    ) -> usize {
-        let Some(n) = raw else { return default };
-        match usize::try_from(n) {
-            Ok(n) if n >= range.0 && n <= range.1 => n,
-            _ => {
-                self.problem(path, format!("{n} is outside {} to {}", range.0, range.1));
-                default
-            }
-        }
-    }
-}
-
 impl RawConfig {
     fn validate(self, problems: &mut Vec<Problem>) -> Config {
         let d = Config::default().sip;
@@ -496,27 +388,6 @@ impl RawConfig {
             service: self.service.validate(&mut c),
         }
     }
-}
-
-/// Parses `"64KiB"`, `"4 MiB"`, `"1GB"` or a plain byte count.
-pub fn parse_size(s: &str) -> Option<usize> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kib" => 1 << 10,
-        "mib" => 1 << 20,
-        "gib" => 1 << 30,
-        "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        _ => return None,
-    };
-    usize::try_from(n.checked_mul(mult)?).ok()
 }
 
 /// Every problem `text` has, as the operator reads them (tests of each section).

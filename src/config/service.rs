@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::Checker;
-use super::delivery::{Redacted, read_secret_file};
+use super::checker::read_secret_file;
+use crate::vocab::Redacted;
 
 /// Shortest admin token accepted: anything shorter can be guessed over HTTP.
 const MIN_TOKEN_LEN: usize = 16;
@@ -194,7 +195,7 @@ mod tests {
         assert_eq!(c.admin.listen, None);
         assert_eq!(
             c.admin.token,
-            Some(super::Redacted("0123456789abcdef0123".into()))
+            Some(crate::vocab::Redacted("0123456789abcdef0123".into()))
         );
         assert_eq!(format!("{:?}", c.admin.token), "Some(<redacted>)");
         let d = Config::parse("").unwrap();

@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::redact;
 use super::sign::signature_header;
 use crate::config::{Auth, Encoding, EndpointConfig, Format};
 
@@ -331,7 +332,7 @@ fn render(ep: &EndpointConfig, event_json: &[u8]) -> Result<(Vec<u8>, &'static s
     let mut value = serde_json::from_slice::<serde_json::Value>(event_json)
         .map_err(|e| format!("stored event is not JSON: {e}"))?;
     if let Some(r) = &ep.redact {
-        r.apply(&mut value);
+        redact::apply(r, &mut value);
     }
     let (value, json_type) = match ep.format {
         Format::Siphook => (value, "application/json"),

@@ -8,7 +8,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::client::Outcome;
-use crate::call::Timestamp;
+use crate::vocab::Timestamp;
 
 /// A request to one endpoint's dispatcher; each carries its reply channel.
 #[derive(Debug)]

@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{self, HttpClient, Outcome};
 use super::control::{EndpointCommand, LastError};
-use crate::admin::Metrics;
-use crate::call::Timestamp;
 use crate::config::EndpointConfig;
+use crate::metrics::Metrics;
 use crate::outbox::writer::Committed;
 use crate::outbox::{DeliveryState, Outbox};
+use crate::vocab::Timestamp;
 
 /// Consecutive failures that open the circuit.
 const BREAKER_THRESHOLD: u32 = 10;
@@ -162,7 +162,7 @@ pub struct Dispatcher {
     delivered: Vec<u64>,
     /// One per-event warning a second: an endpoint refusing everything must not
     /// write a log line per event.
-    log_limit: crate::admin::RateLog,
+    log_limit: crate::metrics::RateLog,
     dead: usize,
     consecutive_failures: u32,
     next_probe: Option<Instant>,
@@ -198,7 +198,7 @@ impl Dispatcher {
             held: Vec::new(),
             last_error: None,
             delivered: Vec::new(),
-            log_limit: crate::admin::RateLog::new(Duration::from_secs(1)),
+            log_limit: crate::metrics::RateLog::new(Duration::from_secs(1)),
             dead: 0,
             consecutive_failures: 0,
             next_probe: None,

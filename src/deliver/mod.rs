@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use control::{EndpointCommand, EndpointStatus, TestResult};
 
-use crate::admin::Metrics;
 use crate::call::Event;
 use crate::config::{Config, EndpointConfig};
+use crate::metrics::Metrics;
 use crate::outbox::writer::{self, Sinks};
 use crate::outbox::{Compactor, ONLINE_MAX_LIVE, Outbox, OutboxError, Verdict};
 

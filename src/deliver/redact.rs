@@ -10,146 +10,81 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-/// What may be redacted. Each covers every place its value appears in an event
-/// (see [`Redaction::apply`] and docs/events.md, "Redaction").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Field {
-    /// The calling number and the caller's URI.
-    Ani,
-    /// The called number, the callee's and Request-URI, transfer targets.
-    Dnis,
-    /// Display names of both parties.
-    DisplayName,
-}
-
-impl Field {
-    /// Every name, in the order the config error lists them.
-    pub const NAMES: [&'static str; 3] = ["ani", "dnis", "display_name"];
-
-    /// The field a config name stands for.
-    pub fn from_name(name: &str) -> Option<Field> {
-        match name {
-            "ani" => Some(Field::Ani),
-            "dnis" => Some(Field::Dnis),
-            "display_name" => Some(Field::DisplayName),
-            _ => None,
-        }
-    }
-}
-
-/// What becomes of a redacted value.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Mode {
-    /// Nullable fields become `null`; the user part of a URI becomes `redacted`.
-    Drop,
-    /// Replaced by lowercase hex HMAC-SHA256(key, value): stable, so a receiver
-    /// can still correlate calls by number without learning it.
-    Hash(Vec<u8>),
-}
-
-impl std::fmt::Debug for Mode {
-    // The key is a secret: it must not reach a log through a config dump.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Mode::Drop => f.write_str("Drop"),
-            Mode::Hash(_) => f.write_str("Hash(<redacted key>)"),
-        }
-    }
-}
+use crate::config::redact::{Field, Mode, Redaction};
 
 /// What the user part of a URI becomes when dropped.
 pub const DROPPED_USER: &str = "redacted";
 
-/// Shortest HMAC key accepted (bytes): below this the key adds little to guessing.
-pub const MIN_KEY_BYTES: usize = 16;
-
-/// One endpoint's redaction: which fields, and drop or hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Redaction {
-    /// The fields to redact (deduplicated, sorted).
-    pub fields: Vec<Field>,
-    /// Drop or hash.
-    pub mode: Mode,
-}
-
-impl Redaction {
-    fn has(&self, f: Field) -> bool {
-        self.fields.contains(&f)
-    }
-
-    /// Redacts an event (or a `webhook.test`, which has nothing to redact) in place.
-    /// Fields absent from `event` are left absent: only present values change.
-    pub fn apply(&self, event: &mut Value) {
-        let (ani, dnis, names) = (
-            self.has(Field::Ani),
-            self.has(Field::Dnis),
-            self.has(Field::DisplayName),
-        );
-        if let Some(call) = event.get_mut("call") {
-            for (party, on) in [("from", ani), ("to", dnis)] {
-                if let Some(p) = call.get_mut(party) {
-                    if on {
-                        self.scalar(p.get_mut("user"));
-                        self.uri(p.get_mut("uri"));
-                    }
-                    if names {
-                        self.scalar(p.get_mut("display_name"));
-                    }
+/// Redacts an event (or a `webhook.test`, which has nothing to redact) in place.
+/// Fields absent from `event` are left absent: only present values change.
+pub fn apply(redaction: &Redaction, event: &mut Value) {
+    let has = |f: Field| redaction.fields.contains(&f);
+    let (ani, dnis, names) = (has(Field::Ani), has(Field::Dnis), has(Field::DisplayName));
+    let mode = &redaction.mode;
+    if let Some(call) = event.get_mut("call") {
+        for (party, on) in [("from", ani), ("to", dnis)] {
+            if let Some(p) = call.get_mut(party) {
+                if on {
+                    scalar(mode, p.get_mut("user"));
+                    uri(mode, p.get_mut("uri"));
+                }
+                if names {
+                    scalar(mode, p.get_mut("display_name"));
                 }
             }
-            if ani {
-                self.scalar(call.get_mut("ani"));
-            }
-            if dnis {
-                self.scalar(call.get_mut("dnis"));
-            }
         }
-        let Some(data) = event.get_mut("data") else {
-            return;
-        };
+        if ani {
+            scalar(mode, call.get_mut("ani"));
+        }
         if dnis {
-            // call.initiated: where the INVITE was sent; call.transferred: where the
-            // call went, a called party too.
-            self.uri(data.get_mut("request_uri"));
-            self.uri(data.get_mut("target"));
-        }
-        // Referred-By is the transferor, one of the two parties: hidden when either is.
-        if ani || dnis {
-            self.uri(data.get_mut("referred_by"));
-        }
-        if let Some(claims) = data.get_mut("stir_shaken") {
-            if ani {
-                self.scalar(claims.get_mut("orig_tn"));
-            }
-            if dnis {
-                self.scalar(claims.get_mut("dest_tn"));
-            }
+            scalar(mode, call.get_mut("dnis"));
         }
     }
+    let Some(data) = event.get_mut("data") else {
+        return;
+    };
+    if dnis {
+        // call.initiated: where the INVITE was sent; call.transferred: where the
+        // call went, a called party too.
+        uri(mode, data.get_mut("request_uri"));
+        uri(mode, data.get_mut("target"));
+    }
+    // Referred-By is the transferor, one of the two parties: hidden when either is.
+    if ani || dnis {
+        uri(mode, data.get_mut("referred_by"));
+    }
+    if let Some(claims) = data.get_mut("stir_shaken") {
+        if ani {
+            scalar(mode, claims.get_mut("orig_tn"));
+        }
+        if dnis {
+            scalar(mode, claims.get_mut("dest_tn"));
+        }
+    }
+}
 
-    /// A nullable string: `null` when dropped, its keyed hash when hashed.
-    fn scalar(&self, v: Option<&mut Value>) {
-        let Some(v) = v else { return };
-        let Value::String(s) = v else { return };
-        *v = match &self.mode {
-            Mode::Drop => Value::Null,
-            Mode::Hash(key) => Value::String(hmac_hex(key, s)),
-        };
-    }
+/// A nullable string: `null` when dropped, its keyed hash when hashed.
+fn scalar(mode: &Mode, v: Option<&mut Value>) {
+    let Some(v) = v else { return };
+    let Value::String(s) = v else { return };
+    *v = match mode {
+        Mode::Drop => Value::Null,
+        Mode::Hash(key) => Value::String(hmac_hex(key, s)),
+    };
+}
 
-    /// A URI string: only its user part changes, so it stays a non-empty URI and
-    /// the host (equipment, not a person) still tells where the call went.
-    fn uri(&self, v: Option<&mut Value>) {
-        let Some(Value::String(s)) = v else { return };
-        let Some((range, user)) = user_part(s) else {
-            return;
-        };
-        let token = match &self.mode {
-            Mode::Drop => DROPPED_USER.to_owned(),
-            Mode::Hash(key) => hmac_hex(key, user),
-        };
-        s.replace_range(range, &token);
-    }
+/// A URI string: only its user part changes, so it stays a non-empty URI and
+/// the host (equipment, not a person) still tells where the call went.
+fn uri(mode: &Mode, v: Option<&mut Value>) {
+    let Some(Value::String(s)) = v else { return };
+    let Some((range, user)) = user_part(s) else {
+        return;
+    };
+    let token = match mode {
+        Mode::Drop => DROPPED_USER.to_owned(),
+        Mode::Hash(key) => hmac_hex(key, user),
+    };
+    s.replace_range(range, &token);
 }
 
 /// Lowercase hex of HMAC-SHA256(key, value): what a receiver computes to match a
@@ -250,11 +185,11 @@ mod tests {
             },
             "data": {"request_uri": "sip:+2@b", "stir_shaken": {"orig_tn": "1", "dest_tn": "2", "attest": "A"}}
         });
-        Redaction {
+        let drop_all = Redaction {
             fields: vec![Field::Ani, Field::Dnis, Field::DisplayName],
             mode: Mode::Drop,
-        }
-        .apply(&mut e);
+        };
+        apply(&drop_all, &mut e);
         assert_eq!(
             e,
             json!({
@@ -278,7 +213,7 @@ mod tests {
             },
             "data": {"kind": "blind", "target": "sip:+3@b", "referred_by": "sip:+2@b"}
         });
-        hashing(&[Field::Ani]).apply(&mut e);
+        apply(&hashing(&[Field::Ani]), &mut e);
         let h = hmac_hex(b"0123456789abcdef", "+1");
         assert_eq!(e["call"]["ani"], h.as_str());
         assert_eq!(e["call"]["from"]["user"], h.as_str());
@@ -299,7 +234,10 @@ mod tests {
         let original =
             json!({"id": "evt_test_1", "type": "webhook.test", "data": {"endpoint": "crm"}});
         let mut e = original.clone();
-        hashing(&[Field::Ani, Field::Dnis, Field::DisplayName]).apply(&mut e);
+        apply(
+            &hashing(&[Field::Ani, Field::Dnis, Field::DisplayName]),
+            &mut e,
+        );
         assert_eq!(e, original);
     }
 }

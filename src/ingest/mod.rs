@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::admin::{Metrics, RateLog};
-use crate::call::{Meta, Timestamp, Transport};
+use crate::metrics::{Metrics, RateLog};
 use crate::sip::{self, ParseOptions, SipMessage, StartLine, hep};
+use crate::vocab::{Meta, Timestamp, Transport, same_secret};
 
 /// A parsed message and where it came from: what flows from ingest to the tracker.
 #[derive(Debug)]
@@ -104,9 +104,7 @@ impl IngestContext {
             }
         };
         if let Some(key) = &self.hep_auth
-            && !packet
-                .auth_key
-                .is_some_and(|k| crate::admin::same_secret(k, key))
+            && !packet.auth_key.is_some_and(|k| same_secret(k, key))
         {
             dropped("auth_failed");
             if let Some(suppressed) = self.allow_log() {

@@ -14,10 +14,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{IngestContext, Wire};
-use crate::call::Transport;
 use crate::sip::Framer;
 use crate::sip::hep::HepFramer;
 use crate::sip::stream::{StreamError, StreamFramer, Unit};
+use crate::vocab::Transport;
 
 /// Limits applied to every connection.
 #[derive(Debug, Clone, Copy)]

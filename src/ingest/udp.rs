@@ -10,7 +10,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use super::{IngestContext, Wire};
-use crate::call::Transport;
+use crate::vocab::Transport;
 
 /// Largest UDP payload (65,535 minus IP and UDP headers still fits in this buffer).
 const MAX_DATAGRAM: usize = 65_535;

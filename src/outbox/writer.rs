@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Compactor, Outbox, OutboxError, Verdict, call_key};
-use crate::admin::{Metrics, RateLog};
-use crate::call::{Event, Timestamp};
+use crate::call::Event;
 use crate::config::EndpointConfig;
+use crate::metrics::{Metrics, RateLog};
+use crate::vocab::Timestamp;
 
 /// Largest number of events grouped into one commit.
 const MAX_BATCH: usize = 4096;

@@ -12,10 +12,11 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use crate::call::{Event, EventData, Meta, Timestamp, Tracker, TrackerConfig, Transport};
+use crate::call::{Event, EventData, Tracker, TrackerConfig};
 use crate::config::Config;
 use crate::ingest::{MAX_CAPTURE_SKEW_MS, apply_hints, hep_meta};
 use crate::sip::{self, ParseOptions, hep};
+use crate::vocab::{Meta, Timestamp, Transport};
 
 /// Why a capture could not be replayed (a damaged tail only ends it early).
 #[derive(Debug, thiserror::Error)]
@@ -439,7 +440,7 @@ pub async fn replay_and_deliver(
     speed: Option<f64>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<Summary, DeliverError> {
-    let metrics = crate::admin::Metrics::new();
+    let metrics = crate::metrics::Metrics::new();
     let outbox = crate::deliver::open_outbox(config)?;
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     let mut delivery = crate::deliver::Delivery::start(config, outbox.clone(), rx, None, metrics)?;

@@ -9,7 +9,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::call::Timestamp;
+use crate::vocab::Timestamp;
 
 /// The magic that opens every HEPv3 packet.
 pub const MAGIC: &[u8; 4] = b"HEP3";

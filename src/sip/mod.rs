@@ -6,13 +6,13 @@ pub mod framer;
 pub mod hep;
 pub mod message;
 pub mod normalize;
+mod parse;
 pub mod stir;
 pub mod stream;
 mod view;
 
 pub use addr::{NameAddr, Reason, ReferTo, Replaces};
 pub use framer::{FrameError, Framer};
-pub use message::{
-    Method, ParseError, ParseOptions, SipMessage, Siptrace, StartLine, parse, sniff_call_id,
-};
+pub use message::{Method, ParseError, ParseOptions, SipMessage, Siptrace, StartLine};
+pub use parse::{parse, sniff_call_id};
 pub use stir::StirShaken;

@@ -7,7 +7,7 @@ use super::addr::{NameAddr, Reason, ReferTo, Replaces, split_outside_quotes};
 use super::message::{Method, ParseError, ParseOptions, SipMessage, Siptrace, StartLine};
 use super::stir::{self, StirShaken};
 
-/// Builds the typed view from the start line (read by `message::parse`) and the
+/// Builds the typed view from the start line (read by `parse::parse`) and the
 /// headers rsip parsed.
 pub(super) fn build(
     start: StartLine,

@@ -14,9 +14,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
-use siphook::admin::Metrics;
 use siphook::config::Config;
-use siphook::gateway::Gateway;
+use siphook::metrics::Metrics;
+use siphook::pipeline::Gateway;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -593,7 +593,8 @@ pub async fn reopen_outbox(path: &std::path::Path) -> siphook::outbox::Outbox {
 }
 
 pub fn initiated_event(call_id: &str) -> siphook::call::Event {
-    use siphook::call::{Meta, Timestamp, Tracker, TrackerConfig, Transport};
+    use siphook::call::{Tracker, TrackerConfig};
+    use siphook::vocab::{Meta, Timestamp, Transport};
     let mut t = Tracker::new(TrackerConfig::from(&Config::default().sip));
     let msg = siphook::sip::parse(
         CallSpec::new(call_id).invite(1).as_bytes(),

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use super::{Dispatcher, now_ms};
-use crate::call::Timestamp;
 use crate::deliver::client;
 use crate::deliver::control::{self, EndpointCommand, EndpointStatus, TestResult};
 use crate::outbox::DeliveryState;
+use crate::vocab::Timestamp;
 
 impl Dispatcher {
     pub(super) fn status(&self) -> EndpointStatus {

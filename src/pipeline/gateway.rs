@@ -1,6 +1,6 @@
-//! Wires the pipeline together: listeners → tracker task → event stream. Tests and
-//! the binary start siphook the same way, through [`Gateway::start`]. The tracker
-//! task owns the call table; others ask it questions through [`TrackerQuery`].
+//! The front half of the pipeline: listeners → tracker task → event stream. Tests
+//! that need no outbox start it alone, through [`Gateway::start`]. The tracker task
+//! owns the call table; others ask it questions through [`TrackerQuery`].
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,14 +9,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{Metrics, RateLog};
-use crate::call::{
-    CallInfo, CallSnapshot, Event, EventData, Ignored, Timestamp, Tracker, TrackerConfig,
-};
+use crate::call::{CallSnapshot, Event, EventData, Ignored, Tracker, TrackerConfig, TrackerQuery};
 use crate::config::Config;
 use crate::ingest::tcp::TcpLimits;
 use crate::ingest::{self, Inbound, IngestContext, Wire};
+use crate::metrics::{Metrics, RateLog};
 use crate::sip::ParseOptions;
+use crate::vocab::Timestamp;
 
 /// Events waiting for their consumer (the outbox writer); the tracker waits when
 /// it is full, so a stalled disk makes ingest shed at the tracker's own queue
@@ -36,32 +35,6 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
-}
-
-/// A question for the tracker task, answered between two messages so the call
-/// table needs no lock.
-#[derive(Debug)]
-pub enum TrackerQuery {
-    /// A page of active calls in id order after `after`.
-    Calls {
-        /// Cursor: the last id of the previous page.
-        after: Option<String>,
-        /// Page size.
-        limit: usize,
-        /// Where the page goes.
-        reply: oneshot::Sender<CallsPage>,
-    },
-    /// Answered at once: proves to the watchdog that the tracker loop turns.
-    Ping(oneshot::Sender<()>),
-}
-
-/// One page of active calls.
-#[derive(Debug, Clone)]
-pub struct CallsPage {
-    /// Active calls in the table.
-    pub total: usize,
-    /// This page, ordered by `id`.
-    pub calls: Vec<CallInfo>,
 }
 
 /// A running siphook.
@@ -271,7 +244,7 @@ async fn run_tracker(
         if since_queries >= QUERY_EVERY {
             since_queries = 0;
             if let Ok(q) = queries.try_recv() {
-                answer(&tracker, q);
+                tracker.answer(q);
             }
         }
         let sleep = tracker.next_deadline().map(|d| {
@@ -289,7 +262,7 @@ async fn run_tracker(
             },
             _ = tokio::time::sleep(sleep.unwrap_or(Duration::from_secs(3600))) => None,
             Some(q) = queries.recv() => {
-                answer(&tracker, q);
+                tracker.answer(q);
                 continue;
             }
         };
@@ -329,24 +302,6 @@ async fn run_tracker(
             if tx.send(event).await.is_err() {
                 return;
             }
-        }
-    }
-}
-
-fn answer(tracker: &Tracker, q: TrackerQuery) {
-    match q {
-        TrackerQuery::Calls {
-            after,
-            limit,
-            reply,
-        } => {
-            let _ = reply.send(CallsPage {
-                total: tracker.active_calls(),
-                calls: tracker.calls_page(after.as_deref(), limit),
-            });
-        }
-        TrackerQuery::Ping(reply) => {
-            let _ = reply.send(());
         }
     }
 }

@@ -1,5 +1,12 @@
-//! Every metric siphook exports, registered once in one registry. Labels are bounded
-//! sets (transports, methods, reasons): never Call-IDs, numbers or addresses.
+//! Every metric siphook exports, registered once in one registry, and the
+//! rate-limited logger that goes with counting bad input. A ground room: each
+//! layer increments its own handles here, and `admin` only renders the registry.
+//! Labels are bounded sets (transports, methods, reasons): never Call-IDs,
+//! numbers or addresses.
+
+pub mod ratelog;
+
+pub use ratelog::RateLog;
 
 use prometheus::{
     GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,

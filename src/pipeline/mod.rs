@@ -1,9 +1,28 @@
-//! The process lifecycle: start everything in order, tell systemd, prove liveness
-//! to its watchdog, apply reloads, and shut down without losing what was received.
+//! The one room that wires the running pipeline, socket → `ingest` → `sip` →
+//! `call` → `outbox` → `deliver`, with `admin` beside it, and runs its lifecycle:
+//! start everything in order, tell systemd, prove liveness to its watchdog, apply
+//! reloads, and shut down without losing what was received.
 //!
-//! Start: outbox → listeners and tracker → writer and dispatchers → admin → READY.
+//! Start, in this order ([`serve`]):
+//! 1. metrics, then the outbox (compacted first if mostly garbage) and the calls
+//!    that were live at the last stop;
+//! 2. the admin listener is bound (not yet served), so a taken port fails the start
+//!    before anything runs;
+//! 3. the [`Gateway`]: every SIP and HEP listener bound, then the tracker task
+//!    (restoring those calls) fed by them;
+//! 4. delivery: the outbox writer, fed by the tracker, and one dispatcher per
+//!    endpoint, each resuming its backlog;
+//! 5. the admin HTTP server on a thread of its own;
+//! 6. READY=1 to systemd, and the bound addresses to whoever asked.
+//!
 //! Stop: STOPPING → listeners close → the tracker drains → the writer commits →
 //! attempts in flight get `service.shutdown_grace` → admin closes → exit 0.
+
+mod gateway;
+mod reload;
+pub mod systemd;
+
+pub use gateway::{EVENT_QUEUE, Gateway, StartError};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,10 +31,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{AdminState, Metrics, systemd};
+use crate::admin::AdminState;
 use crate::config::{Config, ConfigError};
 use crate::deliver::{Delivery, DeliveryError, ReloadError};
-use crate::gateway::{Gateway, StartError};
+use crate::metrics::Metrics;
 
 /// What the binary's signal handlers tell a running siphook.
 #[derive(Debug)]
@@ -102,17 +121,15 @@ pub async fn serve(
             source,
         })?;
     let admin_listener = match config.admin.listen {
-        Some(addr) => {
-            Some(
-                crate::admin::server::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind {
-                        transport: "admin http",
-                        addr,
-                        source,
-                    })?,
-            )
-        }
+        Some(addr) => Some(
+            crate::admin::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    transport: "admin http",
+                    addr,
+                    source,
+                })?,
+        ),
         None => None,
     };
     let mut gateway = Gateway::start_with(&config, metrics.clone(), restore).await?;
@@ -180,7 +197,7 @@ pub async fn serve(
                     // grace): keep systemd's watchdog fed meanwhile; the wait is
                     // bounded, so this cannot hide a wedge for long.
                     let applied = tokio::select! {
-                        r = reload(&mut current, *new, &mut delivery, &token_tx, opts.log.as_ref(), &metrics) => r,
+                        r = reload::reload(&mut current, *new, &mut delivery, &token_tx, opts.log.as_ref(), &metrics) => r,
                         never = keep_watchdog_fed(watchdog) => match never {},
                     };
                     if let Err(e) = applied {
@@ -256,7 +273,7 @@ fn run_admin(
                         return;
                     }
                 };
-                crate::admin::server::serve(listener, state, stop).await;
+                crate::admin::serve(listener, state, stop).await;
             });
         })
         .unwrap_or_else(|e| {
@@ -293,83 +310,4 @@ fn echo(output: EventOutput) -> Option<crate::outbox::writer::Echo> {
         })),
         EventOutput::Quiet => None,
     }
-}
-
-/// Applies what a reload can change at run time: endpoints, the admin token and
-/// the log filter. A file that does not load changes nothing; only a reload that
-/// broke halfway is returned, for the process to exit on.
-async fn reload(
-    current: &mut Config,
-    new: Result<Config, ConfigError>,
-    delivery: &mut Delivery,
-    token: &watch::Sender<Option<crate::config::Redacted>>,
-    log: Option<&LogReload>,
-    metrics: &Metrics,
-) -> Result<(), ReloadError> {
-    let fail = |why: &str| {
-        metrics.config_reloads.with_label_values(&["failure"]).inc();
-        tracing::error!(
-            "configuration reload rejected, the running configuration stays in force: {why}"
-        );
-    };
-    let new = match new {
-        Ok(c) => c,
-        // Problems name keys and never echo values, so they are safe to log.
-        Err(e) => {
-            fail(&e.to_string().replace('\n', "; "));
-            return Ok(());
-        }
-    };
-    // Delivery first: it is the part that can still refuse (an unreadable TLS
-    // file); the filter was validated with the file and cannot.
-    let summary = match delivery.reload(&new).await {
-        Ok(s) => s,
-        Err(ReloadError::Rejected(e)) => {
-            fail(&e.to_string());
-            return Ok(());
-        }
-        Err(e) => {
-            metrics.config_reloads.with_label_values(&["failure"]).inc();
-            return Err(e);
-        }
-    };
-    if new.log.level != current.log.level
-        && let Some(log) = log
-        && let Err(e) = log(&new.log.level)
-    {
-        tracing::error!("log.level not applied: {e}");
-    }
-    token.send_replace(new.admin.token.clone());
-    let restart_needed: Vec<&str> = [
-        ("sip", current.sip != new.sip),
-        ("hep", current.hep != new.hep),
-        ("outbox", current.outbox != new.outbox),
-        ("admin.listen", current.admin.listen != new.admin.listen),
-    ]
-    .into_iter()
-    .filter_map(|(k, changed)| changed.then_some(k))
-    .collect();
-    if !restart_needed.is_empty() {
-        tracing::warn!(
-            sections = ?restart_needed,
-            "these settings changed and take effect at the next restart (listeners and the outbox stay as they are)"
-        );
-    }
-    metrics.config_reloads.with_label_values(&["success"]).inc();
-    tracing::info!(
-        added = ?summary.added,
-        removed = ?summary.removed,
-        changed = ?summary.changed,
-        log_level = %new.log.level,
-        "configuration reloaded"
-    );
-    // What needs a restart keeps its running value, so the next reload still
-    // compares against what actually runs.
-    let mut applied = new;
-    applied.sip = current.sip.clone();
-    applied.hep = current.hep.clone();
-    applied.outbox = current.outbox.clone();
-    applied.admin.listen = current.admin.listen;
-    *current = applied;
-    Ok(())
 }
