@@ -1,11 +1,12 @@
 //! siphook: a passive SIP tap that turns call signalling into signed webhooks.
 //!
 //! The rooms follow the data path, socket → [`ingest`] → [`sip`] → [`call`] →
-//! [`outbox`] → [`deliver`], standing on a ground of [`vocab`] (time, transport,
-//! secrets), [`metrics`] and [`config`]. [`admin`] serves what the others own;
-//! [`pipeline`] wires them and runs the process; [`replay`] and [`bench`](mod@bench) are
-//! commands built on them. Imports run down that list, never up: the rule is in
-//! ARCHITECTURE.md and `tests/architecture.rs` enforces it.
+//! [`outbox`] → [`deliver`], on a ground of [`vocab`] (time, transport, secrets),
+//! [`config`] and [`metrics`]. [`admin`] serves what the others own; [`pipeline`]
+//! wires them and runs the process; [`bench`](mod@bench) and [`replay`] are
+//! commands built on them. They are declared below in ARCHITECTURE.md's order: a
+//! room imports only the rooms declared before it, and `tests/architecture/`
+//! enforces that.
 
 pub mod vocab;
 

@@ -4,7 +4,7 @@
 //! Labels are bounded sets (transports, methods, reasons): never Call-IDs,
 //! numbers or addresses.
 
-pub mod ratelog;
+mod ratelog;
 
 pub use ratelog::RateLog;
 

@@ -7,11 +7,12 @@
 //! 1. metrics, then the outbox (compacted first if mostly garbage) and the calls
 //!    that were live at the last stop;
 //! 2. the admin listener is bound (not yet served), so a taken port fails the start
-//!    before anything runs;
-//! 3. the [`Gateway`]: every SIP and HEP listener bound, then the tracker task
-//!    (restoring those calls) fed by them;
-//! 4. delivery: the outbox writer, fed by the tracker, and one dispatcher per
-//!    endpoint, each resuming its backlog;
+//!    before any task runs;
+//! 3. the [`Gateway`]: every SIP and HEP listener bound and serving, then the
+//!    tracker task (restoring those calls) that they feed;
+//! 4. delivery: one dispatcher per endpoint, each with the extent of its backlog
+//!    fixed, then the outbox writer, fed by the tracker (a scan racing the writer
+//!    could see events not yet flushed);
 //! 5. the admin HTTP server on a thread of its own;
 //! 6. READY=1 to systemd, and the bound addresses to whoever asked.
 //!
@@ -20,7 +21,7 @@
 
 mod gateway;
 mod reload;
-pub mod systemd;
+mod systemd;
 
 pub use gateway::{EVENT_QUEUE, Gateway, StartError};
 

@@ -3,9 +3,9 @@
 //! secrets that never reach a log ([`Secret`], [`Redacted`]). Every room speaks
 //! these terms; this room imports no other, so using it pulls in no layer above.
 
-pub mod secret;
-pub mod time;
-pub mod transport;
+mod secret;
+mod time;
+mod transport;
 
 pub use secret::{Redacted, Secret, SecretError, same_secret};
 pub use time::Timestamp;

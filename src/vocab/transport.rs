@@ -1,5 +1,7 @@
 //! How a message travelled: its transport, the two addresses and when it was seen.
-//! The parser, the listeners, the tracker and the event contract all speak of it.
+//! The parser reads a mirror copy's original transport, the listeners stamp
+//! [`Meta`] on what they receive, and the tracker and the event contract report
+//! both.
 
 use std::net::SocketAddr;
 
