@@ -457,7 +457,13 @@ async fn idle_tcp_connections_past_the_cap_are_refused_and_counted() {
     const CAP: usize = 200;
     const EXTRA: usize = 50;
     let mut s = Siphook::start(
-        &format!("max_tcp_connections = {CAP}\ntcp_idle_timeout = \"10m\""),
+        // One source fills every slot: its own cap is set past the global one, so
+        // only the global cap is at play (tests/tcp.rs has the per-source cap and
+        // eviction).
+        &format!(
+            "max_tcp_connections = {CAP}\nmax_connections_per_source = {}\ntcp_idle_timeout = \"10m\"",
+            CAP + EXTRA
+        ),
         true,
         "",
     )

@@ -234,3 +234,57 @@ async fn a_message_dribbled_a_byte_at_a_time_closes_the_connection() {
     );
     a_valid_call_still_works(&mut h, "tcp-after-slowloris").await;
 }
+
+/// The framer reads Content-Length on the parser's unfolded view: a folded line
+/// that only looks like `Content-Length: 250` (a continuation of Subject) neither
+/// swallows the call behind it nor is taken for a second, disagreeing length.
+#[tokio::test]
+async fn a_folded_content_length_is_read_as_the_parser_reads_it() {
+    let mut h = Harness::start().await;
+    let options = |real_length: &str| {
+        format!(
+            "OPTIONS sip:probe@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1;branch=z9hG4bK-f1\r\n\
+             From: <sip:a@127.0.0.1>;tag=f\r\nTo: <sip:b@127.0.0.1>\r\nCall-ID: folded-1\r\n\
+             CSeq: 1 OPTIONS\r\nSubject: hello\r\n Content-Length: 250\r\n{real_length}\r\n"
+        )
+    };
+    // With its real Content-Length, the message ends where the parser says, and
+    // the call written behind it on the same connection is followed.
+    let mut s = h.tcp().await;
+    let call = CallSpec::new("tcp-behind-a-folded-line");
+    let mut stream = options("Content-Length: 0\r\n");
+    stream.push_str(&call.answered_flow().concat());
+    s.write_all(stream.as_bytes()).await.unwrap();
+    let ev = h.events(4).await;
+    assert_eq!(
+        types(&ev),
+        [
+            "call.initiated",
+            "call.ringing",
+            "call.answered",
+            "call.completed"
+        ]
+    );
+    assert_eq!(ev[0]["call"]["sip_call_id"], "tcp-behind-a-folded-line");
+
+    // Without one, the message has no length at all to either reader: the
+    // connection closes rather than taking the INVITE behind it as a body.
+    let mut s = h.tcp().await;
+    let smuggled = CallSpec::new("tcp-smuggled-invite");
+    let mut stream = options("");
+    stream.push_str(&smuggled.invite(1));
+    s.write_all(stream.as_bytes()).await.unwrap();
+    closed_by_peer(&mut s).await;
+    assert_eq!(
+        h.metric(
+            "siphook_tcp_connections_closed_total",
+            &[("reason", "missing_content_length")]
+        ),
+        1.0
+    );
+    assert!(
+        h.barrier().await.is_empty(),
+        "nothing came of the smuggled INVITE"
+    );
+    a_valid_call_still_works(&mut h, "tcp-after-a-folded-line").await;
+}

@@ -2,7 +2,7 @@
 //! paths instead of stopping at the first, and reads the value kinds the file uses
 //! (addresses, durations, sizes, counts, secrets kept in files).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::Problem;
@@ -18,6 +18,24 @@ impl Checker<'_> {
             path: path.into(),
             message,
         });
+    }
+
+    /// A list of IP addresses (no ports).
+    pub(super) fn ips(&mut self, path: &str, raw: Option<Vec<String>>) -> Vec<IpAddr> {
+        raw.unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, ip)| match ip.trim().parse() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    self.problem(
+                        format!("{path}[{i}]"),
+                        format!("invalid IP address \"{ip}\""),
+                    );
+                    None
+                }
+            })
+            .collect()
     }
 
     pub(super) fn addrs(

@@ -1,7 +1,8 @@
 //! `[hep]`: HEPv3 listeners, for capture agents that encapsulate what they saw
 //! (Kamailio siptrace, OpenSIPS proto_hep, FreeSWITCH, Asterisk res_hep, heplify).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -10,7 +11,7 @@ use super::checker::read_secret_file;
 use crate::vocab::Redacted;
 
 /// `[hep]`, validated.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HepConfig {
     /// UDP listen addresses (one HEP packet per datagram).
     pub udp: Vec<SocketAddr>,
@@ -20,6 +21,25 @@ pub struct HepConfig {
     pub auth_key: Option<Redacted>,
     /// The key is written in the file itself (`auth_key`, not `auth_key_file`).
     pub auth_key_inline: bool,
+    /// With a key, a TCP connection that sends no packet carrying it within this
+    /// is closed, counted as an authentication failure.
+    pub auth_timeout: Duration,
+    /// Capture agents that always get a HEP TCP slot and are not limited per
+    /// source.
+    pub agents: Vec<IpAddr>,
+}
+
+impl Default for HepConfig {
+    fn default() -> Self {
+        HepConfig {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+            auth_key: None,
+            auth_key_inline: false,
+            auth_timeout: Duration::from_secs(10),
+            agents: Vec::new(),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -29,6 +49,8 @@ pub(super) struct RawHep {
     tcp: Option<Vec<String>>,
     auth_key: Option<String>,
     auth_key_file: Option<String>,
+    auth_timeout: Option<String>,
+    agents: Option<Vec<String>>,
 }
 
 impl RawHep {
@@ -63,11 +85,19 @@ impl RawHep {
                 None
             }
         };
+        let d = HepConfig::default();
         HepConfig {
             udp,
             tcp,
             auth_key,
             auth_key_inline,
+            auth_timeout: c.duration(
+                "hep.auth_timeout",
+                self.auth_timeout,
+                d.auth_timeout,
+                Duration::from_millis(10),
+            ),
+            agents: c.ips("hep.agents", self.agents),
         }
     }
 }

@@ -60,11 +60,17 @@ pub struct SipConfig {
     pub max_message_bytes: usize,
     /// SO_RCVBUF asked of the kernel for UDP sockets; bursts beyond it are lost by the kernel.
     pub udp_receive_buffer: usize,
-    /// A TCP connection silent this long is closed, and so is one whose message
-    /// takes longer than this to arrive whole (a byte-at-a-time peer).
+    /// A TCP connection that brings no message for this long is closed (CRLF
+    /// keep-alives alone do not hold it), and so is one whose message takes
+    /// longer than this to arrive whole (a byte-at-a-time peer).
     pub tcp_idle_timeout: Duration,
-    /// Connections past this many are refused.
+    /// Connections held at once on each TCP listener (SIP and HEP); a newcomer
+    /// past it takes the idlest connection of the source that holds the most,
+    /// or is refused.
     pub max_tcp_connections: usize,
+    /// Connections one source (an IPv4 address, an IPv6 /64) may hold on each TCP
+    /// listener; `siptrace_from` proxies and `hep.agents` are not limited.
+    pub max_connections_per_source: usize,
     /// No final response by then: the call completes as `no_answer`.
     pub invite_timeout: Duration,
     /// Answered, no BYE by then: the call completes.
@@ -90,8 +96,9 @@ impl Default for Config {
                 tcp: vec![SocketAddr::from(([127, 0, 0, 1], 5060))],
                 max_message_bytes: 64 * 1024,
                 udp_receive_buffer: 4 * 1024 * 1024,
-                tcp_idle_timeout: Duration::from_secs(600),
+                tcp_idle_timeout: Duration::from_secs(180),
                 max_tcp_connections: 1024,
+                max_connections_per_source: 64,
                 invite_timeout: Duration::from_secs(180),
                 max_call_duration: Duration::from_secs(4 * 3600),
                 challenge_window: Duration::from_secs(32),
@@ -274,6 +281,7 @@ struct RawSip {
     udp_receive_buffer: Option<String>,
     tcp_idle_timeout: Option<String>,
     max_tcp_connections: Option<i64>,
+    max_connections_per_source: Option<i64>,
     invite_timeout: Option<String>,
     max_call_duration: Option<String>,
     challenge_window: Option<String>,
@@ -316,6 +324,12 @@ impl RawConfig {
                 d.max_tcp_connections,
                 (1, 1 << 20),
             ),
+            max_connections_per_source: c.count(
+                "sip.max_connections_per_source",
+                s.max_connections_per_source,
+                d.max_connections_per_source,
+                (1, 1 << 20),
+            ),
             invite_timeout: c.duration(
                 "sip.invite_timeout",
                 s.invite_timeout,
@@ -341,22 +355,7 @@ impl RawConfig {
                 (1, 100_000_000),
             ),
             correlation_headers: s.correlation_headers.unwrap_or(d.correlation_headers),
-            siptrace_from: s
-                .siptrace_from
-                .unwrap_or_default()
-                .iter()
-                .enumerate()
-                .filter_map(|(i, ip)| match ip.trim().parse() {
-                    Ok(ip) => Some(ip),
-                    Err(_) => {
-                        c.problem(
-                            format!("sip.siptrace_from[{i}]"),
-                            format!("invalid IP address \"{ip}\""),
-                        );
-                        None
-                    }
-                })
-                .collect(),
+            siptrace_from: c.ips("sip.siptrace_from", s.siptrace_from),
             queue_capacity: c.count(
                 "sip.queue_capacity",
                 s.queue_capacity,

@@ -3,6 +3,7 @@
 //! messages to the tracker through a bounded queue it never waits on, so a slow
 //! tracker or a flood sheds load (counted) instead of stalling the sockets.
 
+pub mod slots;
 pub mod tcp;
 pub mod udp;
 
@@ -48,6 +49,18 @@ pub struct IngestContext {
 /// wrongly, so its messages get the local receive time instead, counted.
 pub const MAX_CAPTURE_SKEW_MS: u64 = 10_000;
 
+/// What came of one unit a listener handed over: what the TCP listener needs to
+/// tell a live peer from one that only keeps its connection open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// A SIP message was parsed (and queued, or shed and counted).
+    Message,
+    /// A HEP packet carried the listener's auth key but no SIP message.
+    Authenticated,
+    /// Nothing usable: unparseable, unauthenticated, or not SIP.
+    Rejected,
+}
+
 /// What a listener's bytes are: plain SIP, or SIP inside HEPv3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {
@@ -76,6 +89,11 @@ impl IngestContext {
         self
     }
 
+    /// Whether HEP packets must carry an auth key here.
+    pub fn hep_keyed(&self) -> bool {
+        self.hep_auth.is_some()
+    }
+
     /// Requires HEP packets to carry `key` in their auth-key chunk.
     pub fn with_hep_auth(mut self, key: Option<&[u8]>) -> IngestContext {
         self.hep_auth = key.map(Arc::from);
@@ -86,12 +104,37 @@ impl IngestContext {
     /// it was captured on: the original addresses, protocol and capture time, and
     /// HEP's correlation id when no configured header gives one. `wire` is the
     /// transport the HEP packet itself came over (a metrics label).
-    pub fn handle_hep(&self, raw: &[u8], wire: Transport, peer: SocketAddr, local: SocketAddr) {
+    pub fn handle_hep(
+        &self,
+        raw: &[u8],
+        wire: Transport,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Handled {
         let dropped = |reason: &str| {
             self.metrics
                 .hep_dropped
                 .with_label_values(&[wire.as_str(), reason])
                 .inc();
+        };
+        // On a keyed listener the key is checked first: a packet without it is an
+        // authentication failure, whatever else is wrong with it (an empty
+        // `HEP3` header sent to hold a connection open is one).
+        let keyed = self
+            .hep_auth
+            .as_ref()
+            .map(|key| hep::auth_key(raw).is_some_and(|k| same_secret(k, key)));
+        if keyed == Some(false) {
+            dropped("auth_failed");
+            if let Some(suppressed) = self.allow_log() {
+                tracing::warn!(%peer, suppressed, "HEP packet dropped: missing or wrong auth key");
+            }
+            return Handled::Rejected;
+        }
+        let otherwise = if keyed == Some(true) {
+            Handled::Authenticated
+        } else {
+            Handled::Rejected
         };
         let packet = match hep::decode(raw) {
             Ok(p) => p,
@@ -100,27 +143,21 @@ impl IngestContext {
                 if let Some(suppressed) = self.allow_log() {
                     tracing::warn!(%peer, reason = e.reason(), suppressed, "HEP packet dropped: {e}");
                 }
-                return;
+                return otherwise;
             }
         };
-        if let Some(key) = &self.hep_auth
-            && !packet.auth_key.is_some_and(|k| same_secret(k, key))
-        {
-            dropped("auth_failed");
-            if let Some(suppressed) = self.allow_log() {
-                tracing::warn!(%peer, suppressed, "HEP packet dropped: missing or wrong auth key");
-            }
-            return;
-        }
         if packet.protocol_type != Some(hep::PROTO_SIP) {
             dropped("not_sip");
-            return;
+            return otherwise;
         }
         let (mut meta, fallback) = hep_meta(&packet, peer, local, Timestamp::now());
         meta.received_at = self.capture_time(packet.timestamp, "hep");
         // HEP's own chunks say where the packet was: a header inside it is the
         // sender's claim.
-        self.handle_meta(packet.payload, "hep", meta, fallback, false);
+        match self.handle_meta(packet.payload, "hep", meta, fallback, false) {
+            Handled::Message => Handled::Message,
+            _ => otherwise,
+        }
     }
 
     /// Parses one message and queues it; counts every outcome. Never blocks.
@@ -130,7 +167,7 @@ impl IngestContext {
         transport: Transport,
         source: SocketAddr,
         destination: SocketAddr,
-    ) {
+    ) -> Handled {
         let meta = Meta {
             transport,
             source,
@@ -138,7 +175,7 @@ impl IngestContext {
             received_at: Timestamp::now(),
         };
         let trusted = self.siptrace_from.contains(&source.ip());
-        self.handle_meta(raw, transport.as_str(), meta, None, trusted);
+        self.handle_meta(raw, transport.as_str(), meta, None, trusted)
     }
 
     /// The capture time when it is within [`MAX_CAPTURE_SKEW_MS`] of now, else now
@@ -168,7 +205,7 @@ impl IngestContext {
         mut meta: Meta,
         correlation: Option<&str>,
         siptrace_trusted: bool,
-    ) {
+    ) -> Handled {
         let source = meta.source;
         let mut msg = match sip::parse(raw, &self.parse) {
             Ok(m) => m,
@@ -178,7 +215,7 @@ impl IngestContext {
                     .with_label_values(&[t, e.reason()])
                     .inc();
                 self.log_parse_error(e.reason(), raw, source);
-                return;
+                return Handled::Rejected;
             }
         };
         let kind = match msg.start {
@@ -203,6 +240,7 @@ impl IngestContext {
                 .with_label_values(&[t, reason])
                 .inc();
         }
+        Handled::Message
     }
 
     /// Whether a hot-path warning may be logged now (one a second across every

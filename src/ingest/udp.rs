@@ -71,10 +71,12 @@ pub async fn serve(socket: UdpSocket, wire: Wire, ctx: IngestContext, shutdown: 
         match received {
             Ok((n, peer)) => {
                 bytes.inc_by(n as u64);
-                match wire {
+                // A datagram holds no slot, so what came of it matters only to
+                // the metrics its handler counted.
+                let _ = match wire {
                     Wire::Sip => ctx.handle(&buf[..n], Transport::Udp, peer, local),
                     Wire::Hep => ctx.handle_hep(&buf[..n], Transport::Udp, peer, local),
-                }
+                };
             }
             // ICMP port-unreachable and similar surface here on some systems; the
             // socket stays usable.

@@ -2,7 +2,8 @@
 //! that need no outbox start it alone, through [`Gateway::start`]. The tracker task
 //! owns the call table; others ask it questions through [`TrackerQuery`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -134,7 +135,11 @@ impl Gateway {
             max_message_bytes: sip.max_message_bytes,
             idle_timeout: sip.tcp_idle_timeout,
             max_connections: sip.max_tcp_connections,
+            max_per_source: sip.max_connections_per_source,
+            auth_timeout: config.hep.auth_timeout,
         };
+        let trusted_sip: Arc<[IpAddr]> = sip.siptrace_from.as_slice().into();
+        let trusted_hep: Arc<[IpAddr]> = config.hep.agents.as_slice().into();
         let mut tasks = JoinSet::new();
         for (socket, wire) in udp {
             tasks.spawn(ingest::udp::serve(
@@ -145,11 +150,16 @@ impl Gateway {
             ));
         }
         for (listener, wire) in tcp {
+            let trusted = match wire {
+                Wire::Sip => trusted_sip.clone(),
+                Wire::Hep => trusted_hep.clone(),
+            };
             tasks.spawn(ingest::tcp::serve(
                 listener,
                 wire,
                 ctx.clone(),
                 limits,
+                trusted,
                 shutdown.clone(),
             ));
         }

@@ -6,7 +6,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::normalize::header_end;
+use super::normalize::{self, header_end};
 
 /// Why a stream cannot be framed; the connection must be closed, since the
 /// position of the next message is unknown.
@@ -21,6 +21,10 @@ pub enum FrameError {
     /// Content-Length is not a decimal number, or appears twice with different values.
     #[error("invalid Content-Length")]
     BadContentLength,
+    /// The header section is not one the parser can read (not UTF-8, a line
+    /// without a colon): where its message ends is unknown.
+    #[error("malformed header section")]
+    BadHeaders,
 }
 
 impl FrameError {
@@ -30,6 +34,7 @@ impl FrameError {
             FrameError::TooLarge => "too_large",
             FrameError::MissingContentLength => "missing_content_length",
             FrameError::BadContentLength => "bad_content_length",
+            FrameError::BadHeaders => "bad_header_section",
         }
     }
 }
@@ -129,18 +134,19 @@ impl Framer {
     }
 }
 
-/// Reads Content-Length (or compact `l`) from a raw header section.
+/// Reads Content-Length from a header section, on the same unfolded view the
+/// parser reads ([`normalize::split`]), so the framer and the parser can never
+/// disagree on where a message ends: a folded continuation line that reads
+/// `Content-Length: …` is part of the header above it to both. Compact `l` is
+/// expanded by the split.
 fn content_length(head: &[u8]) -> Result<usize, FrameError> {
+    let section = normalize::split(head).map_err(|_| FrameError::BadHeaders)?;
     let mut found: Option<usize> = None;
-    for line in head.split(|&b| b == b'\n') {
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let name = line[..colon].trim_ascii();
-        if !(name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l")) {
+    for h in &section.headers {
+        if !h.name.eq_ignore_ascii_case("Content-Length") {
             continue;
         }
-        let value = line[colon + 1..].trim_ascii();
+        let value = h.value.as_bytes();
         if value.is_empty() || value.len() > 10 || !value.iter().all(u8::is_ascii_digit) {
             return Err(FrameError::BadContentLength);
         }
@@ -205,5 +211,26 @@ mod tests {
         let mut f = Framer::new(100);
         f.extend(b"BYE sip:a@h SIP/2.0\r\nl: 99999999999\r\n\r\n");
         assert_eq!(f.next_message(), Err(FrameError::BadContentLength));
+    }
+
+    /// A folded line is part of the header above it, to the parser and so to the
+    /// framer: it neither sets the length nor disagrees with the real one.
+    #[test]
+    fn a_folded_content_length_is_not_a_content_length() {
+        let folded = b"OPTIONS sip:a@h SIP/2.0\r\nCall-ID: 1\r\nSubject: x\r\n Content-Length: 250\r\nContent-Length: 0\r\n\r\n";
+        let mut f = Framer::new(65536);
+        f.extend(folded);
+        f.extend(BYE);
+        assert_eq!(f.next_message().unwrap().unwrap(), &folded[..]);
+        assert_eq!(f.next_message().unwrap().unwrap(), BYE);
+        let section = normalize::split(folded).unwrap();
+        assert_eq!(section.headers[1].value, "x Content-Length: 250");
+
+        let mut f = Framer::new(65536);
+        f.extend(b"OPTIONS sip:a@h SIP/2.0\r\nSubject: x\r\n Content-Length: 250\r\n\r\n");
+        assert_eq!(f.next_message(), Err(FrameError::MissingContentLength));
+        let mut f = Framer::new(65536);
+        f.extend(b"OPTIONS sip:a@h SIP/2.0\r\nno colon here\r\nl: 0\r\n\r\n");
+        assert_eq!(f.next_message(), Err(FrameError::BadHeaders));
     }
 }

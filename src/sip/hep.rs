@@ -137,6 +137,16 @@ impl HepFramer {
 /// Decodes one whole HEPv3 packet; `buf` must be exactly the packet (one UDP
 /// datagram, or one frame cut by [`frame_len`]).
 pub fn decode(buf: &[u8]) -> Result<HepPacket<'_>, HepError> {
+    chunks(buf)?.finish()
+}
+
+/// The auth-key chunk (14) of a packet whose chunks can be read, payload or not:
+/// a keyed listener checks it before anything else.
+pub fn auth_key(buf: &[u8]) -> Option<&[u8]> {
+    chunks(buf).ok()?.auth_key
+}
+
+fn chunks(buf: &[u8]) -> Result<Chunks<'_>, HepError> {
     if buf.len() < HEADER {
         return Err(HepError::Truncated);
     }
@@ -162,7 +172,7 @@ pub fn decode(buf: &[u8]) -> Result<HepPacket<'_>, HepError> {
             p.take(kind, body);
         }
     }
-    p.finish()
+    Ok(p)
 }
 
 /// Chunks as they are read; assembled into a [`HepPacket`] at the end, because
