@@ -5,7 +5,7 @@
 # has the null relay of that moment beside it; CPU is the bench process's user+sys
 # (generator, receiver, siphook and relay phases together).
 #
-#   benches/ab.sh OLD_BINARY NEW_BINARY [OUT_DIR] [RUNS] [RATES...]
+#   [AB_TRANSPORT=udp|tcp|hep] benches/ab.sh OLD_BINARY NEW_BINARY [OUT_DIR] [RUNS] [RATES...]
 #   e.g. git worktree add /tmp/old HEAD~1 && (cd /tmp/old && cargo build --release)
 #        benches/ab.sh /tmp/old/target/release/siphook target/release/siphook
 set -euo pipefail
@@ -21,7 +21,7 @@ for rep in $(seq 1 "$runs"); do
     for which in $order; do
       bin=$old; [ "$which" = new ] && bin=$new
       /usr/bin/time -f "%U %S" -o "$out/cpu-$which-$rate-$rep" \
-        "$bin" bench --spawn --rate "$rate" --duration 20s --baseline \
+        "$bin" bench --spawn --rate "$rate" --duration 20s --baseline --transport "${AB_TRANSPORT:-udp}" \
         --json "$out/$which-$rate-$rep.json" >"$out/$which-$rate-$rep.txt" 2>&1 || true
     done
   done

@@ -7,86 +7,12 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use common::admin::{self, AdminReply, get, has, parse_metrics, post, request, sum};
+use common::CallSpec;
+use common::admin::{self, AdminReply, TOKEN, get, has, parse_metrics, post, request, start, sum};
 use common::receiver::{Receiver, Reply};
-use common::{CallSpec, DEADLINE};
 use serde_json::{Value, json};
-use siphook::config::Config;
-use siphook::pipeline::{Bound, EventOutput, ServeOptions, Signal, serve};
-use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
 
-const TOKEN: &str = "admin-test-token-please-keep-out";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-struct Running {
-    bound: Bound,
-    signals: mpsc::Sender<Signal>,
-    task: tokio::task::JoinHandle<Result<(), siphook::pipeline::ServeError>>,
-    sip: UdpSocket,
-    _dir: tempfile::TempDir,
-}
-
-impl Running {
-    fn admin(&self) -> std::net::SocketAddr {
-        self.bound.admin.expect("admin listener")
-    }
-
-    async fn send(&self, msgs: &[String]) {
-        for m in msgs {
-            self.sip
-                .send_to(m.as_bytes(), self.bound.udp[0])
-                .await
-                .unwrap();
-        }
-    }
-
-    async fn stop(self) {
-        self.signals.send(Signal::Stop).await.unwrap();
-        tokio::time::timeout(DEADLINE, self.task)
-            .await
-            .expect("serve stops")
-            .unwrap()
-            .expect("clean stop");
-    }
-}
-
-/// Starts siphook with `extra` TOML appended (endpoints, limits); the admin token
-/// is written to a file unless `token` is false.
-async fn start(extra: &str, token: bool) -> Running {
-    let dir = tempfile::tempdir().unwrap();
-    let token_line = if token {
-        let path = dir.path().join("admin.token");
-        std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
-        format!("token_file = \"{}\"\n", path.display())
-    } else {
-        String::new()
-    };
-    let text = format!(
-        "[sip]\nudp = [\"127.0.0.1:0\"]\ntcp = []\n[admin]\nlisten = \"127.0.0.1:0\"\n{token_line}[service]\nshutdown_grace = \"1s\"\n[outbox]\npath = \"{}\"\n{extra}",
-        dir.path().join("outbox").display()
-    );
-    let config = Config::parse(&text).unwrap();
-    let (ready, bound) = oneshot::channel();
-    let (signals, signals_rx) = mpsc::channel(4);
-    let opts = ServeOptions {
-        output: EventOutput::Quiet,
-        log: None,
-        ready: Some(ready),
-    };
-    let task = tokio::spawn(serve(config, opts, signals_rx));
-    let bound = tokio::time::timeout(DEADLINE, bound)
-        .await
-        .expect("ready in time")
-        .expect("serve started");
-    Running {
-        bound,
-        signals,
-        task,
-        sip: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
-        _dir: dir,
-    }
-}
 
 fn endpoint(rx: &Receiver, extra: &str) -> String {
     format!(

@@ -22,6 +22,9 @@ const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 /// Largest request body (replay by ids).
 const MAX_BODY: usize = 1 << 20;
+/// A request body must arrive whole within this, or a client sending a byte at a
+/// time would hold its connection (and a slot) for as long as it liked.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most ids one replay request may name.
 const MAX_REPLAY_IDS: usize = 10_000;
 /// Dead letters handed to a dispatcher per command.
@@ -286,9 +289,23 @@ struct ReplayRequest {
 }
 
 async fn replay(state: &AdminState, req: Request<Incoming>) -> Reply {
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return bad_request("body unreadable or over 1 MiB"),
+    let read = Limited::new(req.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => return bad_request("body unreadable or over 1 MiB"),
+        Err(_) => {
+            state
+                .metrics
+                .admin_connections_closed
+                .with_label_values(&["body_timeout"])
+                .inc();
+            // Answered without reading the rest, so hyper closes the connection.
+            return problem(
+                StatusCode::REQUEST_TIMEOUT,
+                "Request Timeout",
+                "the request body did not arrive within 10 s",
+            );
+        }
     };
     let r: ReplayRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,

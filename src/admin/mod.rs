@@ -4,6 +4,7 @@
 //! that owns it (the tracker, the dispatchers, the outbox), through [`AdminState`].
 
 mod api;
+mod conns;
 mod reply;
 mod server;
 mod state;

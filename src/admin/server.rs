@@ -15,15 +15,20 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::conns::Conns;
 use super::reply::{Reply, json_reply, method_not_allowed, problem};
 use super::state::AdminState;
 use crate::vocab::{Redacted, same_secret};
 
-/// Admin connections served at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 64;
+/// Admin connections held at once. An idle one costs a task and a few KiB, so
+/// the bound is set well past what a process opening idle connections would
+/// need to crowd out the probes; past it the one idle longest gives way.
+const MAX_CONNECTIONS: usize = 1024;
+/// Connections one source may hold. Loopback is one source, the health probes'
+/// too, so a full source gives up its own idlest connection rather than refusing.
+const MAX_PER_SOURCE: usize = 512;
 /// A client must send its request headers within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -34,43 +39,70 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves admin requests until `shutdown`.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let conns = Conns::new(MAX_CONNECTIONS, MAX_PER_SOURCE);
+    let closed = |reason: &str| {
+        state
+            .metrics
+            .admin_connections_closed
+            .with_label_values(&[reason])
+            .inc();
+    };
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let (stream, _) = tokio::select! {
+        // Accepted at once, never left in the kernel's backlog: a newcomer is
+        // given a slot here or closed, so a health probe never waits in a queue.
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
             },
         };
+        let conn = match conns.admit(peer.ip()) {
+            Ok((conn, evicted)) => {
+                if evicted {
+                    closed("evicted");
+                }
+                conn
+            }
+            Err(()) => {
+                closed("refused");
+                continue;
+            }
+        };
         let state = state.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
+            let conn = Arc::new(conn);
+            let service = {
+                let (state, conn) = (state.clone(), conn.clone());
+                hyper::service::service_fn(move |req| {
+                    let (state, busy) = (state.clone(), conn.busy());
+                    async move {
+                        let reply = route(&state, req).await;
+                        drop(busy);
+                        Ok::<_, Infallible>(reply)
+                    }
+                })
+            };
+            let http = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
+            tokio::pin!(http);
             tokio::select! {
-                _ = conn.as_mut() => {}
+                r = http.as_mut() => {
+                    if r.is_err_and(|e| e.is_timeout()) {
+                        state.metrics.admin_connections_closed.with_label_values(&["header_timeout"]).inc();
+                    }
+                }
+                _ = conn.evicted.cancelled() => {}
                 _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+                    http.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
                 }
             }
         });

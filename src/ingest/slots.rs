@@ -154,7 +154,8 @@ impl Slots {
                 .iter()
                 .enumerate()
                 .filter(|(_, e)| !e.trusted)
-                .min_by_key(|(_, e)| e.last_message.load(Ordering::Relaxed))
+                // Milliseconds tie under a flood: the older connection goes first.
+                .min_by_key(|(_, e)| (e.last_message.load(Ordering::Relaxed), e.id))
                 .map(|(i, _)| i);
             if let Some(i) = idlest {
                 let gone = list.swap_remove(i);

@@ -33,6 +33,11 @@ pub struct Metrics {
     pub tcp_connections: IntGauge,
     /// SIP TCP connections closed by siphook, by reason.
     pub tcp_closed: IntCounterVec,
+    /// Admin HTTP connections siphook closed or refused, by reason: an idle one
+    /// `evicted` for a newcomer, `refused` (every one busy), `header_timeout`,
+    /// `body_timeout`. Health probes failing beside a rise here means a local
+    /// process is crowding the listener.
+    pub admin_connections_closed: IntCounterVec,
     /// Calls in the call table.
     pub calls_active: IntGauge,
     /// Completed calls by disposition.
@@ -171,6 +176,12 @@ impl Metrics {
                 &r,
                 "siphook_tcp_connections_closed_total",
                 "SIP TCP connections closed or refused by siphook.",
+                &["reason"],
+            ),
+            admin_connections_closed: counter(
+                &r,
+                "siphook_admin_connections_closed_total",
+                "Admin HTTP connections closed or refused by siphook: evicted (idle, for a newcomer), refused (all busy), header_timeout, body_timeout.",
                 &["reason"],
             ),
             calls_active: gauge(&r, "siphook_calls_active", "Calls in the call table."),

@@ -8,6 +8,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use siphook::config::Config;
+use siphook::pipeline::{Bound, EventOutput, ServeOptions, Signal, serve};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
 use super::DEADLINE;
 
 /// One admin response.
@@ -205,4 +210,77 @@ pub async fn endpoint(addr: SocketAddr, name: &str) -> serde_json::Value {
         .as_array()
         .and_then(|a| a.iter().find(|e| e["name"] == name).cloned())
         .unwrap_or_else(|| panic!("{name} is listed"))
+}
+
+/// The admin token [`start`] writes to its file.
+pub const TOKEN: &str = "admin-test-token-please-keep-out";
+
+/// A siphook started in-process through `serve`, the binary's own path.
+pub struct Running {
+    pub bound: Bound,
+    pub signals: mpsc::Sender<Signal>,
+    pub task: tokio::task::JoinHandle<Result<(), siphook::pipeline::ServeError>>,
+    pub sip: UdpSocket,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    pub fn admin(&self) -> std::net::SocketAddr {
+        self.bound.admin.expect("admin listener")
+    }
+
+    pub async fn send(&self, msgs: &[String]) {
+        for m in msgs {
+            self.sip
+                .send_to(m.as_bytes(), self.bound.udp[0])
+                .await
+                .unwrap();
+        }
+    }
+
+    pub async fn stop(self) {
+        self.signals.send(Signal::Stop).await.unwrap();
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("serve stops")
+            .unwrap()
+            .expect("clean stop");
+    }
+}
+
+/// Starts siphook with `extra` TOML appended (endpoints, limits); the admin token
+/// is written to a file unless `token` is false.
+pub async fn start(extra: &str, token: bool) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let token_line = if token {
+        let path = dir.path().join("admin.token");
+        std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+        format!("token_file = \"{}\"\n", path.display())
+    } else {
+        String::new()
+    };
+    let text = format!(
+        "[sip]\nudp = [\"127.0.0.1:0\"]\ntcp = []\n[admin]\nlisten = \"127.0.0.1:0\"\n{token_line}[service]\nshutdown_grace = \"1s\"\n[outbox]\npath = \"{}\"\n{extra}",
+        dir.path().join("outbox").display()
+    );
+    let config = Config::parse(&text).unwrap();
+    let (ready, bound) = oneshot::channel();
+    let (signals, signals_rx) = mpsc::channel(4);
+    let opts = ServeOptions {
+        output: EventOutput::Quiet,
+        log: None,
+        ready: Some(ready),
+    };
+    let task = tokio::spawn(serve(config, opts, signals_rx));
+    let bound = tokio::time::timeout(DEADLINE, bound)
+        .await
+        .expect("ready in time")
+        .expect("serve started");
+    Running {
+        bound,
+        signals,
+        task,
+        sip: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        _dir: dir,
+    }
 }
