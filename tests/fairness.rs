@@ -116,6 +116,12 @@ async fn a_full_listener_hands_the_largest_sources_idlest_slot_to_a_newcomer() {
 
     let mut newcomer = connect_from("127.0.0.4", target).await;
     call_on(&mut h, &mut newcomer, "fair-newcomer").await;
+    h.wait_metric(
+        "siphook_tcp_connections_closed_total",
+        &[("reason", "evicted")],
+        1.0,
+    )
+    .await;
     assert_eq!(closed(&h, "evicted"), 1.0);
     assert_eq!(closed(&h, "refused_max_connections"), 0.0);
     let mut gone = 0;
@@ -198,6 +204,36 @@ async fn keep_alives_alone_do_not_hold_a_connection_open() {
     call_on(&mut h, &mut talker, "fair-talker").await;
 }
 
+/// Each write finishes one unparseable frame and starts the next, so a message
+/// is always under way: still no SIP message, so still closed within twice the
+/// idle timeout.
+#[tokio::test]
+async fn unparseable_frames_back_to_back_do_not_hold_a_connection() {
+    let mut c = test_config();
+    c.sip.tcp_idle_timeout = Duration::from_millis(500);
+    let mut h = Harness::with_config(c).await;
+    let mut s = h.tcp().await;
+    s.write_all(b"X").await.unwrap();
+    let start = tokio::time::Instant::now();
+    let mut open = true;
+    for _ in 0..40 {
+        open = s.write_all(b"\r\nl: 0\r\n\r\nX").await.is_ok()
+            && !is_closed(&mut s, Duration::from_millis(100)).await;
+        if !open {
+            break;
+        }
+    }
+    assert!(!open, "the connection was held for {:?}", start.elapsed());
+    assert!(
+        h.metric(
+            "siphook_sip_parse_errors_total",
+            &[("transport", "tcp"), ("reason", "malformed")]
+        ) >= 1.0
+    );
+    let mut fresh = h.tcp().await;
+    call_on(&mut h, &mut fresh, "fair-after-frames").await;
+}
+
 #[tokio::test]
 async fn a_keyed_hep_listener_closes_connections_that_never_prove_the_key() {
     let mut c = test_config();
@@ -256,4 +292,43 @@ async fn a_keyed_hep_listener_closes_connections_that_never_prove_the_key() {
     let ev = h.events(4).await;
     assert_eq!(ev[0]["call"]["sip_call_id"], "fair-keyed-agent");
     assert_eq!(closed(&h, "auth_timeout"), 2.0);
+}
+
+#[tokio::test]
+async fn a_listed_hep_agent_is_not_held_to_the_per_source_share() {
+    let mut c = config(4, 1);
+    c.hep.tcp = vec!["127.0.0.1:0".parse().unwrap()];
+    c.hep.agents = vec!["127.0.0.5".parse().unwrap()];
+    let mut h = Harness::with_config(c).await;
+    let target = h.gw.hep_tcp_addrs[0];
+    let mut agent = Vec::new();
+    for _ in 0..3 {
+        agent.push(connect_from("127.0.0.5", target).await);
+    }
+    let mut other = connect_from("127.0.0.2", target).await;
+    let mut second = connect_from("127.0.0.2", target).await;
+    closed_by_peer(&mut second).await;
+    assert_eq!(
+        closed(&h, "refused_per_source"),
+        1.0,
+        "only the unlisted source"
+    );
+    h.wait_metric("siphook_tcp_connections", &[], 4.0).await;
+    // The agent's connections all carry calls.
+    let call = CallSpec::new("fair-hep-agent");
+    for msg in call.answered_flow() {
+        let packet = HepBuilder::new()
+            .sip(
+                6,
+                "192.0.2.10:5062".parse().unwrap(),
+                "198.51.100.20:5060".parse().unwrap(),
+                Timestamp::now(),
+                msg.as_bytes(),
+            )
+            .build();
+        agent[2].write_all(&packet).await.unwrap();
+    }
+    let ev = h.events(4).await;
+    assert_eq!(ev[0]["call"]["sip_call_id"], "fair-hep-agent");
+    assert!(!is_closed(&mut other, Duration::from_millis(50)).await);
 }

@@ -12,9 +12,24 @@ fuzz_target!(|data: &[u8]| {
         correlation_headers: vec![],
         max_message_bytes: 8192,
     };
+    // The first byte picks the chunking, so the framer's incremental paths (a
+    // header end found across reads, a body trickling in) are checked too.
+    let Some((&c, stream)) = data.split_first() else {
+        return;
+    };
     let mut framer = Framer::new(8192);
-    framer.extend(data);
-    while let Ok(Some(message)) = framer.next_message() {
+    let mut messages = Vec::new();
+    'feed: for piece in stream.chunks(usize::from(c % 64) + 1) {
+        framer.extend(piece);
+        loop {
+            match framer.next_message() {
+                Ok(Some(m)) => messages.push(m),
+                Ok(None) => break,
+                Err(_) => break 'feed,
+            }
+        }
+    }
+    for message in messages {
         let Ok(section) = normalize::split(&message) else {
             panic!("the framer cut a message whose header section the parser cannot read");
         };

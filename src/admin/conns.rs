@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +24,9 @@ struct Entry {
 pub(super) struct Conns {
     max_total: usize,
     max_per_source: usize,
-    epoch: Instant,
+    /// Orders admissions and finished requests exactly (milliseconds tie under
+    /// a flood).
+    sequence: AtomicU64,
     inner: Mutex<(u64, HashMap<u64, Entry>)>,
 }
 
@@ -60,8 +61,7 @@ impl Conn {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.last_active
-            .store(self.conns.now_ms(), Ordering::Relaxed);
+        self.last_active.store(self.conns.next(), Ordering::Relaxed);
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -77,13 +77,13 @@ impl Conns {
         Arc::new(Conns {
             max_total,
             max_per_source,
-            epoch: Instant::now(),
+            sequence: AtomicU64::new(0),
             inner: Mutex::new((0, HashMap::new())),
         })
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    fn next(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed)
     }
 
     // Poisoning only means a panic elsewhere while held; each update is one
@@ -111,8 +111,7 @@ impl Conns {
                 .iter()
                 .filter(|(_, e)| within.is_none_or(|s| e.source == s))
                 .filter(|(_, e)| e.in_flight.load(Ordering::Relaxed) == 0)
-                // Milliseconds tie under a flood: the older connection goes first.
-                .min_by_key(|(id, e)| (e.last_active.load(Ordering::Relaxed), **id))
+                .min_by_key(|(_, e)| e.last_active.load(Ordering::Relaxed))
                 .map(|(id, _)| *id);
             let gone = idlest.and_then(|id| map.remove(&id)).ok_or(())?;
             gone.evict.cancel();
@@ -121,7 +120,7 @@ impl Conns {
         let id = *next_id;
         *next_id += 1;
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let last_active = Arc::new(AtomicU64::new(self.now_ms()));
+        let last_active = Arc::new(AtomicU64::new(self.next()));
         let evict = CancellationToken::new();
         map.insert(
             id,

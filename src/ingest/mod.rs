@@ -174,7 +174,8 @@ impl IngestContext {
             destination,
             received_at: Timestamp::now(),
         };
-        let trusted = self.siptrace_from.contains(&source.ip());
+        // A dual-stack listener sees an IPv4 proxy as ::ffff:a.b.c.d.
+        let trusted = self.siptrace_from.contains(&source.ip().to_canonical());
         self.handle_meta(raw, transport.as_str(), meta, None, trusted)
     }
 

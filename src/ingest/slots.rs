@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +58,9 @@ pub struct Slots {
     max_total: usize,
     max_per_source: usize,
     trusted: Arc<[IpAddr]>,
-    epoch: Instant,
+    /// Orders admissions and messages exactly (a clock's milliseconds tie under
+    /// a flood): a connection's stamp is the sequence number of its last one.
+    sequence: AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -78,7 +79,7 @@ impl Slot {
     /// than another when one must give up its slot.
     pub fn message_seen(&self) {
         self.last_message
-            .store(self.slots.now_ms(), Ordering::Relaxed);
+            .store(self.slots.next(), Ordering::Relaxed);
     }
 }
 
@@ -106,7 +107,7 @@ impl Slots {
             max_total,
             max_per_source,
             trusted,
-            epoch: Instant::now(),
+            sequence: AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 next_id: 0,
                 total: 0,
@@ -115,8 +116,8 @@ impl Slots {
         })
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    fn next(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed)
     }
 
     // A poisoned lock only means a panic elsewhere while it was held; the counts
@@ -129,10 +130,15 @@ impl Slots {
     /// connection, which then sees its [`Slot::evicted`] cancelled.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
         let key = SourceKey::of(ip);
-        let trusted = self.trusted.contains(&ip);
+        // A dual-stack listener sees an IPv4 proxy as ::ffff:a.b.c.d.
+        let trusted = self.trusted.contains(&ip.to_canonical());
         let mut guard = self.lock();
         let inner = &mut *guard;
-        let held = inner.by_source.get(&key).map_or(0, Vec::len);
+        // Trusted connections in the same /64 do not use up its neighbours' share.
+        let held = inner
+            .by_source
+            .get(&key)
+            .map_or(0, |list| list.iter().filter(|e| !e.trusted).count());
         if !trusted && held >= self.max_per_source {
             return Err(REFUSED_PER_SOURCE);
         }
@@ -154,8 +160,7 @@ impl Slots {
                 .iter()
                 .enumerate()
                 .filter(|(_, e)| !e.trusted)
-                // Milliseconds tie under a flood: the older connection goes first.
-                .min_by_key(|(_, e)| (e.last_message.load(Ordering::Relaxed), e.id))
+                .min_by_key(|(_, e)| e.last_message.load(Ordering::Relaxed))
                 .map(|(i, _)| i);
             if let Some(i) = idlest {
                 let gone = list.swap_remove(i);
@@ -168,7 +173,7 @@ impl Slots {
         }
         let id = inner.next_id;
         inner.next_id += 1;
-        let last_message = Arc::new(AtomicU64::new(self.now_ms()));
+        let last_message = Arc::new(AtomicU64::new(self.next()));
         let evicted = CancellationToken::new();
         inner.by_source.entry(key).or_default().push(Entry {
             id,
@@ -221,7 +226,6 @@ mod tests {
         let b = slots.admit(ip("10.0.0.2")).unwrap();
         // Full: a newcomer from a third source takes the idlest of the largest.
         a[1].message_seen();
-        std::thread::sleep(std::time::Duration::from_millis(2));
         a[0].message_seen();
         a[1].message_seen();
         let c = slots.admit(ip("10.0.0.3")).unwrap();

@@ -146,20 +146,26 @@ async fn connection(
     loop {
         framer.buffer_mut().reserve(8192);
         // A message under way has the idle timeout to arrive whole (closed as
-        // slow if not); otherwise the last whole message must be recent. Either
-        // way a connection bringing no message is gone within twice the timeout.
-        let partial_at = partial_since.map(|t| t + limits.idle_timeout);
-        let idle_at = partial_at.unwrap_or(last_message + limits.idle_timeout);
-        let auth_at = unauthenticated.then(|| opened + limits.auth_timeout);
+        // slow if not); otherwise the last whole message must be recent. A
+        // connection bringing no message is gone within twice the timeout even
+        // if each write finishes one unparseable frame and starts the next.
+        let later =
+            |at: tokio::time::Instant, d: Duration| at.checked_add(d).unwrap_or(far_future());
+        let idle_at = later(last_message, limits.idle_timeout);
+        let partial_at = partial_since
+            .map(|t| later(t, limits.idle_timeout).min(later(idle_at, limits.idle_timeout)));
+        let idle_at = partial_at.unwrap_or(idle_at);
+        let auth_at = unauthenticated.then(|| later(opened, limits.auth_timeout));
         let deadline = auth_at.map_or(idle_at, |a| a.min(idle_at));
         let read = tokio::select! {
-            _ = shutdown.cancelled() => return "shutdown",
+            biased;
             _ = slot.evicted.cancelled() => {
                 if let Some(suppressed) = ctx.allow_log() {
                     tracing::warn!(%peer, suppressed, "closing the idlest {label} TCP connection of the largest source: every slot was taken");
                 }
                 return "evicted";
             }
+            _ = shutdown.cancelled() => return "shutdown",
             r = tokio::time::timeout_at(deadline, stream.read_buf(framer.buffer_mut())) => r,
         };
         match read {
@@ -228,4 +234,10 @@ async fn connection(
             }
         }
     }
+}
+
+/// A deadline no configured duration reaches (about 30 years on): what an
+/// absurd timeout in the file saturates to instead of overflowing.
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }

@@ -34,9 +34,9 @@ pub struct Metrics {
     /// SIP TCP connections closed by siphook, by reason.
     pub tcp_closed: IntCounterVec,
     /// Admin HTTP connections siphook closed or refused, by reason: an idle one
-    /// `evicted` for a newcomer, `refused` (every one busy), `header_timeout`,
-    /// `body_timeout`. Health probes failing beside a rise here means a local
-    /// process is crowding the listener.
+    /// `evicted` for a newcomer, `refused` (every candidate busy, in all or in the
+    /// newcomer's source), `header_timeout` (also a keep-alive client that went
+    /// quiet: a steady trickle is normal), `body_timeout`.
     pub admin_connections_closed: IntCounterVec,
     /// Calls in the call table.
     pub calls_active: IntGauge,
