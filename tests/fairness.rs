@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{CallSpec, DEADLINE, Harness, test_config, types};
+use common::{CallSpec, Harness, closed_by_peer, test_config, types};
 use siphook::config::Config;
 use siphook::sip::hep::HepBuilder;
 use siphook::vocab::Timestamp;
@@ -26,14 +26,6 @@ async fn connect_from(from: &str, target: SocketAddr) -> TcpStream {
     socket.connect(target).await.unwrap()
 }
 
-async fn closed_by_peer(stream: &mut TcpStream) {
-    let mut buf = [0u8; 64];
-    let r = tokio::time::timeout(DEADLINE, stream.read(&mut buf))
-        .await
-        .expect("siphook closes the connection");
-    assert!(matches!(r, Ok(0) | Err(_)), "expected close, read {r:?}");
-}
-
 /// Whether the peer has closed `stream`, without waiting longer than `within`.
 async fn is_closed(stream: &mut TcpStream, within: Duration) -> bool {
     let mut buf = [0u8; 64];
@@ -43,24 +35,20 @@ async fn is_closed(stream: &mut TcpStream, within: Duration) -> bool {
     )
 }
 
-/// A whole answered call on `stream` comes out as its four events.
-async fn call_on(h: &mut Harness, stream: &mut TcpStream, id: &str) {
-    let call = CallSpec::new(id);
-    stream
-        .write_all(call.answered_flow().concat().as_bytes())
-        .await
-        .unwrap();
-    let ev = h.events(4).await;
-    assert_eq!(
-        types(&ev),
-        [
-            "call.initiated",
-            "call.ringing",
-            "call.answered",
-            "call.completed"
-        ]
+/// One SIP message as a capture agent wraps it over TCP, with `key` if given.
+fn hep_packet(msg: &str, key: Option<&[u8]>) -> Vec<u8> {
+    let b = HepBuilder::new().sip(
+        6,
+        "192.0.2.10:5062".parse().unwrap(),
+        "198.51.100.20:5060".parse().unwrap(),
+        Timestamp::now(),
+        msg.as_bytes(),
     );
-    assert_eq!(ev[0]["call"]["sip_call_id"], id);
+    match key {
+        Some(k) => b.chunk(0, 14, k),
+        None => b,
+    }
+    .build()
 }
 
 fn config(max: usize, per_source: usize) -> Config {
@@ -91,7 +79,7 @@ async fn one_source_holds_at_most_its_share_of_the_slots() {
     assert_eq!(closed(&h, "refused_per_source"), 1.0);
     // Another source still gets in, and its call is followed.
     let mut other = connect_from("127.0.0.3", target).await;
-    call_on(&mut h, &mut other, "fair-other-source").await;
+    h.call_on(&mut other, "fair-other-source").await;
     assert_eq!(h.metric("siphook_tcp_connections", &[]), 5.0);
 }
 
@@ -115,7 +103,7 @@ async fn a_full_listener_hands_the_largest_sources_idlest_slot_to_a_newcomer() {
     assert_eq!(types(&h.events(1).await), ["call.initiated"]);
 
     let mut newcomer = connect_from("127.0.0.4", target).await;
-    call_on(&mut h, &mut newcomer, "fair-newcomer").await;
+    h.call_on(&mut newcomer, "fair-newcomer").await;
     h.wait_metric(
         "siphook_tcp_connections_closed_total",
         &[("reason", "evicted")],
@@ -135,7 +123,7 @@ async fn a_full_listener_hands_the_largest_sources_idlest_slot_to_a_newcomer() {
         assert!(!is_closed(s, Duration::from_millis(50)).await);
     }
     // The busy connection kept its slot.
-    call_on(&mut h, &mut big[0], "fair-busy-again").await;
+    h.call_on(&mut big[0], "fair-busy-again").await;
 }
 
 #[tokio::test]
@@ -154,14 +142,14 @@ async fn a_trusted_proxy_always_gets_a_slot_past_its_share() {
         proxy.push(connect_from("127.0.0.5", target).await);
     }
     for (i, p) in proxy.iter_mut().enumerate() {
-        call_on(&mut h, p, &format!("fair-proxy-{i}")).await;
+        h.call_on(p, &format!("fair-proxy-{i}")).await;
     }
     assert_eq!(closed(&h, "evicted"), 3.0);
     assert_eq!(closed(&h, "refused_per_source"), 0.0);
     // Only untrusted connections give up slots: with four proxy connections the
     // listener is all the proxy's, and a fifth is refused, not evicting one.
     proxy.push(connect_from("127.0.0.5", target).await);
-    call_on(&mut h, &mut proxy[3], "fair-proxy-3").await;
+    h.call_on(&mut proxy[3], "fair-proxy-3").await;
     let mut fifth = connect_from("127.0.0.5", target).await;
     closed_by_peer(&mut fifth).await;
     assert_eq!(closed(&h, "refused_max_connections"), 1.0);
@@ -201,7 +189,7 @@ async fn keep_alives_alone_do_not_hold_a_connection_open() {
     }
     assert_eq!(closed(&h, "idle_timeout"), 1.0);
     // Three times the idle timeout of messages kept the other connection.
-    call_on(&mut h, &mut talker, "fair-talker").await;
+    h.call_on(&mut talker, "fair-talker").await;
 }
 
 /// Each write finishes one unparseable frame and starts the next, so a message
@@ -231,7 +219,7 @@ async fn unparseable_frames_back_to_back_do_not_hold_a_connection() {
         ) >= 1.0
     );
     let mut fresh = h.tcp().await;
-    call_on(&mut h, &mut fresh, "fair-after-frames").await;
+    h.call_on(&mut fresh, "fair-after-frames").await;
 }
 
 #[tokio::test]
@@ -277,16 +265,7 @@ async fn a_keyed_hep_listener_closes_connections_that_never_prove_the_key() {
     let mut agent = TcpStream::connect(target).await.unwrap();
     let call = CallSpec::new("fair-keyed-agent");
     for msg in call.answered_flow() {
-        let packet = HepBuilder::new()
-            .sip(
-                6,
-                "192.0.2.10:5062".parse().unwrap(),
-                "198.51.100.20:5060".parse().unwrap(),
-                Timestamp::now(),
-                msg.as_bytes(),
-            )
-            .chunk(0, 14, b"capture-s3cret")
-            .build();
+        let packet = hep_packet(&msg, Some(b"capture-s3cret"));
         agent.write_all(&packet).await.unwrap();
     }
     let ev = h.events(4).await;
@@ -317,16 +296,7 @@ async fn a_listed_hep_agent_is_not_held_to_the_per_source_share() {
     // The agent's connections all carry calls.
     let call = CallSpec::new("fair-hep-agent");
     for msg in call.answered_flow() {
-        let packet = HepBuilder::new()
-            .sip(
-                6,
-                "192.0.2.10:5062".parse().unwrap(),
-                "198.51.100.20:5060".parse().unwrap(),
-                Timestamp::now(),
-                msg.as_bytes(),
-            )
-            .build();
-        agent[2].write_all(&packet).await.unwrap();
+        agent[2].write_all(&hep_packet(&msg, None)).await.unwrap();
     }
     let ev = h.events(4).await;
     assert_eq!(ev[0]["call"]["sip_call_id"], "fair-hep-agent");

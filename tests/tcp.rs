@@ -5,37 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{CallSpec, DEADLINE, Harness, test_config, types};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use common::{CallSpec, Harness, closed_by_peer, test_config, types};
+use tokio::io::AsyncWriteExt;
 
 /// Waits until siphook closes the connection (read returns EOF or reset).
-async fn closed_by_peer(stream: &mut TcpStream) {
-    let mut buf = [0u8; 64];
-    let r = tokio::time::timeout(DEADLINE, stream.read(&mut buf))
-        .await
-        .expect("siphook closes the connection");
-    assert!(matches!(r, Ok(0) | Err(_)), "expected close, read {r:?}");
-}
-
 async fn a_valid_call_still_works(h: &mut Harness, id: &str) {
     let mut s = h.tcp().await;
-    let call = CallSpec::new(id);
-    s.write_all(call.answered_flow().concat().as_bytes())
-        .await
-        .unwrap();
-    let ev = h.events(4).await;
-    assert_eq!(
-        types(&ev),
-        [
-            "call.initiated",
-            "call.ringing",
-            "call.answered",
-            "call.completed"
-        ]
-    );
-    assert_eq!(ev[0]["call"]["signaling"]["transport"], "tcp");
-    assert_eq!(ev[0]["call"]["sip_call_id"], id);
+    h.call_on(&mut s, id).await;
 }
 
 #[tokio::test]

@@ -112,6 +112,29 @@ impl Harness {
         TcpStream::connect(self.tcp_target).await.unwrap()
     }
 
+    /// A whole answered call written on `stream` comes out as its four events,
+    /// with TCP as its transport: proof that a TCP peer is still served.
+    pub async fn call_on(&mut self, stream: &mut TcpStream, id: &str) {
+        use tokio::io::AsyncWriteExt;
+        let call = CallSpec::new(id);
+        stream
+            .write_all(call.answered_flow().concat().as_bytes())
+            .await
+            .unwrap();
+        let ev = self.events(4).await;
+        assert_eq!(
+            types(&ev),
+            [
+                "call.initiated",
+                "call.ringing",
+                "call.answered",
+                "call.completed"
+            ]
+        );
+        assert_eq!(ev[0]["call"]["signaling"]["transport"], "tcp");
+        assert_eq!(ev[0]["call"]["sip_call_id"], id);
+    }
+
     /// The next event, schema-checked, as JSON.
     pub async fn next_event(&mut self) -> Value {
         let event = tokio::time::timeout(DEADLINE, self.gw.events.recv())
@@ -610,4 +633,14 @@ pub fn initiated_event(call_id: &str) -> siphook::call::Event {
     let mut out = Vec::new();
     t.on_message(&msg, &meta, &mut out).expect("tracked");
     out.remove(0)
+}
+
+/// siphook closes `stream` (a read sees the end, or a reset) within [`DEADLINE`].
+pub async fn closed_by_peer(stream: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(DEADLINE, stream.read(&mut buf))
+        .await
+        .expect("siphook closes the connection");
+    assert!(matches!(r, Ok(0) | Err(_)), "expected close, read {r:?}");
 }
