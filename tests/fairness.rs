@@ -58,13 +58,6 @@ fn config(max: usize, per_source: usize) -> Config {
     c
 }
 
-fn closed(h: &Harness, reason: &str) -> f64 {
-    h.metric(
-        "siphook_tcp_connections_closed_total",
-        &[("reason", reason)],
-    )
-}
-
 #[tokio::test]
 async fn one_source_holds_at_most_its_share_of_the_slots() {
     let mut h = Harness::with_config(config(8, 4)).await;
@@ -76,7 +69,7 @@ async fn one_source_holds_at_most_its_share_of_the_slots() {
     h.wait_metric("siphook_tcp_connections", &[], 4.0).await;
     let mut fifth = connect_from("127.0.0.2", target).await;
     closed_by_peer(&mut fifth).await;
-    assert_eq!(closed(&h, "refused_per_source"), 1.0);
+    assert_eq!(h.tcp_closed("refused_per_source"), 1.0);
     // Another source still gets in, and its call is followed.
     let mut other = connect_from("127.0.0.3", target).await;
     h.call_on(&mut other, "fair-other-source").await;
@@ -110,8 +103,8 @@ async fn a_full_listener_hands_the_largest_sources_idlest_slot_to_a_newcomer() {
         1.0,
     )
     .await;
-    assert_eq!(closed(&h, "evicted"), 1.0);
-    assert_eq!(closed(&h, "refused_max_connections"), 0.0);
+    assert_eq!(h.tcp_closed("evicted"), 1.0);
+    assert_eq!(h.tcp_closed("refused_max_connections"), 0.0);
     let mut gone = 0;
     for s in big.iter_mut().skip(1) {
         if is_closed(s, Duration::from_millis(200)).await {
@@ -144,15 +137,15 @@ async fn a_trusted_proxy_always_gets_a_slot_past_its_share() {
     for (i, p) in proxy.iter_mut().enumerate() {
         h.call_on(p, &format!("fair-proxy-{i}")).await;
     }
-    assert_eq!(closed(&h, "evicted"), 3.0);
-    assert_eq!(closed(&h, "refused_per_source"), 0.0);
+    assert_eq!(h.tcp_closed("evicted"), 3.0);
+    assert_eq!(h.tcp_closed("refused_per_source"), 0.0);
     // Only untrusted connections give up slots: with four proxy connections the
     // listener is all the proxy's, and a fifth is refused, not evicting one.
     proxy.push(connect_from("127.0.0.5", target).await);
     h.call_on(&mut proxy[3], "fair-proxy-3").await;
     let mut fifth = connect_from("127.0.0.5", target).await;
     closed_by_peer(&mut fifth).await;
-    assert_eq!(closed(&h, "refused_max_connections"), 1.0);
+    assert_eq!(h.tcp_closed("refused_max_connections"), 1.0);
 }
 
 #[tokio::test]
@@ -187,7 +180,7 @@ async fn keep_alives_alone_do_not_hold_a_connection_open() {
     if pinger_open {
         closed_by_peer(&mut pinger).await;
     }
-    assert_eq!(closed(&h, "idle_timeout"), 1.0);
+    assert_eq!(h.tcp_closed("idle_timeout"), 1.0);
     // Three times the idle timeout of messages kept the other connection.
     h.call_on(&mut talker, "fair-talker").await;
 }
@@ -268,9 +261,9 @@ async fn a_keyed_hep_listener_closes_connections_that_never_prove_the_key() {
         let packet = hep_packet(&msg, Some(b"capture-s3cret"));
         agent.write_all(&packet).await.unwrap();
     }
-    let ev = h.events(4).await;
+    let ev = h.expect_answered_calls(1).await;
     assert_eq!(ev[0]["call"]["sip_call_id"], "fair-keyed-agent");
-    assert_eq!(closed(&h, "auth_timeout"), 2.0);
+    assert_eq!(h.tcp_closed("auth_timeout"), 2.0);
 }
 
 #[tokio::test]
@@ -288,7 +281,7 @@ async fn a_listed_hep_agent_is_not_held_to_the_per_source_share() {
     let mut second = connect_from("127.0.0.2", target).await;
     closed_by_peer(&mut second).await;
     assert_eq!(
-        closed(&h, "refused_per_source"),
+        h.tcp_closed("refused_per_source"),
         1.0,
         "only the unlisted source"
     );
@@ -298,7 +291,7 @@ async fn a_listed_hep_agent_is_not_held_to_the_per_source_share() {
     for msg in call.answered_flow() {
         agent[2].write_all(&hep_packet(&msg, None)).await.unwrap();
     }
-    let ev = h.events(4).await;
+    let ev = h.expect_answered_calls(1).await;
     assert_eq!(ev[0]["call"]["sip_call_id"], "fair-hep-agent");
     assert!(!is_closed(&mut other, Duration::from_millis(50)).await);
 }

@@ -121,18 +121,17 @@ impl Harness {
             .write_all(call.answered_flow().concat().as_bytes())
             .await
             .unwrap();
-        let ev = self.events(4).await;
-        assert_eq!(
-            types(&ev),
-            [
-                "call.initiated",
-                "call.ringing",
-                "call.answered",
-                "call.completed"
-            ]
-        );
+        let ev = self.expect_answered_calls(1).await;
         assert_eq!(ev[0]["call"]["signaling"]["transport"], "tcp");
         assert_eq!(ev[0]["call"]["sip_call_id"], id);
+    }
+
+    /// `siphook_tcp_connections_closed_total{reason}`: why TCP connections ended.
+    pub fn tcp_closed(&self, reason: &str) -> f64 {
+        self.metric(
+            "siphook_tcp_connections_closed_total",
+            &[("reason", reason)],
+        )
     }
 
     /// The next event, schema-checked, as JSON.
