@@ -14,6 +14,7 @@
 
 mod compact;
 mod dead;
+pub mod log;
 mod store;
 pub mod writer;
 
