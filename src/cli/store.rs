@@ -127,7 +127,6 @@ fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
 
 /// Makes a change durable before the command exits.
 fn flush(outbox: &Outbox) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().build()?;
-    rt.block_on(outbox.commit())?;
+    outbox.sync()?;
     Ok(())
 }

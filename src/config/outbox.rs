@@ -7,21 +7,18 @@ use serde::Deserialize;
 
 use super::Checker;
 
-/// `[outbox]`: the sled store every event is committed to before delivery.
+/// `[outbox]`: the segment log every event is committed to before delivery.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxConfig {
-    /// Directory of the sled database (relative paths: to the working directory).
+    /// Directory of the store (relative paths: to the working directory).
     pub path: PathBuf,
     /// Longest an event waits to be grouped into a commit.
     pub commit_interval: Duration,
     /// Past this on-disk size new events are refused (counted, logged, unready).
     pub max_bytes: u64,
-    /// Past this on-disk size the store is copied into a fresh one when most of
-    /// it is garbage: sled alone does not give the space of deleted events back.
-    pub compact_above: u64,
-    /// How often a running service checks whether compaction pays (the check
-    /// reads the live data, up to a quarter of the file).
-    pub compact_check_interval: Duration,
+    /// Keys of the sled engine's compaction that this file still sets: accepted,
+    /// so an upgrade does not refuse the old file, and warned about.
+    pub obsolete: Vec<&'static str>,
     /// Whether a commit fsyncs. Always true from a config file: only `siphook bench
     /// --no-fsync` turns it off, to measure what durability costs.
     pub fsync: bool,
@@ -33,8 +30,7 @@ impl Default for OutboxConfig {
             path: PathBuf::from("data/outbox"),
             commit_interval: Duration::from_millis(1),
             max_bytes: 1 << 30,
-            compact_above: default_compact_above(1 << 30),
-            compact_check_interval: Duration::from_secs(60),
+            obsolete: Vec::new(),
             fsync: true,
         }
     }
@@ -48,12 +44,6 @@ pub(super) struct RawOutbox {
     max_bytes: Option<String>,
     compact_above: Option<String>,
     compact_check_interval: Option<String>,
-}
-
-/// 64 MiB, or half of a smaller `max_bytes`: compaction must start well before
-/// the store is refused for size.
-fn default_compact_above(max_bytes: u64) -> u64 {
-    (64 << 20).min(max_bytes / 2)
 }
 
 impl RawOutbox {
@@ -73,20 +63,16 @@ impl RawOutbox {
             d.max_bytes as usize,
             (1 << 20, usize::MAX),
         ) as u64;
-        let compact_default = default_compact_above(max_bytes);
-        let mut compact_above = c.size(
-            "outbox.compact_above",
-            self.compact_above.clone(),
-            compact_default as usize,
-            (64 << 10, usize::MAX),
-        ) as u64;
-        if self.compact_above.is_some() && compact_above >= max_bytes {
-            c.problem(
-                "outbox.compact_above",
-                format!("must be below outbox.max_bytes ({max_bytes} bytes)"),
-            );
-            compact_above = compact_default;
-        }
+        let obsolete = [
+            ("outbox.compact_above", self.compact_above.is_some()),
+            (
+                "outbox.compact_check_interval",
+                self.compact_check_interval.is_some(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect();
         OutboxConfig {
             path,
             commit_interval: c.duration(
@@ -96,13 +82,7 @@ impl RawOutbox {
                 Duration::ZERO,
             ),
             max_bytes,
-            compact_above,
-            compact_check_interval: c.duration(
-                "outbox.compact_check_interval",
-                self.compact_check_interval,
-                d.compact_check_interval,
-                Duration::from_millis(100),
-            ),
+            obsolete,
             fsync: true,
         }
     }
@@ -110,37 +90,24 @@ impl RawOutbox {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, ConfigError};
-
-    fn outbox(text: &str) -> Result<(u64, u64), Vec<String>> {
-        match Config::parse(&format!("[outbox]\n{text}")) {
-            Ok(c) => Ok((c.outbox.max_bytes, c.outbox.compact_above)),
-            Err(ConfigError::Invalid(p)) => Err(p.iter().map(ToString::to_string).collect()),
-            Err(e) => Err(vec![e.to_string()]),
-        }
-    }
+    use crate::config::Config;
 
     #[test]
-    fn compaction_starts_well_below_max_bytes() {
-        assert_eq!(outbox(""), Ok((1 << 30, 64 << 20)));
-        // A small store compacts at half its limit, not at 64 MiB it never reaches.
-        assert_eq!(outbox("max_bytes = \"16MiB\""), Ok((16 << 20, 8 << 20)));
+    fn the_sled_compaction_keys_still_load_and_are_warned_about() {
+        let c =
+            Config::parse("[outbox]\ncompact_above = \"64MiB\"\ncompact_check_interval = \"60s\"")
+                .unwrap();
         assert_eq!(
-            outbox("max_bytes = \"16MiB\"\ncompact_above = \"4MiB\""),
-            Ok((16 << 20, 4 << 20))
+            c.outbox.obsolete,
+            ["outbox.compact_above", "outbox.compact_check_interval"]
         );
-        assert_eq!(
-            outbox("max_bytes = \"16MiB\"\ncompact_above = \"16MiB\""),
-            Err(vec![
-                "outbox.compact_above: must be below outbox.max_bytes (16777216 bytes)".into()
-            ])
+        let warned = c.warnings(std::path::Path::new("/nonexistent/siphook.toml"));
+        assert!(
+            warned
+                .iter()
+                .any(|w| w.contains("outbox.compact_above") && w.contains("no longer used")),
+            "{warned:?}"
         );
-        assert_eq!(
-            outbox("compact_above = \"1KiB\""),
-            Err(vec![
-                "outbox.compact_above: \"1KiB\" is outside 65536 to 18446744073709551615 bytes"
-                    .into()
-            ])
-        );
+        assert!(Config::parse("").unwrap().outbox.obsolete.is_empty());
     }
 }

@@ -11,6 +11,12 @@ impl Config {
     /// (the file's permissions matter when it holds secrets). Empty when nothing.
     pub fn warnings(&self, path: &Path) -> Vec<String> {
         let mut out = Vec::new();
+        for key in &self.outbox.obsolete {
+            out.push(format!(
+                "{key} is no longer used: the outbox's segment log keeps its disk bounded \
+                 without compaction; remove it"
+            ));
+        }
         if let Some(a) = self.admin.listen.filter(|a| !a.ip().is_loopback()) {
             out.push(format!(
                 "admin.listen {a} is not loopback: /metrics and the bearer-token API /v1 \

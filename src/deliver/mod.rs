@@ -21,7 +21,7 @@ use crate::call::Event;
 use crate::config::{Config, EndpointConfig};
 use crate::metrics::Metrics;
 use crate::outbox::writer::{self, Sinks};
-use crate::outbox::{Compactor, ONLINE_MAX_LIVE, Outbox, OutboxError, Verdict};
+use crate::outbox::{Outbox, OutboxError};
 
 /// Why delivery could not start.
 #[derive(Debug, thiserror::Error)]
@@ -55,8 +55,8 @@ pub enum ReloadError {
     Broken(DeliveryError),
 }
 
-/// Opens the configured outbox, compacting it first if most of its file is
-/// garbage: before ingest opens, any amount of live data may be copied.
+/// Opens the configured outbox (reading its log once, and moving a store of the
+/// earlier sled engine into it the first time).
 pub fn open_outbox(config: &Config) -> Result<Arc<Outbox>, DeliveryError> {
     let outbox = Outbox::open(&config.outbox.path, config.outbox.max_bytes).map_err(|source| {
         DeliveryError::Outbox {
@@ -64,20 +64,6 @@ pub fn open_outbox(config: &Config) -> Result<Arc<Outbox>, DeliveryError> {
             source,
         }
     })?;
-    match outbox.compact_if_sparse(config.outbox.compact_above, u64::MAX) {
-        Ok(Verdict::Done(c)) => tracing::info!(
-            before = c.before,
-            after = c.after,
-            live = c.live,
-            took_ms = c.took.as_millis() as u64,
-            "outbox compacted at start"
-        ),
-        Ok(_) => {}
-        // Not fatal: the store is as it was, and the writer reports it if it fails.
-        Err(e) => {
-            tracing::error!(error = %e, "outbox compaction at start failed; the store is unchanged")
-        }
-    }
     Ok(Arc::new(if config.outbox.fsync {
         outbox
     } else {
@@ -173,11 +159,6 @@ impl Delivery {
                 endpoints: sinks,
                 echo,
             },
-            Compactor::new(
-                config.outbox.compact_above,
-                ONLINE_MAX_LIVE,
-                config.outbox.compact_check_interval,
-            ),
             metrics.clone(),
         ));
         let d = Delivery {

@@ -9,8 +9,8 @@ mod ratelog;
 pub use ratelog::RateLog;
 
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// The process's metrics; cheap to clone handles, shared by every task.
@@ -55,16 +55,24 @@ pub struct Metrics {
     /// 1 while the outbox takes new events, 0 while it refuses them (past
     /// max_bytes): the process is not ready then.
     pub outbox_accepting: IntGauge,
-    /// 1 once a write to the outbox failed (disk full, I/O error): sled keeps
-    /// such an error, so this lasts until the process restarts; readiness says why.
+    /// 1 once a write to the outbox failed (disk full, I/O error): the store then
+    /// refuses every later commit, so this lasts until the process restarts;
+    /// readiness says why.
     pub outbox_storage_failing: IntGauge,
     /// Time of one group commit (fsync).
     pub outbox_commit_duration: Histogram,
-    /// Compaction checks that looked at the live data, by result (`done`, `dense`,
-    /// `too_much_live`, `failed`): the disk stays bounded only while `done` moves.
-    pub outbox_compactions: IntCounterVec,
-    /// How long a compaction paused the store.
-    pub outbox_compaction_duration: Histogram,
+    /// Segments of the outbox's log on disk: steady under steady traffic; growing
+    /// means a backlog (or a dead letter pile) holds old segments.
+    pub outbox_segments: IntGauge,
+    /// Bytes of live records carried out of sparse old segments so those could
+    /// be retired: the price of keeping the disk bounded without a copy.
+    pub outbox_carried_bytes: IntCounter,
+    /// Bytes the last open cut after the newest segment's last whole record (a
+    /// commit a crash or power cut interrupted; never an acknowledged one).
+    pub outbox_open_cut_bytes: IntGauge,
+    /// Bytes the last open found damaged in older segments (a disk fault): the
+    /// records after the damage are lost.
+    pub outbox_open_damaged_bytes: IntGauge,
     /// Deliveries waiting, per endpoint.
     pub outbox_pending: IntGaugeVec,
     /// Age of each endpoint's oldest waiting event: a stuck endpoint shows here
@@ -236,19 +244,28 @@ impl Metrics {
                 &[],
             )
             .with_label_values::<&str>(&[]),
-            outbox_compactions: counter(
+            outbox_segments: gauge(
                 &r,
-                "siphook_outbox_compactions_total",
-                "Outbox compaction checks by result.",
-                &["result"],
+                "siphook_outbox_segments",
+                "Segments of the outbox log on disk.",
             ),
-            outbox_compaction_duration: histogram(
+            outbox_carried_bytes: counter(
                 &r,
-                "siphook_outbox_compaction_duration_seconds",
-                "How long one outbox compaction paused the store.",
+                "siphook_outbox_carried_bytes_total",
+                "Bytes of live outbox records carried out of sparse old segments.",
                 &[],
             )
             .with_label_values::<&str>(&[]),
+            outbox_open_cut_bytes: gauge(
+                &r,
+                "siphook_outbox_open_cut_bytes",
+                "Bytes cut after the last whole outbox record at the last open (an interrupted commit).",
+            ),
+            outbox_open_damaged_bytes: gauge(
+                &r,
+                "siphook_outbox_open_damaged_bytes",
+                "Bytes of damaged outbox segments found at the last open (a disk fault).",
+            ),
             outbox_pending: gauge_vec(
                 &r,
                 "siphook_outbox_pending",

@@ -1,16 +1,12 @@
 //! Dead letters: deliveries given up on, kept with their event until an operator
-//! replays them. They live in the `dead` tree, keyed like `pending`
-//! (endpoint NUL offset), so a replay is one move between the two trees.
+//! replays them. A dead letter is a state of an event's delivery like pending is,
+//! so giving up and replaying are each one record.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 
 use serde::Serialize;
-use sled::Transactional;
 
-use super::{
-    DeliveryState, Outbox, OutboxError, offset_of, pending_key, prefix, read_event, tx_error,
-};
+use super::{DeliveryState, Outbox, OutboxError, record};
 
 /// A dead letter as an operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -33,49 +29,40 @@ impl Outbox {
         offset: u64,
         state: &DeliveryState,
     ) -> Result<(), OutboxError> {
-        let s = self.store();
-        let key = pending_key(endpoint, offset);
-        let state = serde_json::to_vec(state).unwrap_or_default();
-        (&s.pending, &s.dead)
-            .transaction(|(pending, dead)| {
-                dead.insert(key.as_slice(), state.as_slice())?;
-                pending.remove(key.as_slice())?;
-                Ok(())
-            })
-            .map_err(|e| tx_error(e, offset))?;
-        Ok(())
+        let mut i = self.inner();
+        let known = i
+            .index
+            .pending
+            .get(endpoint)
+            .is_some_and(|m| m.contains_key(&offset));
+        if !known {
+            return Ok(());
+        }
+        Self::put(
+            &mut i,
+            record::DEAD,
+            &record::state(endpoint, offset, state),
+        )
     }
 
-    /// Dead-letter offsets per endpoint (of one endpoint, if given), from the keys
-    /// alone: what replaying "all" needs, without reading a single event.
+    /// Dead-letter offsets per endpoint (of one endpoint, if given): what
+    /// replaying "all" needs, without reading a single event.
     pub fn dead_offsets(
         &self,
         endpoint: Option<&str>,
     ) -> Result<BTreeMap<String, Vec<u64>>, OutboxError> {
-        let s = self.store();
-        let keys = match endpoint {
-            Some(e) => s.dead.scan_prefix(prefix(e)).keys(),
-            None => s.dead.iter().keys(),
-        };
-        let mut out: BTreeMap<String, Vec<u64>> = Default::default();
-        for k in keys {
-            let k = k?;
-            let offset = offset_of(&k).ok_or(OutboxError::Corrupt(0))?;
-            let name = String::from_utf8_lossy(&k[..k.len().saturating_sub(9)]);
-            match out.get_mut(name.as_ref()) {
-                Some(v) => v.push(offset),
-                None => {
-                    out.insert(name.into_owned(), vec![offset]);
-                }
-            }
-        }
-        Ok(out)
+        let i = self.inner();
+        Ok(i.index
+            .dead
+            .iter()
+            .filter(|(name, _)| endpoint.is_none_or(|e| e == name.as_str()))
+            .map(|(name, m)| (name.clone(), m.keys().copied().collect()))
+            .collect())
     }
 
-    /// Number of dead letters of an endpoint (keys only).
+    /// Number of dead letters of an endpoint.
     pub fn dead_count(&self, endpoint: &str) -> usize {
-        let s = self.store();
-        s.dead.scan_prefix(prefix(endpoint)).keys().count()
+        self.inner().index.dead.get(endpoint).map_or(0, |m| m.len())
     }
 
     /// Dead letters, optionally of one endpoint, in offset order.
@@ -92,54 +79,61 @@ impl Outbox {
         after: Option<(&str, u64)>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, OutboxError> {
-        let s = self.store();
-        let start = match after {
-            Some((e, o)) => Bound::Excluded(pending_key(e, o)),
-            None => Bound::Included(endpoint.map(prefix).unwrap_or_default()),
+        let page: Vec<(String, u64, DeliveryState)> = {
+            let i = self.inner();
+            let mut page = Vec::new();
+            for (name, m) in &i.index.dead {
+                if endpoint.is_some_and(|e| e != name.as_str()) {
+                    continue;
+                }
+                let from = match after {
+                    Some((e, _)) if e > name.as_str() => continue,
+                    Some((e, o)) if e == name.as_str() => o.saturating_add(1),
+                    _ => 0,
+                };
+                for (&o, s) in m.range(from..) {
+                    if page.len() >= limit {
+                        break;
+                    }
+                    page.push((name.clone(), o, s.clone()));
+                }
+                if page.len() >= limit {
+                    break;
+                }
+            }
+            page
         };
-        let want = endpoint.map(prefix);
-        let mut out = Vec::new();
-        for kv in s.dead.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = kv?;
-            if want.as_ref().is_some_and(|p| !k.starts_with(p)) {
-                break;
-            }
-            let offset = offset_of(&k).ok_or(OutboxError::Corrupt(0))?;
-            let endpoint = String::from_utf8_lossy(&k[..k.len().saturating_sub(9)]).into_owned();
-            let event_id = read_event(&s.events, offset)?
-                .map(|e| e.id)
-                .unwrap_or_default();
+        let mut out = Vec::with_capacity(page.len());
+        for (endpoint, offset, state) in page {
+            let event_id = self.event(offset)?.map(|e| e.id).unwrap_or_default();
             out.push(DeadLetter {
                 endpoint,
                 offset,
                 event_id,
-                state: serde_json::from_slice(&v).unwrap_or_default(),
+                state,
             });
         }
         Ok(out)
     }
 
     /// Moves a dead letter back to pending with a fresh schedule; the next start
-    /// delivers it (a running dispatcher does not rescan the store).
+    /// delivers it (a running dispatcher does not rescan the store). Durable with
+    /// the next commit.
     pub fn replay(&self, endpoint: &str, offset: u64, now_ms: i64) -> Result<bool, OutboxError> {
-        let s = self.store();
-        let key = pending_key(endpoint, offset);
-        let state = DeliveryState {
-            next_at_ms: now_ms,
-            ..DeliveryState::default()
-        };
-        let state = serde_json::to_vec(&state).unwrap_or_default();
-        (&s.dead, &s.pending)
-            .transaction(|(dead, pending)| {
-                if dead.remove(key.as_slice())?.is_none() {
-                    return Ok(false);
-                }
-                pending.insert(key.as_slice(), state.as_slice())?;
-                Ok(true)
-            })
-            .map_err(|e| tx_error(e, offset))
+        let mut i = self.inner();
+        let known = i
+            .index
+            .dead
+            .get(endpoint)
+            .is_some_and(|m| m.contains_key(&offset));
+        if !known {
+            return Ok(false);
+        }
+        Self::put(
+            &mut i,
+            record::REPLAY,
+            &record::replay(endpoint, offset, now_ms),
+        )?;
+        Ok(true)
     }
 }

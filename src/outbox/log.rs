@@ -1,4 +1,4 @@
-//! An append-only segment log: the engine the outbox-engine bake-off points to
+//! An append-only segment log: the engine the outbox-engine bake-off chose
 //! (BENCHMARKS.md "Outbox engines"), a commit costing what the disk's floor costs.
 //!
 //! - `<dir>/seg-<n>`: segments, numbered up from 1, each `SEGMENT_HEADER` bytes of
@@ -7,19 +7,27 @@
 //!   system already has: its `fdatasync` writes data, never a new file size or
 //!   extent, which is what makes it as cheap as the in-place floor.
 //! - `<dir>/spare`: the next segment, zero-filled ahead of need (or a retired one,
-//!   kept for reuse), so a rotation is a rename, not 64 MiB written under a commit.
+//!   kept for reuse), so a rotation is a rename, not a segment's worth of zeros
+//!   written under a commit.
 //!
 //! A record is `len: u32 LE`, `crc: u32 LE`, `kind: u8`, then `len` bytes. The CRC
 //! covers the segment's number, the kind and the bytes: a reused segment's old
-//! records fail it and read as the end of the log. Scanning stops at the first
-//! record that does not check: in the newest segment that is where the last commit
-//! ended (or was torn by a crash; either way nothing after it was acknowledged); in
-//! an older one it is damage, reported with the bytes it costs.
+//! records fail it and read as the end of the log. A full segment ends with a seal
+//! record. Scanning stops at the first record that does not check: in the newest
+//! segment that is where the last commit ended (or was torn by a crash; either way
+//! nothing after it was acknowledged); in an older, unsealed one it is damage,
+//! reported with the bytes it costs.
+//!
+//! Appending only fills memory; [`Log::take`] hands the bytes over as a
+//! [`Batch`] that is written and synced without the log (and whoever guards it)
+//! being held, so readers and appenders never wait for a disk flush.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Why the log could not do what was asked. Names files, never record contents.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +43,10 @@ pub enum LogError {
     /// A record larger than a segment can hold.
     #[error("outbox log record of {0} bytes does not fit in a segment")]
     TooLarge(usize),
+    /// An earlier failure to start a segment left the log unable to place
+    /// records safely: nothing more is taken until it is reopened.
+    #[error("outbox log stopped taking records after an earlier error")]
+    Stopped,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
@@ -49,12 +61,15 @@ const MAGIC: &[u8; 8] = b"SIPHLOG1";
 pub const SEGMENT_HEADER: u64 = 16;
 /// `len`, `crc`, `kind`.
 pub const RECORD_HEADER: usize = 9;
+/// The log's own record: "this segment is complete, the next one follows".
+/// Callers' kinds are below it.
+pub const SEAL: u8 = 0xff;
 const SPARE: &str = "spare";
 /// Smallest segment: room for a header and a few records.
 pub const MIN_SEGMENT_BYTES: u64 = 4096;
 
 /// Where a record sits: enough to read it back and to know which segment it pins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Position {
     /// The segment's number.
     pub segment: u64,
@@ -69,11 +84,11 @@ pub struct Recovery {
     pub segments: usize,
     /// Records handed over.
     pub records: u64,
-    /// Non-zero bytes after the newest segment's last good record: a commit cut
-    /// short by a crash, or a reused segment's old contents.
+    /// Non-zero bytes after the newest segment's last good record, zeroed: a
+    /// commit cut short by a crash, or a reused segment's old contents.
     pub tail_bytes: u64,
-    /// Segments before the newest whose records stopped early: `(segment, bytes
-    /// after the last good record)`. Each is damage, not a crash's tail.
+    /// Older segments that stopped before their seal: `(segment, bytes after the
+    /// last good record)`. Each is damage, not a crash's tail.
     pub damaged: Vec<(u64, u64)>,
 }
 
@@ -97,25 +112,121 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
+/// One open segment file and its size.
+#[derive(Clone)]
+struct Segment {
+    file: Arc<File>,
+    bytes: u64,
+}
+
+/// Bytes appended to one segment, not yet on disk.
+struct Chunk {
+    segment: u64,
+    file: Arc<File>,
+    at: u64,
+    bytes: Vec<u8>,
+}
+
+/// What [`Log::take`] handed over: written and synced by [`Batch::write`] on
+/// any thread, in the order it was taken. Batches must be written one at a
+/// time and in take order (a later one synced first could survive a crash the
+/// earlier one did not, behind a hole the next open stops at).
+#[derive(Default)]
+pub struct Batch {
+    chunks: Arc<Vec<Chunk>>,
+    dir: PathBuf,
+}
+
+impl Batch {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.iter().all(|c| c.bytes.is_empty())
+    }
+
+    /// Bytes to write.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(|c| c.bytes.len()).sum()
+    }
+
+    /// Writes every chunk, each segment synced (`fdatasync`) before the next is
+    /// written when `sync`: once this returns, every record in it survives a
+    /// power cut. Without `sync` (benchmarks of what the flush costs) a crash of
+    /// the machine may take them.
+    pub fn write(&self, sync: bool) -> Result<(), LogError> {
+        for c in self.chunks.iter() {
+            if c.bytes.is_empty() {
+                continue;
+            }
+            let path = self.dir.join(segment_name(c.segment));
+            c.file.write_all_at(&c.bytes, c.at).map_err(io(&path))?;
+            if sync {
+                c.file.sync_data().map_err(io(&path))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads one committed record from a segment handed out by [`Log::reader`]:
+/// `None` when what is there does not check (the segment was reused since).
+pub fn read_at(reader: &Reader, at: u64) -> Result<Option<(u8, Vec<u8>)>, LogError> {
+    let io = |source| LogError::Io {
+        path: reader.path.clone(),
+        source,
+    };
+    let mut head = [0u8; RECORD_HEADER];
+    reader.file.read_exact_at(&mut head, at).map_err(io)?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if at + (RECORD_HEADER + len) as u64 > reader.bytes {
+        // Not a record this log wrote: do not allocate what a damaged header says.
+        return Ok(None);
+    }
+    let mut payload = vec![0u8; len];
+    reader
+        .file
+        .read_exact_at(&mut payload, at + RECORD_HEADER as u64)
+        .map_err(io)?;
+    let want = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if crc(reader.segment, head[8], &payload) != want {
+        return Ok(None);
+    }
+    Ok(Some((head[8], payload)))
+}
+
+/// A segment's file, for reading records without holding the log.
+pub struct Reader {
+    segment: u64,
+    file: Arc<File>,
+    bytes: u64,
+    path: PathBuf,
+}
+
 /// The log, open for appending at the end of its newest segment.
 pub struct Log {
     dir: PathBuf,
+    /// Size of segments made from now on.
     segment_bytes: u64,
-    /// The newest segment's number, file and end.
+    /// The newest segment's number.
     segment: u64,
-    file: File,
+    /// Where the next record goes in it (what is taken or buffered included).
     end: u64,
-    /// Records appended since the last commit, framed, in order.
-    buf: Vec<u8>,
-    /// Oldest segment still on disk.
-    oldest: u64,
+    /// Records appended since the last take, per segment, in order.
+    chunks: Vec<Chunk>,
+    /// The last batch taken, until [`Log::landed`]: its records are read from
+    /// memory until they are on disk.
+    in_flight: Option<Arc<Vec<Chunk>>>,
+    /// Every segment on disk, oldest first.
+    files: BTreeMap<u64, Segment>,
+    /// A segment could not be started after the newest was sealed: records
+    /// placed after the seal would be lost, so none are.
+    stopped: bool,
 }
 
 impl Log {
     /// Opens the log in `dir` (created if need be), handing every record to `each`
     /// in log order, and leaves it ready to append after the last good record.
-    /// Segments are `segment_bytes` long (at least `MIN_SEGMENT_BYTES`); a log must
-    /// be reopened with the size it was written with.
+    /// New segments are `segment_bytes` long (at least `MIN_SEGMENT_BYTES`); each
+    /// existing one is read at the size it has.
     pub fn open(
         dir: &Path,
         segment_bytes: u64,
@@ -133,56 +244,74 @@ impl Log {
             segments: numbers.len(),
             ..Recovery::default()
         };
-        let mut last_end = SEGMENT_HEADER;
-        for (i, &n) in numbers.iter().enumerate() {
+        let mut files = BTreeMap::new();
+        // (segment, end of its good records, records, sealed, non-zero bytes after)
+        let mut scanned = Vec::with_capacity(numbers.len());
+        for &n in &numbers {
             let path = dir.join(segment_name(n));
-            let mut bytes = Vec::new();
-            File::open(&path)
-                .and_then(|mut f| f.read_to_end(&mut bytes))
+            let mut file = File::options()
+                .read(true)
+                .write(true)
+                .open(&path)
                 .map_err(io(&path))?;
-            let (end, records) = scan(n, &bytes, &mut each);
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).map_err(io(&path))?;
+            let (end, records, sealed) = scan(n, &bytes, &mut each);
             recovery.records += records;
             let rest = bytes.get(end as usize..).unwrap_or_default();
             let after = rest
                 .iter()
                 .rposition(|&b| b != 0)
                 .map_or(0, |p| p as u64 + 1);
-            if i + 1 == numbers.len() {
+            scanned.push((n, end, records, sealed, after));
+            files.insert(
+                n,
+                Segment {
+                    file: Arc::new(file),
+                    bytes: bytes.len() as u64,
+                },
+            );
+        }
+        // A crash between starting a segment and writing the batch that sealed
+        // the one before leaves that one unsealed and the new one empty: the
+        // older one's end is the crash's tail, and appending goes on there.
+        if let [.., (prev, _, _, false, _), (last, _, 0, _, _)] = scanned[..] {
+            let path = dir.join(segment_name(last));
+            files.remove(&last);
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            sync_dir(dir)?;
+            scanned.pop();
+            numbers.pop();
+            recovery.segments -= 1;
+            debug_assert_eq!(numbers.last(), Some(&prev));
+        }
+        let mut last_end = SEGMENT_HEADER;
+        for (i, &(n, end, _, sealed, after)) in scanned.iter().enumerate() {
+            if i + 1 == scanned.len() {
                 recovery.tail_bytes = after;
                 last_end = end;
-            } else if after > 0 {
+            } else if !sealed {
                 recovery.damaged.push((n, after));
             }
         }
-        let oldest = numbers.first().copied().unwrap_or(1);
-        let mut log = match numbers.last() {
-            Some(&n) => {
-                let path = dir.join(segment_name(n));
-                let file = File::options().write(true).open(&path).map_err(io(&path))?;
-                Log {
-                    dir: dir.to_path_buf(),
-                    segment_bytes,
-                    segment: n,
-                    file,
-                    end: last_end,
-                    buf: Vec::new(),
-                    oldest,
-                }
-            }
-            None => {
-                let file = Self::take_spare(dir, segment_bytes, 1)?;
-                Log {
-                    dir: dir.to_path_buf(),
-                    segment_bytes,
-                    segment: 1,
-                    file,
-                    end: SEGMENT_HEADER,
-                    buf: Vec::new(),
-                    oldest,
-                }
-            }
+        let mut log = Log {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            segment: numbers.last().copied().unwrap_or(0),
+            end: last_end,
+            chunks: Vec::new(),
+            in_flight: None,
+            files,
+            stopped: false,
         };
-        if recovery.tail_bytes > 0 {
+        if numbers.is_empty() {
+            // The first segment is zero-filled like every spare, when the disk
+            // has room for it; its commits then never allocate.
+            if log.spare_fits() {
+                log.prepare_spare()?;
+            }
+            log.start_segment(1)?;
+        } else if recovery.tail_bytes > 0 {
             // What follows the last good record must not read as records after
             // the next commit writes less than it: zero it now, durably.
             log.zero_tail(recovery.tail_bytes)?;
@@ -190,106 +319,178 @@ impl Log {
         Ok((log, recovery))
     }
 
+    fn newest(&self) -> Option<&Segment> {
+        self.files.get(&self.segment)
+    }
+
     fn zero_tail(&mut self, len: u64) -> Result<(), LogError> {
         let path = self.dir.join(segment_name(self.segment));
+        let Some(seg) = self.newest().cloned() else {
+            return Ok(());
+        };
         let zeros = vec![0u8; 1 << 20];
+        let stop = (self.end + len).min(seg.bytes);
         let mut at = self.end;
-        while at < self.end + len {
-            let n = (self.end + len - at).min(zeros.len() as u64) as usize;
-            self.file.write_all_at(&zeros[..n], at).map_err(io(&path))?;
+        while at < stop {
+            let n = (stop - at).min(zeros.len() as u64) as usize;
+            seg.file.write_all_at(&zeros[..n], at).map_err(io(&path))?;
             at += n as u64;
         }
-        self.file.sync_data().map_err(io(&path))
+        seg.file.sync_data().map_err(io(&path))
     }
 
-    /// Makes `seg-<n>` from the spare (or a new zero-filled file) and syncs the name.
-    fn take_spare(dir: &Path, segment_bytes: u64, n: u64) -> Result<File, LogError> {
-        let spare = dir.join(SPARE);
-        if !spare.exists() {
-            prepare_spare(dir, segment_bytes)?;
-        }
-        let path = dir.join(segment_name(n));
-        let file = File::options()
-            .write(true)
-            .open(&spare)
-            .map_err(io(&spare))?;
+    /// Makes `seg-<n>` the newest segment, from the spare when there is one.
+    /// Without one the file is made at its full size but sparse: correct, only
+    /// its first commits pay for allocating blocks. The name is synced before
+    /// anything is written into it.
+    fn start_segment(&mut self, n: u64) -> Result<(), LogError> {
+        let spare = self.dir.join(SPARE);
+        let path = self.dir.join(segment_name(n));
+        let file = match File::options().read(true).write(true).open(&spare) {
+            Ok(f) => {
+                std::fs::rename(&spare, &path).map_err(io(&path))?;
+                f
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let f = File::options()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(io(&path))?;
+                f.set_len(self.segment_bytes).map_err(io(&path))?;
+                f
+            }
+            Err(e) => return Err(io(&spare)(e)),
+        };
+        let bytes = file.metadata().map_err(io(&path))?.len();
         let mut header = MAGIC.to_vec();
         header.extend_from_slice(&n.to_le_bytes());
-        file.write_all_at(&header, 0).map_err(io(&spare))?;
-        file.sync_data().map_err(io(&spare))?;
-        std::fs::rename(&spare, &path).map_err(io(&path))?;
-        sync_dir(dir)?;
-        Ok(file)
-    }
-
-    /// Adds a record to the next commit; returns where it will sit.
-    pub fn append(&mut self, kind: u8, payload: &[u8]) -> Result<Position, LogError> {
-        let size = RECORD_HEADER + payload.len();
-        if size as u64 > self.segment_bytes - SEGMENT_HEADER {
-            return Err(LogError::TooLarge(payload.len()));
-        }
-        if self.end + (self.buf.len() + size) as u64 > self.segment_bytes {
-            // This record starts the next segment: what is buffered goes to this
-            // one first, durably, so a segment is complete before its successor.
-            self.commit()?;
-            self.rotate()?;
-        }
-        let at = self.end + self.buf.len() as u64;
-        let len = u32::try_from(payload.len()).map_err(|_| LogError::TooLarge(payload.len()))?;
-        self.buf.extend_from_slice(&len.to_le_bytes());
-        self.buf
-            .extend_from_slice(&crc(self.segment, kind, payload).to_le_bytes());
-        self.buf.push(kind);
-        self.buf.extend_from_slice(payload);
-        Ok(Position {
-            segment: self.segment,
-            at,
-        })
-    }
-
-    fn rotate(&mut self) -> Result<(), LogError> {
-        let next = self.segment + 1;
-        self.file = Self::take_spare(&self.dir, self.segment_bytes, next)?;
-        self.segment = next;
+        file.write_all_at(&header, 0).map_err(io(&path))?;
+        file.sync_data().map_err(io(&path))?;
+        sync_dir(&self.dir)?;
+        self.files.insert(
+            n,
+            Segment {
+                file: Arc::new(file),
+                bytes,
+            },
+        );
+        self.segment = n;
         self.end = SEGMENT_HEADER;
         Ok(())
     }
 
-    /// Writes what was appended and `fdatasync`s it: once this returns, every record
-    /// appended before survives a power cut.
-    pub fn commit(&mut self) -> Result<(), LogError> {
-        if self.buf.is_empty() {
-            return Ok(());
+    fn push(&mut self, kind: u8, payload: &[u8]) -> Result<Position, LogError> {
+        let len = u32::try_from(payload.len()).map_err(|_| LogError::TooLarge(payload.len()))?;
+        let at = self.end;
+        let segment = self.segment;
+        let needs_chunk = self.chunks.last().is_none_or(|c| c.segment != segment);
+        if needs_chunk {
+            let file = match self.newest() {
+                Some(s) => s.file.clone(),
+                None => return Err(io(&self.dir)(std::io::ErrorKind::NotFound.into())),
+            };
+            self.chunks.push(Chunk {
+                segment,
+                file,
+                at,
+                bytes: Vec::new(),
+            });
         }
-        let path = self.dir.join(segment_name(self.segment));
-        self.file
-            .write_all_at(&self.buf, self.end)
-            .map_err(io(&path))?;
-        self.file.sync_data().map_err(io(&path))?;
-        self.end += self.buf.len() as u64;
-        self.buf.clear();
+        if let Some(c) = self.chunks.last_mut() {
+            c.bytes.extend_from_slice(&len.to_le_bytes());
+            c.bytes
+                .extend_from_slice(&crc(segment, kind, payload).to_le_bytes());
+            c.bytes.push(kind);
+            c.bytes.extend_from_slice(payload);
+        }
+        self.end += (RECORD_HEADER + payload.len()) as u64;
+        Ok(Position { segment, at })
+    }
+
+    /// Adds a record to the next commit; returns where it will sit. A record
+    /// that does not fit seals the newest segment and starts the next one (a
+    /// rename and two syncs: the only I/O an append does).
+    pub fn append(&mut self, kind: u8, payload: &[u8]) -> Result<Position, LogError> {
+        let size = (RECORD_HEADER + payload.len()) as u64;
+        let room = |bytes: u64| bytes.saturating_sub(SEGMENT_HEADER + RECORD_HEADER as u64);
+        if size > room(self.segment_bytes) {
+            return Err(LogError::TooLarge(payload.len()));
+        }
+        if self.stopped {
+            return Err(LogError::Stopped);
+        }
+        let cap = self.newest().map_or(0, |s| s.bytes);
+        if self.end + size + RECORD_HEADER as u64 > cap {
+            self.push(SEAL, &[])?;
+            if let Err(e) = self.start_segment(self.segment + 1) {
+                self.stopped = true;
+                return Err(e);
+            }
+        }
+        self.push(kind, payload)
+    }
+
+    /// Hands over what was appended since the last take, to be written by
+    /// [`Batch::write`].
+    pub fn take(&mut self) -> Batch {
+        let chunks = Arc::new(std::mem::take(&mut self.chunks));
+        self.in_flight = Some(chunks.clone());
+        Batch {
+            chunks,
+            dir: self.dir.clone(),
+        }
+    }
+
+    /// The batch taken last is written: its records are read from disk now.
+    pub fn landed(&mut self) {
+        self.in_flight = None;
+    }
+
+    /// Takes and writes what was appended, synced: for a caller that holds the
+    /// log alone anyway (tools, tests, the benchmark).
+    pub fn commit(&mut self) -> Result<(), LogError> {
+        self.take().write(true)?;
+        self.landed();
         Ok(())
     }
 
-    /// Reads back the record at `at` (committed ones only).
-    pub fn read(&self, at: Position) -> Result<Option<(u8, Vec<u8>)>, LogError> {
-        let path = self.dir.join(segment_name(at.segment));
-        let file = File::open(&path).map_err(io(&path))?;
-        let mut head = [0u8; RECORD_HEADER];
-        file.read_exact_at(&mut head, at.at).map_err(io(&path))?;
+    /// The record at `at` if it is not on disk yet (appended, or taken and not
+    /// yet written): `(kind, payload)`.
+    pub fn unwritten(&self, at: Position) -> Option<(u8, Vec<u8>)> {
+        let flying = self.in_flight.iter().flat_map(|c| c.iter());
+        let chunk = flying.chain(self.chunks.iter()).find(|c| {
+            c.segment == at.segment && c.at <= at.at && at.at < c.at + c.bytes.len() as u64
+        })?;
+        let from = (at.at - chunk.at) as usize;
+        let head = chunk.bytes.get(from..from + RECORD_HEADER)?;
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        if at.at + (RECORD_HEADER + len) as u64 > self.segment_bytes {
-            // Not a record this log wrote: do not allocate what a damaged header says.
-            return Ok(None);
+        let payload = chunk
+            .bytes
+            .get(from + RECORD_HEADER..from + RECORD_HEADER + len)?;
+        Some((head[8], payload.to_vec()))
+    }
+
+    /// A handle to read `segment`'s records without holding the log.
+    pub fn reader(&self, segment: u64) -> Option<Reader> {
+        self.files.get(&segment).map(|s| Reader {
+            segment,
+            file: s.file.clone(),
+            bytes: s.bytes,
+            path: self.dir.join(segment_name(segment)),
+        })
+    }
+
+    /// Reads back the record at `at`.
+    pub fn read(&self, at: Position) -> Result<Option<(u8, Vec<u8>)>, LogError> {
+        if let Some(r) = self.unwritten(at) {
+            return Ok(Some(r));
         }
-        let mut payload = vec![0u8; len];
-        file.read_exact_at(&mut payload, at.at + RECORD_HEADER as u64)
-            .map_err(io(&path))?;
-        let want = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if crc(at.segment, head[8], &payload) != want {
-            return Ok(None);
+        match self.reader(at.segment) {
+            Some(r) => read_at(&r, at.at),
+            None => Ok(None),
         }
-        Ok(Some((head[8], payload)))
     }
 
     /// The newest segment's number: records appended now land in it or later.
@@ -299,72 +500,123 @@ impl Log {
 
     /// The oldest segment still on disk.
     pub fn oldest(&self) -> u64 {
-        self.oldest
+        self.files.keys().next().copied().unwrap_or(self.segment)
+    }
+
+    /// Segments on disk.
+    pub fn segments(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Size of the segments made from now on.
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes
     }
 
     /// Drops every segment below `keep_from` (never the newest). The first one
     /// dropped becomes the spare when there is none, so steady traffic reuses
-    /// blocks instead of zero-filling new ones.
+    /// blocks instead of zero-filling new ones. Only segments whose records are
+    /// all on disk may go: call it after the batch that sealed them is written.
     pub fn retire_below(&mut self, keep_from: u64) -> Result<usize, LogError> {
         let upto = keep_from.min(self.segment);
-        let mut retired = 0;
-        while self.oldest < upto {
-            let path = self.dir.join(segment_name(self.oldest));
+        let gone: Vec<u64> = self.files.range(..upto).map(|(&n, _)| n).collect();
+        for &n in &gone {
+            let path = self.dir.join(segment_name(n));
             let spare = self.dir.join(SPARE);
-            if spare.exists() {
-                std::fs::remove_file(&path).map_err(io(&path))?;
-            } else {
+            let reusable = self
+                .files
+                .get(&n)
+                .is_some_and(|s| s.bytes == self.segment_bytes);
+            if reusable && !spare.exists() {
                 std::fs::rename(&path, &spare).map_err(io(&path))?;
+            } else {
+                std::fs::remove_file(&path).map_err(io(&path))?;
             }
-            self.oldest += 1;
-            retired += 1;
+            self.files.remove(&n);
         }
-        if retired > 0 {
+        if !gone.is_empty() {
             sync_dir(&self.dir)?;
         }
-        Ok(retired)
+        Ok(gone.len())
+    }
+
+    /// Whether the next rotation would find no spare.
+    pub fn needs_spare(&self) -> bool {
+        !self.dir.join(SPARE).exists()
+    }
+
+    /// Whether the file system has room for a spare and as much again: zero-
+    /// filling one must never take the last free blocks a commit into a
+    /// segment made without a spare (sparse) may need.
+    pub fn spare_fits(&self) -> bool {
+        match rustix::fs::statvfs(&self.dir) {
+            Ok(v) => {
+                let free = v.f_bavail.saturating_mul(v.f_frsize);
+                free >= self.segment_bytes.saturating_mul(2)
+            }
+            Err(_) => false,
+        }
     }
 
     /// Makes sure a spare exists, so the next rotation renames instead of writing
     /// a whole segment. Slow (a segment's worth of zeros): call it off the commit
-    /// path.
+    /// path, or through [`Log::spare_maker`] without holding the log.
     pub fn prepare_spare(&self) -> Result<(), LogError> {
-        if self.dir.join(SPARE).exists() {
-            return Ok(());
+        if self.needs_spare() {
+            prepare_spare(&self.dir, self.segment_bytes)?;
         }
-        prepare_spare(&self.dir, self.segment_bytes)
+        Ok(())
     }
 
-    /// Bytes the log's files take.
+    /// What [`Log::prepare_spare`] needs, to run it on another thread.
+    pub fn spare_maker(&self) -> impl FnOnce() -> Result<(), LogError> + Send + 'static {
+        let (dir, bytes) = (self.dir.clone(), self.segment_bytes);
+        move || {
+            if dir.join(SPARE).exists() {
+                return Ok(());
+            }
+            prepare_spare(&dir, bytes)
+        }
+    }
+
+    /// Bytes the log's files take: its segments and the spare.
     pub fn size_on_disk(&self) -> u64 {
-        let segments = self.segment - self.oldest + 1;
-        let spare = u64::from(self.dir.join(SPARE).exists());
-        (segments + spare) * self.segment_bytes
+        let segments: u64 = self.files.values().map(|s| s.bytes).sum();
+        let spare = std::fs::metadata(self.dir.join(SPARE)).map_or(0, |m| m.len());
+        segments + spare
     }
 }
 
 fn prepare_spare(dir: &Path, segment_bytes: u64) -> Result<(), LogError> {
     let tmp = dir.join("spare.tmp");
-    let mut file = File::create(&tmp).map_err(io(&tmp))?;
-    let zeros = vec![0u8; 1 << 20];
-    let mut left = segment_bytes;
-    while left > 0 {
-        let n = left.min(zeros.len() as u64) as usize;
-        file.write_all(&zeros[..n]).map_err(io(&tmp))?;
-        left -= n as u64;
+    let zeroed = (|| {
+        let mut file = File::create(&tmp)?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = segment_bytes;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            file.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        file.sync_all()
+    })();
+    if let Err(e) = zeroed {
+        // A half-made spare must not keep the blocks it took (a full disk).
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(&tmp)(e));
     }
-    file.sync_all().map_err(io(&tmp))?;
     let spare = dir.join(SPARE);
     std::fs::rename(&tmp, &spare).map_err(io(&spare))?;
     sync_dir(dir)
 }
 
-/// Hands over segment `n`'s good records; returns where they end and how many.
-fn scan(n: u64, bytes: &[u8], each: &mut impl FnMut(Position, u8, &[u8])) -> (u64, u64) {
+/// Hands over segment `n`'s good records; returns where they end, how many, and
+/// whether the segment ends with its seal.
+fn scan(n: u64, bytes: &[u8], each: &mut impl FnMut(Position, u8, &[u8])) -> (u64, u64, bool) {
     let header_ok = bytes.get(..8) == Some(MAGIC.as_slice())
         && bytes.get(8..16) == Some(n.to_le_bytes().as_slice());
     if !header_ok {
-        return (SEGMENT_HEADER, 0);
+        return (SEGMENT_HEADER, 0, false);
     }
     let mut at = SEGMENT_HEADER as usize;
     let mut records = 0;
@@ -378,20 +630,22 @@ fn scan(n: u64, bytes: &[u8], each: &mut impl FnMut(Position, u8, &[u8])) -> (u6
         if (len == 0 && want == 0 && kind == 0) || crc(n, kind, payload) != want {
             break;
         }
+        at += RECORD_HEADER + len;
+        if kind == SEAL {
+            return (at as u64, records, true);
+        }
         each(
             Position {
                 segment: n,
-                at: at as u64,
+                at: (at - RECORD_HEADER - len) as u64,
             },
             kind,
             payload,
         );
         records += 1;
-        at += RECORD_HEADER + len;
     }
-    (at as u64, records)
+    (at as u64, records, false)
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

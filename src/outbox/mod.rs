@@ -1,41 +1,50 @@
-//! The durable outbox (sled). Every event is written here, and flushed to disk,
-//! before any delivery attempt; what is committed survives crashes and restarts.
+//! The durable outbox. Every event is written here, and synced to disk, before
+//! any delivery attempt; what is committed survives a crash and a power cut.
 //!
-//! Trees:
-//! - `events`: offset → record (references left, call key, sequence, receive time,
-//!   event id, the exact JSON bytes that are signed and sent).
-//! - `pending`: endpoint NUL offset → delivery state (attempts, next attempt, last result).
-//! - `dead`: endpoint NUL offset → dead-letter state (same shape, kept for replay).
-//! - `calls`: call id → snapshot of each live call, committed with its events, so a
-//!   restart between INVITE and BYE still ends in a correct `call.completed`.
+//! The store is a segment log (`log.rs`, chosen by the bake-off in BENCHMARKS.md
+//! "Outbox engines") of the records in `record.rs`: events with their endpoints,
+//! delivery attempts and acknowledgements, dead letters, call snapshots. Its state
+//! lives in memory (`index.rs`), rebuilt at open by reading the log once; the
+//! bodies stay on disk and are read back when sent. A commit is one write and one
+//! `fdatasync` per batch, run off the async workers while appends and reads go on.
 //!
-//! An event record is deleted when no endpoint still needs it (its reference count
-//! reaches zero); a dead letter keeps its reference until it is replayed and delivered.
+//! The disk stays bounded without copying the store: a segment is retired once
+//! nothing live is based in it, and the few live records of a sparse old segment
+//! (a dead letter, a call that lasts an hour, a retry far behind) are carried
+//! forward into the newest segment first. On disk, in `[outbox] path`:
+//!
+//! - `LOCK`: held (flock) while a process has the store open;
+//! - `log/seg-<n>`, `log/spare`: the segments and the next one, zero-filled ahead.
+//!
+//! A store written by siphook's earlier sled engine is moved into the log at the
+//! first open (`legacy.rs`).
 
-mod compact;
 mod dead;
+mod index;
+mod legacy;
 pub mod log;
-mod store;
+mod record;
 pub mod writer;
 
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
 
 use crate::call::{CallSnapshot, Event, EventType};
-pub use compact::{Compacted, Compactor, ONLINE_MAX_LIVE, SPARSE_RATIO, Verdict};
 pub use dead::DeadLetter;
-use store::{Layout, Store};
+use index::Index;
+use log::{Log, LogError, Position};
+use record::{Head, Target};
 
 /// Why the outbox could not do what was asked. Carries no event content.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
-    /// sled reported an I/O or corruption error.
+    /// The log could not read, write or sync its files.
     #[error("outbox storage error: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] LogError),
     /// The store is past `outbox.max_bytes`.
     #[error("outbox is full ({size} bytes on disk, max_bytes {max})")]
     Full {
@@ -50,13 +59,14 @@ pub enum OutboxError {
     /// Another process has the store open.
     #[error("the outbox is in use by another process")]
     Locked,
-    /// The store's own files (lock, generation pointer, directories) are unusable.
+    /// The store's own files (lock, directories, an earlier engine's store) are
+    /// unusable.
     #[error("outbox layout: {0}")]
     Layout(String),
-    /// A compaction switched generations but could not make the switch durable:
-    /// a crash could bring back the old one, so no new event may be taken.
-    #[error("outbox generation switch not durable: {0}")]
-    Unsynced(String),
+    /// An earlier commit failed: what it held may not be on disk, so nothing
+    /// after it may be announced as durable until the store is reopened.
+    #[error("outbox stopped after a failed commit: {0}")]
+    Failed(String),
 }
 
 /// What a stored event carries for its delivery.
@@ -89,46 +99,69 @@ pub struct DeliveryState {
     pub last_error: Option<String>,
 }
 
-/// The store. Its sled database is swapped for a compacted copy now and then, so
-/// every operation reads it through a lock that a compaction takes alone.
-pub struct Outbox {
-    store: RwLock<Store>,
-    layout: Layout,
-    next_offset: AtomicU64,
-    /// Every offset below this is on disk: a dispatcher started while the writer
-    /// runs (a reload) must not send what a crash could still take back.
+/// What an open found and repaired, for the log and metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// Records read.
+    pub records: u64,
+    /// Bytes after the last whole record of the newest segment that were cut:
+    /// a commit a crash interrupted (never one that was acknowledged).
+    pub cut_bytes: u64,
+    /// Bytes lost to damage in older segments (a disk fault, not a crash).
+    pub damaged_bytes: u64,
+    /// Records that checked but did not decode.
+    pub undecodable: u64,
+    /// Events moved from the earlier sled engine's store at this open.
+    pub migrated: Option<u64>,
+}
+
+/// The state behind the lock, and the log it mirrors.
+struct Inner {
+    log: Log,
+    index: Index,
+}
+
+/// What commits and the threads they run on share.
+struct Shared {
+    inner: Mutex<Inner>,
+    /// Held while a batch is written: batches reach the disk in the order they
+    /// were taken.
+    turn: Mutex<()>,
+    /// Every offset below this is on disk.
     durable_below: AtomicU64,
+    /// Set by a failed commit, with why.
+    failed: Mutex<Option<String>>,
+    /// A spare segment is being zero-filled.
+    making_spare: AtomicBool,
+    /// Bytes carried forward out of sparse old segments, in all.
+    carried: AtomicU64,
+    fsync: AtomicBool,
+}
+
+/// The store: the log, its state in memory, and the directory's lock.
+pub struct Outbox {
+    shared: Arc<Shared>,
+    root: PathBuf,
+    opened: Opened,
     max_bytes: u64,
-    /// False only in `siphook bench --no-fsync`: commits then skip the flush.
-    fsync: bool,
+    /// The open `LOCK` file; the flock goes with it.
+    _lock: File,
 }
 
-const HEADER: usize = 2 + 8 + 4 + 8 + 1;
-const NEXT_OFFSET: &[u8] = b"next_offset";
+/// Carried forward per commit at most, so a carry never makes one commit slow.
+const CARRY_BUDGET: u64 = 256 << 10;
+/// Segments kept before any is carried: below this the disk is small anyway,
+/// and a young segment's live records are mostly about to be delivered.
+const CARRY_AFTER_SEGMENTS: usize = 4;
 
-fn pending_key(endpoint: &str, offset: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(endpoint.len() + 9);
-    k.extend_from_slice(endpoint.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&offset.to_be_bytes());
-    k
-}
-
-fn paused_key(endpoint: &str) -> Vec<u8> {
-    let mut k = b"paused/".to_vec();
-    k.extend_from_slice(endpoint.as_bytes());
-    k
-}
-
-fn prefix(endpoint: &str) -> Vec<u8> {
-    let mut k = endpoint.as_bytes().to_vec();
-    k.push(0);
-    k
-}
-
-fn offset_of(key: &[u8]) -> Option<u64> {
-    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
-    Some(u64::from_be_bytes(tail))
+/// The size of new segments for a store of at most `max_bytes`: a sixty-fourth,
+/// between 64 KiB and 16 MiB (16 MiB at the default 1 GiB). Small enough that the
+/// segment being filled and the spare hide little of the limit, that zero-filling
+/// a spare is a short burst, and that a carry moves little at a time; large
+/// enough that a rotation (a rename and two syncs) comes every few seconds at
+/// most at full load.
+pub fn segment_bytes(max_bytes: u64) -> u64 {
+    (max_bytes / 64).clamp(64 << 10, 16 << 20) & !4095
 }
 
 /// Stable 64-bit key of a call id (`call_<hex>`): its first 16 hex digits.
@@ -140,45 +173,233 @@ pub fn call_key(call_id: &str) -> u64 {
         .unwrap_or(0)
 }
 
-impl Outbox {
-    /// Opens (or creates) the store at `path`; fails with [`OutboxError::Locked`]
-    /// while another process has it open.
-    pub fn open(path: &Path, max_bytes: u64) -> Result<Outbox, OutboxError> {
-        let layout = Layout::lock(path)?;
-        let s = layout.open_current()?;
-        // Offsets are never reused: a dead letter or a stale pending entry must not
-        // come to name another event once the newest events were delivered.
-        let after_last = match s.events.last()? {
-            Some((k, _)) => offset_of(&k).map_or(0, |o| o + 1),
-            None => 0,
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.inner)
+    }
+
+    /// Writes and syncs what was appended, then retires what nothing needs and
+    /// carries a sparse old segment's live records forward (for the next
+    /// commit). Blocking: runs on a blocking thread or in a tool.
+    fn commit(self: &Arc<Self>) -> Result<(), OutboxError> {
+        let _turn = lock(&self.turn);
+        if let Some(why) = lock(&self.failed).clone() {
+            return Err(OutboxError::Failed(why));
+        }
+        let (batch, upto, newest) = {
+            let mut i = self.inner();
+            let upto = i.index.next_offset;
+            (i.log.take(), upto, i.log.segment())
         };
-        let recorded = s
-            .meta
-            .get(NEXT_OFFSET)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map_or(0, u64::from_be_bytes);
-        let next = after_last.max(recorded);
-        Ok(Outbox {
-            store: RwLock::new(s),
-            layout,
-            next_offset: AtomicU64::new(next),
+        if !batch.is_empty()
+            && let Err(e) = batch.write(self.fsync.load(Ordering::Relaxed))
+        {
+            *lock(&self.failed) = Some(e.to_string());
+            return Err(e.into());
+        }
+        self.durable_below.fetch_max(upto, Ordering::AcqRel);
+        let mut i = self.inner();
+        i.log.landed();
+        // Segments below `newest` were sealed in this batch or an earlier one,
+        // so all they hold is on disk.
+        let keep = i.index.oldest_based().unwrap_or(u64::MAX).min(newest);
+        if i.log.oldest() < keep
+            && let Err(e) = i.log.retire_below(keep)
+        {
+            // What was committed stands; the segment stays until the next try.
+            tracing::warn!(error = %e, "cannot retire an old outbox segment");
+        }
+        let carried = carry(&mut i);
+        self.carried.fetch_add(carried, Ordering::Relaxed);
+        if i.log.needs_spare()
+            && i.log.spare_fits()
+            && !self.making_spare.swap(true, Ordering::AcqRel)
+        {
+            let make = i.log.spare_maker();
+            let me = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("outbox-spare".into())
+                .spawn(move || {
+                    if let Err(e) = make() {
+                        tracing::warn!(error = %e, "cannot prepare the outbox's next segment ahead; the next one is made when needed");
+                    }
+                    me.making_spare.store(false, Ordering::Release);
+                });
+            if spawned.is_err() {
+                self.making_spare.store(false, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rewrites the live records of the oldest segment at the head of the log, up to
+/// [`CARRY_BUDGET`], when the log is past a few segments and at most half of it
+/// is live: then the segment can go with the next commit. The whole log's share
+/// decides, not the oldest segment's: carried stragglers gather into dense
+/// segments, which must move on too, or the sparse ones behind them never go.
+/// Returns the bytes carried.
+fn carry(i: &mut Inner) -> u64 {
+    let Some(oldest) = i.index.oldest_based() else {
+        return 0;
+    };
+    if i.log.segments() < CARRY_AFTER_SEGMENTS || oldest != i.log.oldest() {
+        return 0;
+    }
+    let live_bytes: u64 = i.index.segments.values().map(|s| s.bytes).sum();
+    let log_bytes = (i.log.segments() as u64).saturating_mul(i.log.segment_bytes());
+    if live_bytes.saturating_mul(2) > log_bytes {
+        return 0;
+    }
+    let Some(live) = i.index.segments.get(&oldest) else {
+        return 0;
+    };
+    let Some(reader) = i.log.reader(oldest) else {
+        return 0;
+    };
+    let events: Vec<u64> = live.events.iter().copied().collect();
+    let calls: Vec<String> = live.calls.iter().cloned().collect();
+    let paused: Vec<String> = live.paused.iter().cloned().collect();
+    let mut budget = CARRY_BUDGET;
+    for offset in events {
+        let Some(e) = i.index.events.get(&offset).copied() else {
+            continue;
+        };
+        let Ok(Some((record::EVENT, old))) = log::read_at(&reader, e.pos.at) else {
+            continue;
+        };
+        let Some(r) = record::decode_event(&old) else {
+            continue;
+        };
+        let targets = i.index.targets_of(offset);
+        let targets: Vec<(&str, Target)> = targets
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.clone()))
+            .collect();
+        let payload = record::event(r.head, r.id, &targets, r.body);
+        if !carry_one(i, record::EVENT, &payload, &mut budget) {
+            return CARRY_BUDGET - budget;
+        }
+    }
+    for id in calls {
+        let Some(c) = i.index.calls.get(&id).copied() else {
+            continue;
+        };
+        let Ok(Some((record::CALL, payload))) = log::read_at(&reader, c.pos.at) else {
+            continue;
+        };
+        if !carry_one(i, record::CALL, &payload, &mut budget) {
+            return CARRY_BUDGET - budget;
+        }
+    }
+    for name in paused {
+        if !carry_one(i, record::PAUSE, &record::pause(&name, true), &mut budget) {
+            return CARRY_BUDGET - budget;
+        }
+    }
+    CARRY_BUDGET - budget
+}
+
+/// Appends one carried record; whether to go on (it worked and budget is left).
+fn carry_one(i: &mut Inner, kind: u8, payload: &[u8], budget: &mut u64) -> bool {
+    match Outbox::put(i, kind, payload) {
+        Ok(()) => {
+            *budget = budget.saturating_sub(payload.len() as u64);
+            *budget > 0
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot carry an outbox record forward; the old segment stays");
+            false
+        }
+    }
+}
+
+impl Outbox {
+    /// Opens (or creates) the store at `path`, moving a store of the earlier
+    /// engine into it first; fails with [`OutboxError::Locked`] while another
+    /// process has it open.
+    pub fn open(path: &Path, max_bytes: u64) -> Result<Outbox, OutboxError> {
+        let lock_file = legacy::lock(path)?;
+        let migrated = legacy::migrate(path, segment_bytes(max_bytes))?;
+        let mut index = Index::default();
+        let (mut log, recovery) = Log::open(
+            &legacy::log_dir(path),
+            segment_bytes(max_bytes),
+            |pos, kind, payload| {
+                index.apply(pos, kind, payload);
+            },
+        )?;
+        // The next offset goes into the newest segment at every open, as into
+        // every segment started: retiring old segments never brings offsets back.
+        let payload = record::next(index.next_offset);
+        let pos = log.append(record::NEXT, &payload)?;
+        index.apply(pos, record::NEXT, &payload);
+        let opened = Opened {
+            records: recovery.records,
+            cut_bytes: recovery.tail_bytes,
+            damaged_bytes: recovery.damaged.iter().map(|(_, b)| b).sum(),
+            undecodable: index.undecodable,
+            migrated,
+        };
+        if opened.cut_bytes > 0 {
+            tracing::warn!(
+                bytes = opened.cut_bytes,
+                "the outbox's last commit before the stop was cut short (a crash or power cut mid-write); nothing it held had been acknowledged, and its bytes were cleared"
+            );
+        }
+        for (segment, bytes) in &recovery.damaged {
+            tracing::error!(
+                segment,
+                bytes,
+                "an outbox segment is damaged (a disk fault): the records after the damage are lost"
+            );
+        }
+        if opened.undecodable > 0 {
+            tracing::error!(
+                records = opened.undecodable,
+                "outbox records that checked but did not decode were skipped"
+            );
+        }
+        let next = index.next_offset;
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner { log, index }),
+            turn: Mutex::new(()),
             durable_below: AtomicU64::new(next),
+            failed: Mutex::new(None),
+            making_spare: AtomicBool::new(false),
+            carried: AtomicU64::new(0),
+            fsync: AtomicBool::new(true),
+        });
+        // The NEXT record, and anything the open repaired, is on disk before a
+        // single event is taken.
+        shared.commit()?;
+        Ok(Outbox {
+            shared,
+            root: path.to_path_buf(),
+            opened,
             max_bytes,
-            fsync: true,
+            _lock: lock_file,
         })
     }
 
-    /// The live generation, for one operation. Never held across another call
-    /// that takes it: a compaction waiting for the lock would deadlock the two.
-    fn store(&self) -> RwLockReadGuard<'_, Store> {
-        self.store.read().unwrap_or_else(PoisonError::into_inner)
+    /// What the open found and repaired.
+    pub fn opened(&self) -> &Opened {
+        &self.opened
     }
 
-    /// A store whose commits do not fsync: events are "durable" as soon as they are
-    /// written to sled's buffers, and a crash loses what sled had not flushed yet.
-    /// Only for measuring what the fsync costs (`siphook bench --no-fsync`).
-    pub fn without_fsync(mut self) -> Outbox {
-        self.fsync = false;
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.shared.inner()
+    }
+
+    /// A store whose commits do not fsync: a machine crash loses what the page
+    /// cache had not written. Only for measuring what the sync costs
+    /// (`siphook bench --no-fsync`).
+    pub fn without_fsync(self) -> Outbox {
+        self.shared.fsync.store(false, Ordering::Relaxed);
         self
     }
 
@@ -189,12 +410,22 @@ impl Outbox {
 
     /// The store's directory.
     pub fn path(&self) -> &Path {
-        self.layout.root()
+        &self.root
     }
 
-    /// Bytes the store takes on disk.
+    /// Bytes the store takes on disk: its segments and the spare (one `stat`).
     pub fn size_on_disk(&self) -> u64 {
-        self.store().db.size_on_disk().unwrap_or(0)
+        self.inner().log.size_on_disk()
+    }
+
+    /// Bytes carried forward out of sparse old segments since the open.
+    pub fn carried_bytes(&self) -> u64 {
+        self.shared.carried.load(Ordering::Relaxed)
+    }
+
+    /// Segments on disk (the spare not counted).
+    pub fn segments(&self) -> usize {
+        self.inner().log.segments()
     }
 
     /// Refuses new events when the store, at `size` bytes, is past `max_bytes`.
@@ -208,6 +439,23 @@ impl Outbox {
         Ok(())
     }
 
+    /// Appends a record and applies it; the caller holds the lock.
+    fn put(i: &mut Inner, kind: u8, payload: &[u8]) -> Result<(), OutboxError> {
+        let before = i.log.segment();
+        let pos = i.log.append(kind, payload)?;
+        i.index.apply(pos, kind, payload);
+        if i.log.segment() != before {
+            let next = record::next(i.index.next_offset);
+            let pos = i.log.append(record::NEXT, &next)?;
+            i.index.apply(pos, record::NEXT, &next);
+        }
+        Ok(())
+    }
+
+    fn write(&self, kind: u8, payload: &[u8]) -> Result<(), OutboxError> {
+        Self::put(&mut self.inner(), kind, payload)
+    }
+
     /// Writes an event for `endpoints`; durable only after [`Outbox::commit`].
     pub fn append(
         &self,
@@ -216,109 +464,95 @@ impl Outbox {
         endpoints: &[&str],
         now_ms: i64,
     ) -> Result<u64, OutboxError> {
-        let s = self.store();
-        let offset = self.next_offset.fetch_add(1, Ordering::AcqRel);
-        let id = event.id.as_bytes();
-        let id_len = u8::try_from(id.len()).map_err(|_| OutboxError::Corrupt(offset))?;
-        let refs = u16::try_from(endpoints.len()).unwrap_or(u16::MAX);
-        let mut rec = Vec::with_capacity(HEADER + id.len() + body.len());
-        rec.extend_from_slice(&refs.to_be_bytes());
-        rec.extend_from_slice(&call_key(&event.call.id).to_be_bytes());
-        rec.extend_from_slice(&event.sequence.to_be_bytes());
-        rec.extend_from_slice(&event.timestamp.millis().to_be_bytes());
-        rec.push(id_len);
-        rec.extend_from_slice(id);
-        rec.extend_from_slice(body);
-        // The record goes first: sled's log keeps write order, so a crash never
-        // leaves a pending entry without its event.
-        s.events.insert(offset.to_be_bytes(), rec)?;
-        s.meta.insert(NEXT_OFFSET, &(offset + 1).to_be_bytes())?;
-        let state = DeliveryState {
-            next_at_ms: now_ms,
-            ..DeliveryState::default()
+        let mut i = self.inner();
+        let offset = i.index.next_offset;
+        let head = Head {
+            offset,
+            call_key: call_key(&event.call.id),
+            sequence: event.sequence,
+            received_ms: event.timestamp.millis(),
         };
-        let state = serde_json::to_vec(&state).unwrap_or_default();
-        for e in endpoints {
-            s.pending.insert(pending_key(e, offset), state.clone())?;
-        }
+        let targets: Vec<(&str, Target)> = endpoints
+            .iter()
+            .map(|&e| (e, Target::Fresh(now_ms)))
+            .collect();
+        let payload = record::event(head, &event.id, &targets, body);
+        Self::put(&mut i, record::EVENT, &payload)?;
         Ok(offset)
     }
 
-    /// Flushes everything written so far to disk (fsync). Callers group many
-    /// appends under one commit.
+    /// Writes and syncs everything appended so far, on a blocking thread: the
+    /// async workers go on meanwhile. Callers group many appends under one commit.
     pub async fn commit(&self) -> Result<(), OutboxError> {
-        let upto = self.next_offset.load(Ordering::Acquire);
-        if self.fsync {
-            // Not awaited under the lock. A compaction meanwhile made everything up
-            // to `upto` durable in the new generation, so the old one's flush, which
-            // may fail once its files are gone, no longer decides.
-            let (db, generation) = {
-                let s = self.store();
-                (s.db.clone(), s.generation)
-            };
-            let flushed = db.flush_async().await;
-            drop(db);
-            if let Err(e) = flushed
-                && self.store().generation == generation
-            {
-                return Err(e.into());
-            }
-        }
-        self.durable_below.fetch_max(upto, Ordering::AcqRel);
-        Ok(())
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.commit())
+            .await
+            .map_err(|e| OutboxError::Failed(format!("commit task: {e}")))?
+    }
+
+    /// [`Outbox::commit`], blocking the caller: for tools that hold the store alone.
+    pub fn sync(&self) -> Result<(), OutboxError> {
+        self.shared.commit()
     }
 
     /// Every event below this offset has been committed.
     pub fn durable_below(&self) -> u64 {
-        self.durable_below.load(Ordering::Acquire)
+        self.shared.durable_below.load(Ordering::Acquire)
     }
 
     /// Whether an endpoint answered 410 Gone and has not been resumed since; kept
     /// across restarts.
     pub fn is_paused(&self, endpoint: &str) -> bool {
-        let s = self.store();
-        s.meta.get(paused_key(endpoint)).ok().flatten().is_some()
+        self.inner().index.paused.contains_key(endpoint)
     }
 
-    /// Pauses (410 Gone) or resumes an endpoint.
+    /// Pauses (410 Gone) or resumes an endpoint; durable with the next commit.
     pub fn set_paused(&self, endpoint: &str, paused: bool) -> Result<(), OutboxError> {
-        let s = self.store();
-        if paused {
-            s.meta.insert(paused_key(endpoint), &[1u8])?;
-        } else {
-            s.meta.remove(paused_key(endpoint))?;
+        let mut i = self.inner();
+        if i.index.paused.contains_key(endpoint) == paused {
+            return Ok(());
         }
-        Ok(())
+        Self::put(&mut i, record::PAUSE, &record::pause(endpoint, paused))
     }
 
     /// Keeps the call's state current with this event (or forgets a completed
     /// call); made durable by the same commit as the event.
     pub fn track_call(&self, event: &Event) -> Result<(), OutboxError> {
-        let s = self.store();
         if event.event_type == EventType::Completed {
-            s.calls.remove(event.call.id.as_bytes())?;
-        } else {
-            let snap = serde_json::to_vec(&event.snapshot()).unwrap_or_default();
-            s.calls.insert(event.call.id.as_bytes(), snap)?;
+            return self.forget_call(&event.call.id);
         }
-        Ok(())
+        let snap = serde_json::to_vec(&event.snapshot()).unwrap_or_default();
+        self.write(record::CALL, &record::call(&event.call.id, &snap))
     }
 
     /// Forgets a live call's snapshot (a replay's open calls must not resume as
     /// live ones); durable with the next commit.
     pub fn forget_call(&self, call_id: &str) -> Result<(), OutboxError> {
-        let s = self.store();
-        s.calls.remove(call_id.as_bytes())?;
-        Ok(())
+        let mut i = self.inner();
+        if !i.index.calls.contains_key(call_id) {
+            return Ok(());
+        }
+        Self::put(&mut i, record::CALL_GONE, &record::call(call_id, &[]))
     }
 
     /// Calls that were live when the process last stopped.
     pub fn active_calls(&self) -> Result<Vec<CallSnapshot>, OutboxError> {
-        let s = self.store();
-        let mut out = Vec::new();
-        for kv in s.calls.iter() {
-            let (_, v) = kv?;
-            match serde_json::from_slice(&v) {
+        let places: Vec<Position> = {
+            let i = self.inner();
+            let mut p: Vec<Position> = i.index.calls.values().map(|c| c.pos).collect();
+            p.sort_unstable();
+            p
+        };
+        let mut out = Vec::with_capacity(places.len());
+        for pos in places {
+            let Some((record::CALL, payload)) = self.read(pos)? else {
+                continue;
+            };
+            let mut c = record::Cursor(&payload);
+            if c.str16().is_none() {
+                continue;
+            }
+            match serde_json::from_slice(c.rest()) {
                 Ok(s) => out.push(s),
                 Err(e) => tracing::warn!(error = %e, "skipping unreadable call snapshot"),
             }
@@ -326,9 +560,47 @@ impl Outbox {
         Ok(out)
     }
 
-    /// Reads an event record.
+    /// Reads a record back; from disk without holding the lock during the read.
+    fn read(&self, pos: Position) -> Result<Option<(u8, Vec<u8>)>, OutboxError> {
+        let reader = {
+            let i = self.inner();
+            if let Some(r) = i.log.unwritten(pos) {
+                return Ok(Some(r));
+            }
+            i.log.reader(pos.segment)
+        };
+        match reader {
+            Some(r) => Ok(log::read_at(&r, pos.at)?),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads an event.
     pub fn event(&self, offset: u64) -> Result<Option<StoredEvent>, OutboxError> {
-        read_event(&self.store().events, offset)
+        // Twice at most: a carry may move the record between finding and reading it.
+        let mut moved_from = None;
+        loop {
+            let Some(pos) = self.inner().index.events.get(&offset).map(|e| e.pos) else {
+                return Ok(None);
+            };
+            let payload = match self.read(pos)? {
+                Some((record::EVENT, payload)) => payload,
+                _ if moved_from.is_none() => {
+                    moved_from = Some(pos);
+                    continue;
+                }
+                _ => return Err(OutboxError::Corrupt(offset)),
+            };
+            let r = record::decode_event(&payload).ok_or(OutboxError::Corrupt(offset))?;
+            return Ok(Some(StoredEvent {
+                offset,
+                call_key: r.head.call_key,
+                sequence: r.head.sequence,
+                received_ms: r.head.received_ms,
+                id: r.id.to_owned(),
+                body: bytes::Bytes::copy_from_slice(r.body),
+            }));
+        }
     }
 
     /// Every pending delivery of an endpoint, in offset order.
@@ -337,62 +609,36 @@ impl Outbox {
     }
 
     /// Up to `limit` pending deliveries of an endpoint from offset `from` on, in
-    /// offset order: a large backlog is loaded a page at a time, so delivery can
-    /// start before all of it is read.
+    /// offset order: a large backlog is handed over a page at a time, so delivery
+    /// can start before all of it is queued.
     pub fn pending_page(
         &self,
         endpoint: &str,
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, DeliveryState)>, OutboxError> {
-        let s = self.store();
-        let mut out = Vec::new();
-        let range = pending_key(endpoint, from)..=pending_key(endpoint, u64::MAX);
-        for kv in s.pending.range(range).take(limit) {
-            let (k, v) = kv?;
-            let offset = offset_of(&k).ok_or(OutboxError::Corrupt(0))?;
-            out.push((offset, serde_json::from_slice(&v).unwrap_or_default()));
-        }
-        Ok(out)
+        let i = self.inner();
+        Ok(i.index.pending.get(endpoint).map_or_else(Vec::new, |m| {
+            m.range(from..)
+                .take(limit)
+                .map(|(&o, s)| (o, s.clone()))
+                .collect()
+        }))
     }
 
     /// What a dispatcher needs of an event to queue it, `(call key, received ms)`,
-    /// without copying its body.
+    /// without reading its body.
     pub fn event_key(&self, offset: u64) -> Result<Option<(u64, i64)>, OutboxError> {
-        let s = self.store();
-        let Some(rec) = s.events.get(offset.to_be_bytes())? else {
-            return Ok(None);
-        };
-        let read = || {
-            let call_key = u64::from_be_bytes(rec.get(2..10)?.try_into().ok()?);
-            let received_ms = i64::from_be_bytes(rec.get(14..22)?.try_into().ok()?);
-            Some((call_key, received_ms))
-        };
-        read().map(Some).ok_or(OutboxError::Corrupt(offset))
+        let i = self.inner();
+        Ok(i.index
+            .events
+            .get(&offset)
+            .map(|e| (e.call_key, e.received_ms)))
     }
 
-    /// The endpoint names with pending deliveries, found by skipping from one name
-    /// to the next rather than reading every entry (a backlog can be millions).
+    /// The endpoint names with pending deliveries.
     pub fn pending_endpoints(&self) -> Result<Vec<String>, OutboxError> {
-        let s = self.store();
-        let mut names = Vec::new();
-        let mut from: Vec<u8> = Vec::new();
-        while let Some((k, _)) = s.pending.range(from.as_slice()..).next().transpose()? {
-            let cut = k.len().checked_sub(9).filter(|&i| k[i] == 0);
-            let Some(cut) = cut else {
-                // Not `name \0 offset` (damaged, or written by something else): step
-                // past this key alone rather than seek to it for ever.
-                from = k.to_vec();
-                from.push(0);
-                continue;
-            };
-            let name = &k[..cut];
-            names.push(String::from_utf8_lossy(name).into_owned());
-            // Keys are `name \0 offset`: `name \1` sorts after all of that name's.
-            from = name.to_vec();
-            from.push(1);
-        }
-        Ok(names)
+        Ok(self.inner().index.pending.keys().cloned().collect())
     }
 
     /// The state of one pending delivery.
@@ -401,15 +647,21 @@ impl Outbox {
         endpoint: &str,
         offset: u64,
     ) -> Result<Option<DeliveryState>, OutboxError> {
-        let s = self.store();
-        let v = s.pending.get(pending_key(endpoint, offset))?;
-        Ok(v.map(|v| serde_json::from_slice(&v).unwrap_or_default()))
+        let i = self.inner();
+        Ok(i.index
+            .pending
+            .get(endpoint)
+            .and_then(|m| m.get(&offset))
+            .cloned())
     }
 
     /// Number of pending deliveries of an endpoint.
     pub fn pending_count(&self, endpoint: &str) -> usize {
-        let s = self.store();
-        s.pending.scan_prefix(prefix(endpoint)).count()
+        self.inner()
+            .index
+            .pending
+            .get(endpoint)
+            .map_or(0, |m| m.len())
     }
 
     /// Records a failed attempt so a restart resumes the schedule where it was.
@@ -419,12 +671,20 @@ impl Outbox {
         offset: u64,
         state: &DeliveryState,
     ) -> Result<(), OutboxError> {
-        let s = self.store();
-        s.pending.insert(
-            pending_key(endpoint, offset),
-            serde_json::to_vec(state).unwrap_or_default(),
-        )?;
-        Ok(())
+        let mut i = self.inner();
+        let known = i
+            .index
+            .pending
+            .get(endpoint)
+            .is_some_and(|m| m.contains_key(&offset));
+        if !known {
+            return Ok(());
+        }
+        Self::put(
+            &mut i,
+            record::ATTEMPT,
+            &record::state(endpoint, offset, state),
+        )
     }
 
     /// The endpoint has the event: forget the delivery, and the event once no
@@ -433,81 +693,37 @@ impl Outbox {
         self.delivered_many(endpoint, &[offset])
     }
 
-    /// [`Outbox::delivered`] for several events in one transaction: a busy
-    /// dispatcher records what finished together at the cost of one.
+    /// [`Outbox::delivered`] for several events in one record: a busy dispatcher
+    /// records what finished together at the cost of one. Durable with the next
+    /// commit; a crash before it means those events are delivered again (at
+    /// least once, never lost).
     pub fn delivered_many(&self, endpoint: &str, offsets: &[u64]) -> Result<(), OutboxError> {
-        let s = self.store();
-        let keys: Vec<(u64, Vec<u8>)> = offsets
+        let mut i = self.inner();
+        let Some(m) = i.index.pending.get(endpoint) else {
+            return Ok(());
+        };
+        let known: Vec<u64> = offsets
             .iter()
-            .map(|&o| (o, pending_key(endpoint, o)))
+            .copied()
+            .filter(|o| m.contains_key(o))
             .collect();
-        (&s.pending, &s.events)
-            .transaction(|(pending, events)| {
-                for (offset, key) in &keys {
-                    if pending.remove(key.as_slice())?.is_some() {
-                        release(events, *offset)?;
-                    }
-                }
-                Ok(())
-            })
-            .map_err(|e| tx_error(e, offsets.first().copied().unwrap_or(0)))
+        if known.is_empty() {
+            return Ok(());
+        }
+        Self::put(
+            &mut i,
+            record::DELIVERED,
+            &record::delivered(endpoint, &known),
+        )
     }
 }
 
-/// Drops one reference to an event inside a transaction; the record goes with the last.
-fn release(
-    events: &sled::transaction::TransactionalTree,
-    offset: u64,
-) -> sled::transaction::ConflictableTransactionResult<(), ()> {
-    let key = offset.to_be_bytes();
-    let Some(rec) = events.get(key)? else {
-        return Ok(());
-    };
-    let refs = match rec.get(..2) {
-        Some(&[a, b]) => u16::from_be_bytes([a, b]),
-        _ => 0,
-    };
-    if refs <= 1 {
-        events.remove(&key)?;
-    } else {
-        let mut rec = rec.to_vec();
-        rec[..2].copy_from_slice(&(refs - 1).to_be_bytes());
-        events.insert(&key, rec)?;
+impl Drop for Outbox {
+    /// What was appended but not committed (acknowledgements, a pause) is
+    /// written on the way out, as sled's own shutdown flush did.
+    fn drop(&mut self) {
+        if let Err(e) = self.shared.commit() {
+            tracing::warn!(error = %e, "outbox: the last acknowledgements could not be written at close; those events are delivered again after the restart");
+        }
     }
-    Ok(())
-}
-
-fn tx_error(e: sled::transaction::TransactionError<()>, offset: u64) -> OutboxError {
-    match e {
-        sled::transaction::TransactionError::Storage(s) => OutboxError::Storage(s),
-        sled::transaction::TransactionError::Abort(()) => OutboxError::Corrupt(offset),
-    }
-}
-
-fn read_event(events: &sled::Tree, offset: u64) -> Result<Option<StoredEvent>, OutboxError> {
-    let Some(rec) = events.get(offset.to_be_bytes())? else {
-        return Ok(None);
-    };
-    decode(offset, &rec)
-        .map(Some)
-        .ok_or(OutboxError::Corrupt(offset))
-}
-
-fn decode(offset: u64, rec: &[u8]) -> Option<StoredEvent> {
-    let call_key = u64::from_be_bytes(rec.get(2..10)?.try_into().ok()?);
-    let sequence = u32::from_be_bytes(rec.get(10..14)?.try_into().ok()?);
-    let received_ms = i64::from_be_bytes(rec.get(14..22)?.try_into().ok()?);
-    let id_len = usize::from(*rec.get(22)?);
-    let id = std::str::from_utf8(rec.get(HEADER..HEADER + id_len)?)
-        .ok()?
-        .to_owned();
-    let body = bytes::Bytes::copy_from_slice(rec.get(HEADER + id_len..)?);
-    Some(StoredEvent {
-        offset,
-        call_key,
-        sequence,
-        received_ms,
-        id,
-        body,
-    })
 }

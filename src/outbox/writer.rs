@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Compactor, Outbox, OutboxError, Verdict, call_key};
+use super::{Outbox, OutboxError, call_key};
 use crate::call::Event;
 use crate::config::EndpointConfig;
 use crate::metrics::{Metrics, RateLog};
@@ -75,7 +75,6 @@ pub async fn run(
     mut rx: mpsc::Receiver<Event>,
     mut control: mpsc::Receiver<Control>,
     mut sinks: Sinks,
-    mut compactor: Compactor,
     metrics: Metrics,
 ) -> Result<(), OutboxError> {
     let mut batch: Vec<Event> = Vec::with_capacity(64);
@@ -85,11 +84,21 @@ pub async fn run(
     metrics
         .outbox_max_bytes
         .set(i64::try_from(outbox.max_bytes()).unwrap_or(i64::MAX));
+    let opened = outbox.opened();
+    metrics
+        .outbox_open_cut_bytes
+        .set(i64::try_from(opened.cut_bytes).unwrap_or(i64::MAX));
+    metrics
+        .outbox_open_damaged_bytes
+        .set(i64::try_from(opened.damaged_bytes).unwrap_or(i64::MAX));
+
     // Readiness is right from the start and follows the store while no event
     // arrives (a full store drained by deliveries, or space freed by hand).
     let _ = refresh_space(&outbox, &metrics, size);
     let mut recheck = tokio::time::interval(SPACE_RECHECK);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flush = tokio::time::interval(IDLE_FLUSH);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
             biased;
@@ -112,16 +121,17 @@ pub async fn run(
             },
             _ = recheck.tick() => {
                 size = outbox.size_on_disk();
-                // An idle store is compacted too: a backlog that drained at night
-                // leaves its garbage with no batch to follow.
-                size = match compact(&outbox, &mut compactor, &metrics, size).await {
-                    Ok(size) => size,
-                    Err(e) => {
-                        let e = broken(&outbox, &metrics, e, &mut rx, &mut control, &mut errors);
-                        return Err(e.await);
-                    }
-                };
                 let _ = refresh_space(&outbox, &metrics, size);
+                continue;
+            }
+            _ = flush.tick() => {
+                // Acknowledgements and attempts appended by the dispatchers, and
+                // what a carry moved, reach the disk while no event comes to
+                // take them along.
+                if let Err(e) = commit(&outbox, &metrics).await {
+                    let e = broken(&outbox, &metrics, e, &mut rx, &mut control, &mut errors);
+                    return Err(e.await);
+                }
                 continue;
             }
         };
@@ -133,7 +143,6 @@ pub async fn run(
             }
         }
         let now = Timestamp::now().millis();
-        // Measured once per batch, after its commit: listing sled's files is not free.
         let space = refresh_space(&outbox, &metrics, size);
         for event in batch.drain(..) {
             if let Err(e) = outbox.track_call(&event)
@@ -231,79 +240,14 @@ pub async fn run(
                 }
             }
         }
-        // Between batches, with everything so far committed: a compaction copies
-        // only durable data, and no commit of the writer's can race its switch.
-        size = match compact(&outbox, &mut compactor, &metrics, size).await {
-            Ok(size) => size,
-            Err(e) => {
-                let e = broken(&outbox, &metrics, e, &mut rx, &mut control, &mut errors);
-                return Err(e.await);
-            }
-        };
+        flush.reset();
     }
     Ok(())
 }
 
-/// Runs a compaction check, if one is due, on a blocking thread, so the runtime
-/// goes on taking SIP traffic into its queues meanwhile; returns the size on
-/// disk after, or the error after which the store must take no more events.
-async fn compact(
-    outbox: &Arc<Outbox>,
-    compactor: &mut Compactor,
-    metrics: &Metrics,
-    size: u64,
-) -> Result<u64, OutboxError> {
-    if !compactor.due(size) {
-        return Ok(size);
-    }
-    let (store, policy) = (outbox.clone(), compactor.clone());
-    let verdict = tokio::task::spawn_blocking(move || policy.check(&store))
-        .await
-        .unwrap_or_else(|e| Err(OutboxError::Layout(format!("compaction task failed: {e}"))));
-    compactor.checked(size, &verdict);
-    match &verdict {
-        Ok(Verdict::Done(c)) => {
-            tracing::info!(
-                before = c.before,
-                after = c.after,
-                live = c.live,
-                paused_ms = c.took.as_millis() as u64,
-                "outbox compacted"
-            );
-            metrics
-                .outbox_compaction_duration
-                .observe(c.took.as_secs_f64());
-        }
-        Ok(Verdict::TooMuchLive { live }) => {
-            tracing::warn!(
-                size,
-                live,
-                "outbox is mostly garbage but holds too much live data to compact while running; it is compacted at the next start"
-            )
-        }
-        Ok(v) => tracing::debug!(size, verdict = ?v, "outbox compaction not worth it"),
-        // Reported by the writer, which stops taking events.
-        Err(OutboxError::Unsynced(_)) => {}
-        Err(e) => {
-            tracing::error!(error = %e, "outbox compaction failed; the store is unchanged")
-        }
-    }
-    let label = match &verdict {
-        Ok(v) => v.label(),
-        Err(_) => Some("failed"),
-    };
-    if let Some(label) = label {
-        metrics.outbox_compactions.with_label_values(&[label]).inc();
-    }
-    if let Err(e @ OutboxError::Unsynced(_)) = verdict {
-        return Err(e);
-    }
-    let size = outbox.size_on_disk();
-    metrics
-        .outbox_size_bytes
-        .set(i64::try_from(size).unwrap_or(i64::MAX));
-    Ok(size)
-}
+/// How long an acknowledgement may wait in memory for a commit while no event
+/// arrives; losing it to a crash means one duplicate delivery, never a loss.
+const IDLE_FLUSH: Duration = Duration::from_millis(200);
 
 /// How often the store's size is measured while no event arrives.
 const SPACE_RECHECK: Duration = Duration::from_secs(5);
@@ -323,26 +267,34 @@ fn refresh_space(outbox: &Outbox, metrics: &Metrics, size: u64) -> Result<(), Ou
     space
 }
 
-/// One flush (fsync), timed. Not retried: sled keeps the first I/O error and
-/// returns it from every later call until the store is reopened.
+/// One commit (write + fdatasync), timed. Not retried: after a failed write the
+/// store cannot tell what reached the disk, so it refuses every later commit
+/// until it is reopened.
 async fn commit(outbox: &Outbox, metrics: &Metrics) -> Result<(), OutboxError> {
     let started = Instant::now();
     outbox.commit().await?;
     metrics
         .outbox_commit_duration
         .observe(started.elapsed().as_secs_f64());
+    metrics
+        .outbox_segments
+        .set(i64::try_from(outbox.segments()).unwrap_or(i64::MAX));
+    let (carried, shown) = (outbox.carried_bytes(), metrics.outbox_carried_bytes.get());
+    metrics
+        .outbox_carried_bytes
+        .inc_by(carried.saturating_sub(shown));
     Ok(())
 }
 
 /// How often a failed store checks whether the disk takes writes again.
 const SPACE_PROBE_EVERY: Duration = Duration::from_secs(1);
-/// What the probe must be able to write: room for sled to reopen and recover
-/// (it writes in 512 KiB segments), so a restart does not fail at once again.
+/// What the probe must be able to write: room for the log to reopen and start
+/// a segment, so a restart does not fail at once again.
 const SPACE_PROBE_BYTES: usize = 1 << 20;
-/// The probe's file, next to sled's own files (sled ignores names it does not know).
+/// The probe's file, in the store's directory beside the log.
 const SPACE_PROBE_FILE: &str = ".siphook-space-probe";
 
-/// The store failed a write (disk full, I/O error) and sled will fail every later
+/// The store failed a write (disk full, I/O error) and refuses every later
 /// one, so the only way back is a fresh process. Meanwhile: not ready (reason
 /// `outbox_storage_error`), every new event refused and counted, the watchdog and
 /// reloads still answered. Once the disk takes a probe write again, the error is
