@@ -2,13 +2,11 @@
 # Soak: a release siphook under steady load for a long time, against an endpoint
 # that answers 1 webhook in 10 with 503 (siphook retries them on its schedule).
 # Samples every INTERVAL seconds: RSS, the outbox's size on disk (du and
-# siphook_outbox_size_bytes), pending deliveries, dead letters; then the bench's
+# siphook_outbox_size_bytes), pending deliveries, dead letters, the outbox log's
+# segments and the bytes carried forward out of old segments; then the bench's
 # own verdict (zero loss, no duplicates, signatures, order).
 #
 #   benches/soak.sh [DURATION_S] [RATE] [OUT_DIR]   (defaults: 3600 500 target/soak)
-#
-# SOAK_COMPACT_ABOVE (e.g. "16MiB") sets [outbox] compact_above, so a run shorter
-# than the hour still shows compactions; default: siphook's own (64 MiB).
 #
 # Writes OUT_DIR/samples.csv, OUT_DIR/bench.txt, OUT_DIR/bench.json and
 # OUT_DIR/soak.svg (RSS and outbox size over time). Loopback only.
@@ -32,7 +30,6 @@ udp = ["127.0.0.1:$SIP"]
 tcp = []
 [outbox]
 path = "$work/outbox"
-${SOAK_COMPACT_ABOVE:+compact_above = \"$SOAK_COMPACT_ABOVE\"}
 [admin]
 listen = "127.0.0.1:$ADMIN"
 [log]
@@ -53,17 +50,18 @@ start_siphook "$work/siphook.toml" "$ADMIN" "$OUT/siphook.log"
 metric() { awk -v m="$1" '$1 == m || index($1, m"{") == 1 {print $2; exit}' "$work/metrics"; }
 sample() {
   curl -fs "http://127.0.0.1:$ADMIN/metrics" >"$work/metrics" 2>/dev/null || : >"$work/metrics"
-  printf '%s,%s,%s,%s,%s,%s,%s,%s\n' "$(( $(date +%s) - start ))" \
+  printf '%s,%s,%s,%s,%s,%s,%s,%s,%s\n' "$(( $(date +%s) - start ))" \
     "$(awk '/^VmRSS/ {print $2 * 1024}' "/proc/$pid/status")" \
     "$(du -sb "$work/outbox" 2>/dev/null | cut -f1 || true)" \
     "$(metric siphook_outbox_size_bytes)" \
     "$(metric siphook_outbox_pending)" \
     "$(metric siphook_deadletters)" \
     "$(metric siphook_calls_active)" \
-    "$(metric 'siphook_outbox_compactions_total{result="done"}')"
+    "$(metric siphook_outbox_segments)" \
+    "$(metric siphook_outbox_carried_bytes_total)"
 }
 start=$(date +%s)
-echo "seconds,rss_bytes,outbox_du_bytes,outbox_size_bytes,pending,deadletters,calls_active,compactions" >"$OUT/samples.csv"
+echo "seconds,rss_bytes,outbox_du_bytes,outbox_size_bytes,pending,deadletters,calls_active,segments,carried_bytes" >"$OUT/samples.csv"
 (
   # Bounded: the run, its drain and a margin.
   for _ in $(seq 0 $(( (DURATION + 360) / INTERVAL ))); do

@@ -45,7 +45,7 @@ def main():
     rows = list(csv.DictReader(open(sys.argv[1])))
     body = [
         panel(rows, "rss_bytes", "siphook resident memory (RSS)", "#1f77b4", 0),
-        panel(rows, "outbox_du_bytes", "outbox on disk (du of the sled directory)", "#d62728", H),
+        panel(rows, "outbox_du_bytes", "outbox on disk (du of the outbox directory)", "#d62728", H),
     ]
     with open(sys.argv[2], "w") as f:
         f.write(

@@ -7,7 +7,10 @@
 //! pending, dead or live into a new log beside it, syncs it, renames it into place
 //! and only then removes the sled files. A crash at any point leaves either the
 //! sled store (the next open migrates again, from the start) or the complete log
-//! (the next open finishes removing the sled files). Nothing is dropped.
+//! marked as migrated from it (the next open finishes removing the sled files).
+//! A sled store beside a log without that mark was written after the upgrade (an
+//! older siphook run here since): the open refuses it rather than delete it.
+//! Nothing is dropped.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -21,6 +24,8 @@ const LOCK: &str = "LOCK";
 const LOG: &str = "log";
 const MIGRATING: &str = "log.migrating";
 const CURRENT: &str = "CURRENT";
+/// In the log while the sled files it was moved from are not all removed yet.
+const FROM_SLED: &str = "FROM-SLED";
 /// What sled 0.34 puts in its directory.
 const SLED_FILES: [&str; 3] = ["db", "conf", "blobs"];
 const SLED_SNAPSHOT_PREFIX: &str = "snap.";
@@ -121,14 +126,29 @@ pub(super) fn migrate(root: &Path, segment_bytes: u64) -> Result<Option<u64>, Ou
     let Some(dir) = sled_store(root)? else {
         return Ok(None);
     };
-    if log_dir(root).exists() {
+    let marker = log_dir(root).join(FROM_SLED);
+    if marker.exists() {
         // Migrated, but the sled files were not all removed before a stop.
         tracing::info!(path = %root.display(), "removing the outbox's earlier sled store, migrated at an earlier start");
         remove_sled(root)?;
+        std::fs::remove_file(&marker).map_err(|e| layout_error("removing", &marker, e))?;
         return Ok(None);
+    }
+    if log_dir(root).exists() {
+        return Err(OutboxError::Layout(format!(
+            "{} holds both the segment log and a sled store written after the upgrade \
+             (an older siphook ran here since): start that older siphook until its \
+             outbox is empty, then remove its files (CURRENT, gen-*, db, conf, blobs)",
+            root.display()
+        )));
     }
     tracing::info!(path = %dir.display(), "moving the outbox from the earlier sled store into the segment log");
     let moved = copy(&dir, &tmp, segment_bytes)?;
+    let marker = tmp.join(FROM_SLED);
+    File::create(&marker)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| layout_error("writing", &marker, e))?;
+    sync_dir(&tmp)?;
     let target = log_dir(root);
     std::fs::rename(&tmp, &target).map_err(|e| layout_error("renaming", &tmp, e))?;
     sync_dir(root)?;
