@@ -13,7 +13,8 @@
 //! A record is `len: u32 LE`, `crc: u32 LE`, `kind: u8`, then `len` bytes. The CRC
 //! covers the segment's number, the kind and the bytes: a reused segment's old
 //! records fail it and read as the end of the log. A full segment ends with a seal
-//! record. Scanning stops at the first record that does not check: in the newest
+//! record, and every batch taken with a commit record: an open hands over only
+//! records a commit record follows, so a batch is applied whole or not at all. Scanning stops at the first record that does not check: in the newest
 //! segment that is where the last commit ended (or was torn by a crash; either way
 //! nothing after it was acknowledged); in an older, unsealed one it is damage,
 //! reported with the bytes it costs.
@@ -62,8 +63,11 @@ pub const SEGMENT_HEADER: u64 = 16;
 /// `len`, `crc`, `kind`.
 pub const RECORD_HEADER: usize = 9;
 /// The log's own record: "this segment is complete, the next one follows".
-/// Callers' kinds are below it.
+/// Callers' kinds are below [`COMMIT`].
 pub const SEAL: u8 = 0xff;
+/// The log's own record that ends every batch taken: an open hands over only
+/// records followed by one, so a batch is applied whole or not at all.
+pub const COMMIT: u8 = 0xfe;
 const SPARE: &str = "spare";
 /// Smallest segment: room for a header and a few records.
 pub const MIN_SEGMENT_BYTES: u64 = 4096;
@@ -245,7 +249,12 @@ impl Log {
             ..Recovery::default()
         };
         let mut files = BTreeMap::new();
-        // (segment, end of its good records, records, sealed, non-zero bytes after)
+        // Records are handed over only once the commit record that ends their
+        // batch is seen: a batch a crash cut short (one segment written, the
+        // next not) is dropped whole, never applied in part.
+        let mut held: Vec<(Position, u8, Vec<u8>)> = Vec::new();
+        let mut committed: Option<Position> = None;
+        // (segment, end of its good records, sealed, last non-zero byte + 1)
         let mut scanned = Vec::with_capacity(numbers.len());
         for &n in &numbers {
             let path = dir.join(segment_name(n));
@@ -256,14 +265,40 @@ impl Log {
                 .map_err(io(&path))?;
             let mut bytes = Vec::new();
             file.read_to_end(&mut bytes).map_err(io(&path))?;
-            let (end, records, sealed) = scan(n, &bytes, &mut each);
-            recovery.records += records;
+            let (end, records, sealed) = scan(n, &bytes);
+            let mut from = 0;
+            for (k, &(pos, kind, _)) in records.iter().enumerate() {
+                if kind != COMMIT {
+                    continue;
+                }
+                for (p, kind, payload) in held.drain(..) {
+                    each(p, kind, &payload);
+                    recovery.records += 1;
+                }
+                for &(p, kind, ref r) in &records[from..k] {
+                    each(p, kind, &bytes[r.clone()]);
+                    recovery.records += 1;
+                }
+                from = k + 1;
+                committed = Some(Position {
+                    segment: n,
+                    at: pos.at + RECORD_HEADER as u64,
+                });
+            }
+            for &(p, kind, ref r) in &records[from..] {
+                held.push((p, kind, bytes[r.clone()].to_vec()));
+            }
+            if !sealed && n != numbers.last().copied().unwrap_or(n) {
+                // Damage: what was held from before it cannot be completed.
+                held.clear();
+            }
             let rest = bytes.get(end as usize..).unwrap_or_default();
-            let after = rest
-                .iter()
-                .rposition(|&b| b != 0)
-                .map_or(0, |p| p as u64 + 1);
-            scanned.push((n, end, records, sealed, after));
+            let used = end
+                + rest
+                    .iter()
+                    .rposition(|&b| b != 0)
+                    .map_or(0, |p| p as u64 + 1);
+            scanned.push((n, end, sealed, used));
             files.insert(
                 n,
                 Segment {
@@ -272,26 +307,32 @@ impl Log {
                 },
             );
         }
-        // A crash between starting a segment and writing the batch that sealed
-        // the one before leaves that one unsealed and the new one empty: the
-        // older one's end is the crash's tail, and appending goes on there.
-        if let [.., (prev, _, _, false, _), (last, _, 0, _, _)] = scanned[..] {
-            let path = dir.join(segment_name(last));
-            files.remove(&last);
+        // The log ends after the last commit record. Later segments hold only
+        // records of a batch that never finished: they go; and in the segment of
+        // the last commit, what follows it (that batch's first part, its seal, a
+        // reused segment's old bytes) is zeroed.
+        let last = committed.unwrap_or(Position {
+            segment: numbers.first().copied().unwrap_or(1),
+            at: SEGMENT_HEADER,
+        });
+        for &(n, _, _, used) in scanned.iter().filter(|s| s.0 > last.segment) {
+            let path = dir.join(segment_name(n));
+            files.remove(&n);
             std::fs::remove_file(&path).map_err(io(&path))?;
-            sync_dir(dir)?;
-            scanned.pop();
-            numbers.pop();
+            recovery.tail_bytes += used.saturating_sub(SEGMENT_HEADER);
             recovery.segments -= 1;
-            debug_assert_eq!(numbers.last(), Some(&prev));
         }
+        if numbers.iter().any(|&n| n > last.segment) {
+            sync_dir(dir)?;
+        }
+        numbers.retain(|&n| n <= last.segment);
         let mut last_end = SEGMENT_HEADER;
-        for (i, &(n, end, _, sealed, after)) in scanned.iter().enumerate() {
-            if i + 1 == scanned.len() {
-                recovery.tail_bytes = after;
-                last_end = end;
-            } else if !sealed {
-                recovery.damaged.push((n, after));
+        for &(n, end, sealed, used) in &scanned {
+            if n == last.segment {
+                recovery.tail_bytes += used.saturating_sub(last.at);
+                last_end = last.at;
+            } else if n < last.segment && !sealed {
+                recovery.damaged.push((n, used - end));
             }
         }
         let mut log = Log {
@@ -311,10 +352,12 @@ impl Log {
                 log.prepare_spare()?;
             }
             log.start_segment(1)?;
-        } else if recovery.tail_bytes > 0 {
-            // What follows the last good record must not read as records after
-            // the next commit writes less than it: zero it now, durably.
-            log.zero_tail(recovery.tail_bytes)?;
+        } else if let Some(&(_, _, _, used)) = scanned.iter().find(|s| s.0 == last.segment)
+            && used > last_end
+        {
+            // What follows the last commit must not read as records after the
+            // next commit writes less than it: zero it now, durably.
+            log.zero_tail(used - last_end)?;
         }
         Ok((log, recovery))
     }
@@ -414,7 +457,7 @@ impl Log {
     /// rename and two syncs: the only I/O an append does).
     pub fn append(&mut self, kind: u8, payload: &[u8]) -> Result<Position, LogError> {
         let size = (RECORD_HEADER + payload.len()) as u64;
-        let room = |bytes: u64| bytes.saturating_sub(SEGMENT_HEADER + RECORD_HEADER as u64);
+        let room = |bytes: u64| bytes.saturating_sub(SEGMENT_HEADER + 2 * RECORD_HEADER as u64);
         if size > room(self.segment_bytes) {
             return Err(LogError::TooLarge(payload.len()));
         }
@@ -422,7 +465,8 @@ impl Log {
             return Err(LogError::Stopped);
         }
         let cap = self.newest().map_or(0, |s| s.bytes);
-        if self.end + size + RECORD_HEADER as u64 > cap {
+        // Room is kept for a commit record and a seal after every record.
+        if self.end + size + 2 * RECORD_HEADER as u64 > cap {
             self.push(SEAL, &[])?;
             if let Err(e) = self.start_segment(self.segment + 1) {
                 self.stopped = true;
@@ -435,6 +479,11 @@ impl Log {
     /// Hands over what was appended since the last take, to be written by
     /// [`Batch::write`].
     pub fn take(&mut self) -> Batch {
+        if !self.chunks.is_empty() {
+            // Room for it is kept by `append`; a failure here cannot happen
+            // short of a record count past u32, and would only lose the batch.
+            let _ = self.push(COMMIT, &[]);
+        }
         let chunks = Arc::new(std::mem::take(&mut self.chunks));
         self.in_flight = Some(chunks.clone());
         Batch {
@@ -610,42 +659,43 @@ fn prepare_spare(dir: &Path, segment_bytes: u64) -> Result<(), LogError> {
     sync_dir(dir)
 }
 
-/// Hands over segment `n`'s good records; returns where they end, how many, and
-/// whether the segment ends with its seal.
-fn scan(n: u64, bytes: &[u8], each: &mut impl FnMut(Position, u8, &[u8])) -> (u64, u64, bool) {
+/// A record found by [`scan`]: where, its kind, and its payload's bytes.
+type Scanned = (Position, u8, std::ops::Range<usize>);
+
+/// Segment `n`'s good records, `(position, kind, payload range)`, the seal not
+/// included; where they end, and whether the segment ends with its seal.
+fn scan(n: u64, bytes: &[u8]) -> (u64, Vec<Scanned>, bool) {
+    let mut records = Vec::new();
     let header_ok = bytes.get(..8) == Some(MAGIC.as_slice())
         && bytes.get(8..16) == Some(n.to_le_bytes().as_slice());
     if !header_ok {
-        return (SEGMENT_HEADER, 0, false);
+        return (SEGMENT_HEADER, records, false);
     }
     let mut at = SEGMENT_HEADER as usize;
-    let mut records = 0;
     while let Some(head) = bytes.get(at..at + RECORD_HEADER) {
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
         let want = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
         let kind = head[8];
-        let Some(payload) = bytes.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else {
+        let body = at + RECORD_HEADER..at + RECORD_HEADER + len;
+        let Some(payload) = bytes.get(body.clone()) else {
             break;
         };
         if (len == 0 && want == 0 && kind == 0) || crc(n, kind, payload) != want {
             break;
         }
-        at += RECORD_HEADER + len;
+        let pos = Position {
+            segment: n,
+            at: at as u64,
+        };
+        at = body.end;
         if kind == SEAL {
             return (at as u64, records, true);
         }
-        each(
-            Position {
-                segment: n,
-                at: (at - RECORD_HEADER - len) as u64,
-            },
-            kind,
-            payload,
-        );
-        records += 1;
+        records.push((pos, kind, body));
     }
     (at as u64, records, false)
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -747,5 +797,48 @@ mod tests {
             "every record of the newest segment"
         );
         assert_eq!(rec.damaged, vec![]);
+    }
+
+    #[test]
+    fn a_batch_cut_between_its_segments_is_dropped_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _, _) = reopen(dir.path());
+        for i in 0..10u8 {
+            log.append(1, &[i; 1000]).unwrap();
+        }
+        log.commit().unwrap();
+        // One batch that starts a new segment halfway through.
+        let first = log.segment();
+        while log.segment() == first {
+            log.append(2, &[7; 1000]).unwrap();
+        }
+        log.append(2, &[8; 1000]).unwrap();
+        log.commit().unwrap();
+        let second = log.segment();
+        drop(log);
+        // The crash came after the first segment's part was synced, before the
+        // second's was written: only its header is there.
+        let path = dir.path().join(segment_name(second));
+        let f = File::options().write(true).open(&path).unwrap();
+        f.write_all_at(&vec![0u8; (SEG - SEGMENT_HEADER) as usize], SEGMENT_HEADER)
+            .unwrap();
+        drop(f);
+        let (mut log, rec, seen) = reopen(dir.path());
+        assert_eq!(seen.len(), 10, "none of the cut batch is handed over");
+        assert!(seen.iter().all(|(_, k, _)| *k == 1));
+        assert!(rec.tail_bytes > 0 && rec.damaged.is_empty());
+        assert_eq!(
+            log.segment(),
+            first,
+            "appending goes on after the last commit"
+        );
+        assert!(!path.exists());
+        log.append(3, b"after").unwrap();
+        log.commit().unwrap();
+        drop(log);
+        let (_, rec, seen) = reopen(dir.path());
+        assert_eq!(seen.len(), 11);
+        assert_eq!(seen[10].1, 3);
+        assert_eq!((rec.tail_bytes, rec.damaged.len()), (0, 0));
     }
 }
