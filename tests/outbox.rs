@@ -352,3 +352,19 @@ async fn a_store_of_the_sled_engine_is_moved_into_the_log_at_the_first_open() {
         }
     }
 }
+
+/// Right after a migration, an older siphook run in the same directory writes a
+/// new sled store: the next start refuses the two, and deletes neither.
+#[test]
+fn a_sled_store_written_after_the_migration_is_refused_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox");
+    let a = common::initiated_event("sled-again");
+    write_sled_store(&path, &[(5, &a)]);
+    drop(Outbox::open(&path, 1 << 30).unwrap());
+    write_sled_store(&path, &[(5, &a)]);
+    let refused = Outbox::open(&path, 1 << 30).err().expect("refused");
+    assert!(refused.to_string().contains("older siphook"), "{refused}");
+    assert!(path.join("CURRENT").exists() && path.join("gen-3").exists());
+    assert!(path.join("log").exists());
+}

@@ -153,6 +153,9 @@ pub(super) fn migrate(root: &Path, segment_bytes: u64) -> Result<Option<u64>, Ou
     std::fs::rename(&tmp, &target).map_err(|e| layout_error("renaming", &tmp, e))?;
     sync_dir(root)?;
     remove_sled(root)?;
+    let marker = target.join(FROM_SLED);
+    std::fs::remove_file(&marker).map_err(|e| layout_error("removing", &marker, e))?;
+    sync_dir(&target)?;
     tracing::info!(
         events = moved,
         "outbox migrated from sled; the sled files are removed"

@@ -3,6 +3,7 @@
 //!
 //! - `<dir>/seg-<n>`: segments, numbered up from 1, each `SEGMENT_HEADER` bytes of
 //!   header then records. A segment is zero-filled to its full size and synced
+//!   (when the file system had room for a spare; else it is made sparse)
 //!   before it takes its first record, so a commit overwrites blocks the file
 //!   system already has: its `fdatasync` writes data, never a new file size or
 //!   extent, which is what makes it as cheap as the in-place floor.
@@ -19,9 +20,10 @@
 //! nothing after it was acknowledged); in an older, unsealed one it is damage,
 //! reported with the bytes it costs.
 //!
-//! Appending only fills memory; [`Log::take`] hands the bytes over as a
-//! [`Batch`] that is written and synced without the log (and whoever guards it)
-//! being held, so readers and appenders never wait for a disk flush.
+//! Appending only fills memory, but for starting a segment (a rename and two
+//! syncs, once a segment); [`Log::take`] hands the bytes over as a [`Batch`]
+//! that is written and synced without the log (and whoever guards it) being
+//! held, so readers and appenders do not wait for a batch's flush.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -57,7 +59,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
     }
 }
 
+/// The header of a segment made from zeros: anything non-zero after its last
+/// commit was written by this segment's own commits (a batch cut short).
 const MAGIC: &[u8; 8] = b"SIPHLOG1";
+/// The header of a segment made from a retired one: after its last commit lie
+/// the old segment's bytes, which are not a crash's loss.
+const MAGIC_REUSED: &[u8; 8] = b"SIPHLOGR";
 /// Magic, then the segment's number.
 pub const SEGMENT_HEADER: u64 = 16;
 /// `len`, `crc`, `kind`.
@@ -248,13 +255,24 @@ impl Log {
             segments: numbers.len(),
             ..Recovery::default()
         };
+        // Half-made spares of an earlier process (a crash while zero-filling).
+        for entry in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(SPARE_TMP))
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         let mut files = BTreeMap::new();
         // Records are handed over only once the commit record that ends their
         // batch is seen: a batch a crash cut short (one segment written, the
         // next not) is dropped whole, never applied in part.
         let mut held: Vec<(Position, u8, Vec<u8>)> = Vec::new();
         let mut committed: Option<Position> = None;
-        // (segment, end of its good records, sealed, last non-zero byte + 1)
+        // (segment, end of its good records, sealed, last non-zero byte + 1,
+        // header: Some(reused) or None)
         let mut scanned = Vec::with_capacity(numbers.len());
         for &n in &numbers {
             let path = dir.join(segment_name(n));
@@ -298,7 +316,7 @@ impl Log {
                     .iter()
                     .rposition(|&b| b != 0)
                     .map_or(0, |p| p as u64 + 1);
-            scanned.push((n, end, sealed, used));
+            scanned.push((n, end, sealed, used, header(n, &bytes)));
             files.insert(
                 n,
                 Segment {
@@ -315,11 +333,11 @@ impl Log {
             segment: numbers.first().copied().unwrap_or(1),
             at: SEGMENT_HEADER,
         });
-        for &(n, _, _, used) in scanned.iter().filter(|s| s.0 > last.segment) {
+        for &(n, end, ..) in scanned.iter().filter(|s| s.0 > last.segment) {
             let path = dir.join(segment_name(n));
             files.remove(&n);
             std::fs::remove_file(&path).map_err(io(&path))?;
-            recovery.tail_bytes += used.saturating_sub(SEGMENT_HEADER);
+            recovery.tail_bytes += end.saturating_sub(SEGMENT_HEADER);
             recovery.segments -= 1;
         }
         if numbers.iter().any(|&n| n > last.segment) {
@@ -327,12 +345,25 @@ impl Log {
         }
         numbers.retain(|&n| n <= last.segment);
         let mut last_end = SEGMENT_HEADER;
-        for &(n, end, sealed, used) in &scanned {
+        // Bytes to clear after the last commit, and whether the header is bad.
+        let mut clear = 0;
+        let mut bad_header = false;
+        for &(n, end, sealed, used, head) in &scanned {
             if n == last.segment {
-                recovery.tail_bytes += used.saturating_sub(last.at);
+                // Own records after the last commit are a cut batch; after them,
+                // a fresh segment has only zeros (so anything else is the cut
+                // batch too), a reused one the old segment's bytes.
+                let stop = if head == Some(true) {
+                    end
+                } else {
+                    used.max(end)
+                };
+                recovery.tail_bytes += stop.saturating_sub(last.at);
+                clear = stop.saturating_sub(last.at);
                 last_end = last.at;
+                bad_header = head.is_none();
             } else if n < last.segment && !sealed {
-                recovery.damaged.push((n, used - end));
+                recovery.damaged.push((n, used.saturating_sub(end).max(1)));
             }
         }
         let mut log = Log {
@@ -352,14 +383,30 @@ impl Log {
                 log.prepare_spare()?;
             }
             log.start_segment(1)?;
-        } else if let Some(&(_, _, _, used)) = scanned.iter().find(|s| s.0 == last.segment)
-            && used > last_end
-        {
-            // What follows the last commit must not read as records after the
-            // next commit writes less than it: zero it now, durably.
-            log.zero_tail(used - last_end)?;
+        } else {
+            if bad_header {
+                // Started, and killed before its header was written: write it, or
+                // the next open would not read what goes in now.
+                log.write_header(last.segment)?;
+            }
+            if clear > 0 {
+                // What follows the last commit must not read as records after the
+                // next commit writes less than it: zero it now, durably.
+                log.zero_tail(clear)?;
+            }
         }
         Ok((log, recovery))
+    }
+
+    fn write_header(&self, n: u64) -> Result<(), LogError> {
+        let path = self.dir.join(segment_name(n));
+        let Some(seg) = self.files.get(&n) else {
+            return Ok(());
+        };
+        let mut header = MAGIC.to_vec();
+        header.extend_from_slice(&n.to_le_bytes());
+        seg.file.write_all_at(&header, 0).map_err(io(&path))?;
+        seg.file.sync_data().map_err(io(&path))
     }
 
     fn newest(&self) -> Option<&Segment> {
@@ -389,25 +436,33 @@ impl Log {
     fn start_segment(&mut self, n: u64) -> Result<(), LogError> {
         let spare = self.dir.join(SPARE);
         let path = self.dir.join(segment_name(n));
-        let file = match File::options().read(true).write(true).open(&spare) {
-            Ok(f) => {
-                std::fs::rename(&spare, &path).map_err(io(&path))?;
-                f
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let f = File::options()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                    .map_err(io(&path))?;
-                f.set_len(self.segment_bytes).map_err(io(&path))?;
-                f
-            }
-            Err(e) => return Err(io(&spare)(e)),
+        // Renamed first and opened by its new name: the spare maker may replace
+        // `spare` at any moment, and a handle opened before the rename could be
+        // to the file it replaced (unlinked, so every record written to it lost).
+        let usable = std::fs::metadata(&spare).is_ok_and(|m| m.len() >= self.segment_bytes);
+        let from_spare = usable && std::fs::rename(&spare, &path).is_ok();
+        let file = if from_spare {
+            File::options()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(io(&path))?
+        } else {
+            // No spare, or one made for smaller segments (max_bytes was raised):
+            // a new file at full size, sparse.
+            let f = File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            f.set_len(self.segment_bytes).map_err(io(&path))?;
+            f
         };
         let bytes = file.metadata().map_err(io(&path))?.len();
-        let mut header = MAGIC.to_vec();
+        let mut old = [0u8; 8];
+        let reused = file.read_exact_at(&mut old, 0).is_ok() && old != [0u8; 8];
+        let mut header = if reused { MAGIC_REUSED } else { MAGIC }.to_vec();
         header.extend_from_slice(&n.to_le_bytes());
         file.write_all_at(&header, 0).map_err(io(&path))?;
         file.sync_data().map_err(io(&path))?;
@@ -467,8 +522,23 @@ impl Log {
         let cap = self.newest().map_or(0, |s| s.bytes);
         // Room is kept for a commit record and a seal after every record.
         if self.end + size + 2 * RECORD_HEADER as u64 > cap {
+            let (segment, end) = (self.segment, self.end);
+            let chunk_len = self.chunks.last().map(|c| (c.segment, c.bytes.len()));
             self.push(SEAL, &[])?;
-            if let Err(e) = self.start_segment(self.segment + 1) {
+            if let Err(e) = self.start_segment(segment + 1) {
+                // The seal goes back out: the commit record that ends this batch
+                // must land before it, or the open would never see it.
+                match chunk_len {
+                    Some((s, len)) if s == segment => {
+                        if let Some(c) = self.chunks.last_mut() {
+                            c.bytes.truncate(len);
+                        }
+                    }
+                    _ => {
+                        self.chunks.pop();
+                    }
+                }
+                self.end = end;
                 self.stopped = true;
                 return Err(e);
             }
@@ -636,8 +706,15 @@ impl Log {
     }
 }
 
+/// Names of spares being made: each maker writes its own file, so two (a store
+/// closed and reopened in one process, its old maker still running) never write
+/// one file between them.
+static SPARE_MAKERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+const SPARE_TMP: &str = "spare.tmp";
+
 fn prepare_spare(dir: &Path, segment_bytes: u64) -> Result<(), LogError> {
-    let tmp = dir.join("spare.tmp");
+    let n = SPARE_MAKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("{SPARE_TMP}.{}.{n}", std::process::id()));
     let zeroed = (|| {
         let mut file = File::create(&tmp)?;
         let zeros = vec![0u8; 1 << 20];
@@ -659,6 +736,18 @@ fn prepare_spare(dir: &Path, segment_bytes: u64) -> Result<(), LogError> {
     sync_dir(dir)
 }
 
+/// Whether segment `n`'s header checks: `Some(reused)`, or `None`.
+fn header(n: u64, bytes: &[u8]) -> Option<bool> {
+    if bytes.get(8..16) != Some(n.to_le_bytes().as_slice()) {
+        return None;
+    }
+    match bytes.get(..8) {
+        Some(m) if m == MAGIC.as_slice() => Some(false),
+        Some(m) if m == MAGIC_REUSED.as_slice() => Some(true),
+        _ => None,
+    }
+}
+
 /// A record found by [`scan`]: where, its kind, and its payload's bytes.
 type Scanned = (Position, u8, std::ops::Range<usize>);
 
@@ -666,9 +755,7 @@ type Scanned = (Position, u8, std::ops::Range<usize>);
 /// included; where they end, and whether the segment ends with its seal.
 fn scan(n: u64, bytes: &[u8]) -> (u64, Vec<Scanned>, bool) {
     let mut records = Vec::new();
-    let header_ok = bytes.get(..8) == Some(MAGIC.as_slice())
-        && bytes.get(8..16) == Some(n.to_le_bytes().as_slice());
-    if !header_ok {
+    if header(n, bytes).is_none() {
         return (SEGMENT_HEADER, records, false);
     }
     let mut at = SEGMENT_HEADER as usize;
@@ -840,5 +927,48 @@ mod tests {
         assert_eq!(seen.len(), 11);
         assert_eq!(seen[10].1, 3);
         assert_eq!((rec.tail_bytes, rec.damaged.len()), (0, 0));
+    }
+
+    #[test]
+    fn a_segment_that_cannot_start_leaves_the_batch_before_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _, _) = reopen(dir.path());
+        // Something holds the next segment's name: starting it fails.
+        std::fs::write(dir.path().join(segment_name(2)), b"in the way").unwrap();
+        let mut kept = 0;
+        let failed = loop {
+            match log.append(1, &[5; 1000]) {
+                Ok(_) => kept += 1,
+                Err(e) => break e,
+            }
+            assert!(kept < 1000, "the segment never filled");
+        };
+        assert!(matches!(failed, LogError::Io { .. }), "{failed}");
+        assert!(matches!(log.append(1, b"x"), Err(LogError::Stopped)));
+        log.commit().unwrap();
+        drop(log);
+        let (_, rec, seen) = reopen(dir.path());
+        assert_eq!(
+            seen.len(),
+            kept,
+            "every record before the failure, committed"
+        );
+        assert!(rec.damaged.is_empty());
+    }
+
+    #[test]
+    fn a_reused_segments_old_bytes_are_not_reported_as_a_cut_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _, _) = reopen(dir.path());
+        // Enough turnover that the newest segment is a reused one.
+        for i in 0..400u32 {
+            log.append(3, &i.to_le_bytes().repeat(100)).unwrap();
+            log.commit().unwrap();
+            log.retire_below(log.segment()).unwrap();
+        }
+        drop(log);
+        let (_, rec, seen) = reopen(dir.path());
+        assert!(!seen.is_empty());
+        assert_eq!((rec.tail_bytes, rec.damaged.len()), (0, 0), "a clean stop");
     }
 }

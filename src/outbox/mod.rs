@@ -190,10 +190,21 @@ impl Shared {
         if let Some(why) = lock(&self.failed).clone() {
             return Err(OutboxError::Failed(why));
         }
-        let (batch, upto, newest) = {
+        // What may be retired is decided as of the take: the index then says
+        // what the records in this batch and before it leave live. A record
+        // appended while the batch is written (an acknowledgement that frees
+        // a segment) must not retire anything before it is on disk itself.
+        let (batch, upto, keep) = {
             let mut i = self.inner();
             let upto = i.index.next_offset;
-            (i.log.take(), upto, i.log.segment())
+            // Segments below the newest were sealed in this batch or an earlier
+            // one, so once it is written all they hold is on disk.
+            let keep = i
+                .index
+                .oldest_based()
+                .unwrap_or(u64::MAX)
+                .min(i.log.segment());
+            (i.log.take(), upto, keep)
         };
         if !batch.is_empty()
             && let Err(e) = batch.write(self.fsync.load(Ordering::Relaxed))
@@ -204,9 +215,6 @@ impl Shared {
         self.durable_below.fetch_max(upto, Ordering::AcqRel);
         let mut i = self.inner();
         i.log.landed();
-        // Segments below `newest` were sealed in this batch or an earlier one,
-        // so all they hold is on disk.
-        let keep = i.index.oldest_based().unwrap_or(u64::MAX).min(newest);
         if i.log.oldest() < keep
             && let Err(e) = i.log.retire_below(keep)
         {

@@ -24,7 +24,8 @@ pub(super) const CALL: u8 = 6;
 pub(super) const CALL_GONE: u8 = 7;
 /// An endpoint paused (410 Gone) or resumed.
 pub(super) const PAUSE: u8 = 8;
-/// The next offset to hand out: the first record of every segment, so offsets
+/// The next offset to hand out: in every segment, right after the record that
+/// started it, and at every open, so offsets
 /// never go back once the segments that held the newest events are retired.
 pub(super) const NEXT: u8 = 9;
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::log::LogError;
 use super::{Outbox, OutboxError, call_key};
 use crate::call::Event;
 use crate::config::EndpointConfig;
@@ -145,12 +146,20 @@ pub async fn run(
         }
         let now = Timestamp::now().millis();
         let space = refresh_space(&outbox, &metrics, size);
+        // A write the store refused (not for space): after this batch is
+        // committed and announced, the writer stops taking events.
+        let mut failed: Option<OutboxError> = None;
         for event in batch.drain(..) {
-            if let Err(e) = outbox.track_call(&event)
-                && let Some(suppressed) = errors.allow()
-            {
-                tracing::error!(error = %e, suppressed, "cannot persist call state");
-            }
+            // The call's state goes with its event (after it, in the same batch,
+            // which the store applies whole or not at all); not for an event the
+            // store refused.
+            let mut track = |event: &Event| {
+                if let Err(e) = outbox.track_call(event)
+                    && let Some(suppressed) = errors.allow()
+                {
+                    tracing::error!(error = %e, suppressed, "cannot persist call state");
+                }
+            };
             let body = event.to_json();
             let targets: Vec<usize> = endpoints
                 .iter()
@@ -166,6 +175,9 @@ pub async fn run(
                 .collect();
             let received_ms = event.timestamp.millis();
             if targets.is_empty() {
+                if space.is_ok() {
+                    track(&event);
+                }
                 stored.push(Stored {
                     body,
                     offset: u64::MAX,
@@ -187,13 +199,16 @@ pub async fn run(
                 _ => outbox.append(&event, &body, &names, now),
             };
             match result {
-                Ok(offset) => stored.push(Stored {
-                    body,
-                    offset,
-                    call_key: call_key(&event.call.id),
-                    received_ms,
-                    targets,
-                }),
+                Ok(offset) => {
+                    track(&event);
+                    stored.push(Stored {
+                        body,
+                        offset,
+                        call_key: call_key(&event.call.id),
+                        received_ms,
+                        targets,
+                    });
+                }
                 Err(e) => {
                     let reason = if matches!(e, OutboxError::Full { .. }) {
                         "outbox_full"
@@ -203,6 +218,15 @@ pub async fn run(
                     metrics.events_refused.with_label_values(&[reason]).inc();
                     if let Some(suppressed) = errors.allow() {
                         tracing::error!(error = %e, event_id = %event.id, suppressed, "event refused by the outbox");
+                    }
+                    // Only a store that cannot write is fatal; an event too large
+                    // for a segment is refused alone.
+                    let fatal = !matches!(
+                        e,
+                        OutboxError::Full { .. } | OutboxError::Storage(LogError::TooLarge(_))
+                    );
+                    if fatal && failed.is_none() {
+                        failed = Some(e);
                     }
                 }
             }
@@ -240,6 +264,10 @@ pub async fn run(
                     });
                 }
             }
+        }
+        if let Some(e) = failed {
+            // What was committed before it is announced; nothing more is taken.
+            return Err(broken(&outbox, &metrics, e, &mut rx, &mut control, &mut errors).await);
         }
         flush.reset();
     }
