@@ -182,6 +182,13 @@ fn the_binary_runs_a_spawned_bench_and_writes_json_and_a_plot() {
     assert_eq!(report["siphook"]["received"], 80);
     assert_eq!(report["siphook"]["lost"], 0);
     assert!(report["siphook"]["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+    // Who had the machine (in 10 ms ticks, so a short run may show 0 for one):
+    // reported for the spawned siphook and for the tool.
+    let cpu = &report["siphook"]["cpu"];
+    assert!(cpu["tap"].as_f64().is_some_and(|c| c >= 0.0), "{cpu}");
+    assert!(cpu["tool"].as_f64().is_some_and(|c| c >= 0.0), "{cpu}");
+    assert!(cpu["wall_s"].as_f64().is_some_and(|w| w > 0.3), "{cpu}");
+    assert!(stdout.contains("cpu: tap (cores)"), "{stdout}");
     assert!(report["baseline"].is_null());
     assert_eq!(report["failures"], serde_json::json!([]));
     let svg = std::fs::read_to_string(&svg).expect("the plot");

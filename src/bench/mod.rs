@@ -8,6 +8,7 @@
 //! process: a latency is "webhook fully received" minus "SIP message handed to the
 //! socket".
 
+mod cpu;
 mod flow;
 mod generator;
 mod output;
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+pub use cpu::CpuUse;
 pub use flow::Profile;
 pub use output::{Report, RunConfig};
 pub use report::{PhaseResult, Quantiles, Ratios};
@@ -410,6 +412,7 @@ async fn phases(
         }
         Target::External { sip, .. } => (sip, None),
     };
+    let cpu_from = cpu::sample();
     let sent = generator::run(&plan(target, event_prefix)).await;
     let sent = match sent {
         Ok(s) => s,
@@ -425,11 +428,13 @@ async fn phases(
         receiver.distinct_events() >= expected
     })
     .await;
+    // Before the stop: a thread's time is read while it lives.
+    let cpu_used = cpu::between(&cpu_from, &cpu::sample(), spawned.is_some());
     if let Some(s) = spawned {
         s.stop().await?;
     }
     let seen = receiver.take();
-    let siphook = report::analyse_events(
+    let mut siphook = report::analyse_events(
         opts.profile,
         &sent,
         report::EventTally {
@@ -440,6 +445,7 @@ async fn phases(
             refused: seen.refused,
         },
     );
+    siphook.cpu = Some(cpu_used);
     drop(seen);
     drop(sent);
     if !opts.baseline {
@@ -451,6 +457,7 @@ async fn phases(
         .parse()
         .map_err(|_| BenchError::Option("receiver address".into()))?;
     let relay = relay::Relay::start(opts.transport, url).await?;
+    let cpu_from = cpu::sample();
     let sent = generator::run(&plan(relay.addr, relay_prefix)).await;
     let sent = match sent {
         Ok(s) => s,
@@ -464,10 +471,12 @@ async fn phases(
         receiver.relayed() >= messages
     })
     .await;
+    let cpu_used = cpu::between(&cpu_from, &cpu::sample(), true);
     let errors = relay.errors.load(std::sync::atomic::Ordering::Relaxed);
     relay.stop().await;
     let seen = receiver.take();
-    let baseline = report::analyse_relay(opts.profile, &sent, &seen.relayed, errors);
+    let mut baseline = report::analyse_relay(opts.profile, &sent, &seen.relayed, errors);
+    baseline.cpu = Some(cpu_used);
     Ok((siphook, Some(baseline)))
 }
 

@@ -162,6 +162,9 @@ impl Report {
         row("duplicates", &|p| p.duplicates.to_string());
         row("out of order", &|p| opt(p.out_of_order));
         row("bad signatures", &|p| opt(p.bad_signatures));
+        let cores = |v: Option<f64>| v.map_or("-".into(), |c| format!("{c:.2}"));
+        row("cpu: tap (cores)", &|p| cores(p.cpu.and_then(|c| c.tap)));
+        row("cpu: bench tool (cores)", &|p| cores(p.cpu.map(|c| c.tool)));
         if s.timer_events > 0 {
             row("timer events (untimed)", &|p| p.timer_events.to_string());
         }

@@ -96,7 +96,12 @@ impl Relay {
         let thread = std::thread::Builder::new()
             .name("null-relay".into())
             .spawn(move || {
-                let runtime = match tokio::runtime::Runtime::new() {
+                // Named for the CPU report (bench/cpu.rs).
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .thread_name("relay-rt")
+                    .build()
+                {
                     Ok(r) => r,
                     Err(e) => {
                         let _ = bound_tx.send(Err(BenchError::Runtime(e)));

@@ -100,6 +100,9 @@ pub struct PhaseResult {
     /// Webhooks the receiver answered 503 on purpose (`--fail-every`); each one's
     /// retry is what counted as received, and its latency includes the wait.
     pub refused_on_purpose: usize,
+    /// CPU over the phase (first message to the end of the drain wait), by the
+    /// tap under test and by the bench tool itself.
+    pub cpu: Option<super::CpuUse>,
     /// Every latency sample as (sent, latency) in nanoseconds since the run began,
     /// in arrival order: what `--plot` draws. Too bulky for the JSON report.
     #[serde(skip)]
@@ -189,6 +192,7 @@ pub(crate) fn analyse_events(profile: Profile, sent: &Sent, tally: EventTally<'_
         relay_errors: None,
         latency_ms: Quantiles::of(samples.iter().map(|&(_, l)| l).collect()),
         refused_on_purpose: tally.refused,
+        cpu: None,
         series: samples,
     }
 }
@@ -273,6 +277,7 @@ pub(crate) fn analyse_relay(
         relay_errors: Some(relay_errors),
         latency_ms: Quantiles::of(samples.iter().map(|&(_, l)| l).collect()),
         refused_on_purpose: 0,
+        cpu: None,
         series: samples,
     }
 }

@@ -119,7 +119,13 @@ impl Spawned {
         let thread = std::thread::Builder::new()
             .name("siphook".into())
             .spawn(move || {
-                let runtime = tokio::runtime::Runtime::new().map_err(BenchError::Runtime)?;
+                // As `siphook run` builds it, named so the CPU report can tell
+                // siphook's threads from the tool's (bench/cpu.rs).
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .thread_name("siphook-rt")
+                    .build()
+                    .map_err(BenchError::Runtime)?;
                 let opts = ServeOptions {
                     output: EventOutput::Quiet,
                     log: None,
