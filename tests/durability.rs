@@ -99,6 +99,9 @@ async fn every_announced_event_follows_an_fdatasync() {
         announced >= CALLS,
         "{announced} announcements seen in the trace:\n{text}"
     );
-    assert!(writes >= CALLS, "{writes} segment writes seen in the trace:\n{text}");
+    assert!(
+        writes >= CALLS,
+        "{writes} segment writes seen in the trace:\n{text}"
+    );
     println!("{announced} events announced, {writes} segment writes, {syncs} fdatasync calls");
 }

@@ -29,20 +29,7 @@ impl Outbox {
         offset: u64,
         state: &DeliveryState,
     ) -> Result<(), OutboxError> {
-        let mut i = self.inner();
-        let known = i
-            .index
-            .pending
-            .get(endpoint)
-            .is_some_and(|m| m.contains_key(&offset));
-        if !known {
-            return Ok(());
-        }
-        Self::put(
-            &mut i,
-            record::DEAD,
-            &record::state(endpoint, offset, state),
-        )
+        self.put_state(record::DEAD, endpoint, offset, state)
     }
 
     /// Dead-letter offsets per endpoint (of one endpoint, if given): what
@@ -121,12 +108,7 @@ impl Outbox {
     /// the next commit.
     pub fn replay(&self, endpoint: &str, offset: u64, now_ms: i64) -> Result<bool, OutboxError> {
         let mut i = self.inner();
-        let known = i
-            .index
-            .dead
-            .get(endpoint)
-            .is_some_and(|m| m.contains_key(&offset));
-        if !known {
+        if !i.index.is_dead(endpoint, offset) {
             return Ok(false);
         }
         Self::put(

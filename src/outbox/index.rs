@@ -87,6 +87,20 @@ impl Index {
         }
     }
 
+    /// Whether `endpoint`'s delivery of `offset` is pending.
+    pub fn is_pending(&self, endpoint: &str, offset: u64) -> bool {
+        self.pending
+            .get(endpoint)
+            .is_some_and(|m| m.contains_key(&offset))
+    }
+
+    /// Whether `endpoint`'s delivery of `offset` is a dead letter.
+    pub fn is_dead(&self, endpoint: &str, offset: u64) -> bool {
+        self.dead
+            .get(endpoint)
+            .is_some_and(|m| m.contains_key(&offset))
+    }
+
     /// The oldest segment anything is based in.
     pub fn oldest_based(&self) -> Option<u64> {
         self.segments.keys().next().copied()

@@ -19,10 +19,12 @@
 //! A store written by siphook's earlier sled engine is moved into the log at the
 //! first open (`legacy.rs`).
 
+mod commit;
 mod dead;
 mod index;
 mod legacy;
 pub mod log;
+mod read;
 mod record;
 pub mod writer;
 
@@ -33,10 +35,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-use crate::call::{CallSnapshot, Event, EventType};
+use crate::call::{Event, EventType};
 pub use dead::DeadLetter;
 use index::Index;
-use log::{Log, LogError, Position};
+use log::{Log, LogError};
 use record::{Head, Target};
 
 /// Why the outbox could not do what was asked. Carries no event content.
@@ -148,12 +150,6 @@ pub struct Outbox {
     _lock: File,
 }
 
-/// Carried forward per commit at most, so a carry never makes one commit slow.
-const CARRY_BUDGET: u64 = 256 << 10;
-/// Segments kept before any is carried: below this the disk is small anyway,
-/// and a young segment's live records are mostly about to be delivered.
-const CARRY_AFTER_SEGMENTS: usize = 4;
-
 /// The size of new segments for a store of at most `max_bytes`: a sixty-fourth,
 /// between 64 KiB and 16 MiB (16 MiB at the default 1 GiB). Small enough that the
 /// segment being filled and the spare hide little of the limit, that zero-filling
@@ -175,155 +171,6 @@ pub fn call_key(call_id: &str) -> u64 {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Shared {
-    fn inner(&self) -> MutexGuard<'_, Inner> {
-        lock(&self.inner)
-    }
-
-    /// Writes and syncs what was appended, then retires what nothing needs and
-    /// carries a sparse old segment's live records forward (for the next
-    /// commit). Blocking: runs on a blocking thread or in a tool.
-    fn commit(self: &Arc<Self>) -> Result<(), OutboxError> {
-        let _turn = lock(&self.turn);
-        if let Some(why) = lock(&self.failed).clone() {
-            return Err(OutboxError::Failed(why));
-        }
-        // What may be retired is decided as of the take: the index then says
-        // what the records in this batch and before it leave live. A record
-        // appended while the batch is written (an acknowledgement that frees
-        // a segment) must not retire anything before it is on disk itself.
-        let (batch, upto, keep) = {
-            let mut i = self.inner();
-            let upto = i.index.next_offset;
-            // Segments below the newest were sealed in this batch or an earlier
-            // one, so once it is written all they hold is on disk.
-            let keep = i
-                .index
-                .oldest_based()
-                .unwrap_or(u64::MAX)
-                .min(i.log.segment());
-            (i.log.take(), upto, keep)
-        };
-        if !batch.is_empty()
-            && let Err(e) = batch.write(self.fsync.load(Ordering::Relaxed))
-        {
-            *lock(&self.failed) = Some(e.to_string());
-            return Err(e.into());
-        }
-        self.durable_below.fetch_max(upto, Ordering::AcqRel);
-        let mut i = self.inner();
-        i.log.landed();
-        if i.log.oldest() < keep
-            && let Err(e) = i.log.retire_below(keep)
-        {
-            // What was committed stands; the segment stays until the next try.
-            tracing::warn!(error = %e, "cannot retire an old outbox segment");
-        }
-        let carried = carry(&mut i);
-        self.carried.fetch_add(carried, Ordering::Relaxed);
-        if i.log.needs_spare()
-            && i.log.spare_fits()
-            && !self.making_spare.swap(true, Ordering::AcqRel)
-        {
-            let make = i.log.spare_maker();
-            let me = self.clone();
-            let spawned = std::thread::Builder::new()
-                .name("outbox-spare".into())
-                .spawn(move || {
-                    if let Err(e) = make() {
-                        tracing::warn!(error = %e, "cannot prepare the outbox's next segment ahead; the next one is made when needed");
-                    }
-                    me.making_spare.store(false, Ordering::Release);
-                });
-            if spawned.is_err() {
-                self.making_spare.store(false, Ordering::Release);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Rewrites the live records of the oldest segment at the head of the log, up to
-/// [`CARRY_BUDGET`], when the log is past a few segments and at most half of it
-/// is live: then the segment can go with the next commit. The whole log's share
-/// decides, not the oldest segment's: carried stragglers gather into dense
-/// segments, which must move on too, or the sparse ones behind them never go.
-/// Returns the bytes carried.
-fn carry(i: &mut Inner) -> u64 {
-    let Some(oldest) = i.index.oldest_based() else {
-        return 0;
-    };
-    if i.log.segments() < CARRY_AFTER_SEGMENTS || oldest != i.log.oldest() {
-        return 0;
-    }
-    let live_bytes: u64 = i.index.segments.values().map(|s| s.bytes).sum();
-    let log_bytes = (i.log.segments() as u64).saturating_mul(i.log.segment_bytes());
-    if live_bytes.saturating_mul(2) > log_bytes {
-        return 0;
-    }
-    let Some(live) = i.index.segments.get(&oldest) else {
-        return 0;
-    };
-    let Some(reader) = i.log.reader(oldest) else {
-        return 0;
-    };
-    let events: Vec<u64> = live.events.iter().copied().collect();
-    let calls: Vec<String> = live.calls.iter().cloned().collect();
-    let paused: Vec<String> = live.paused.iter().cloned().collect();
-    let mut budget = CARRY_BUDGET;
-    for offset in events {
-        let Some(e) = i.index.events.get(&offset).copied() else {
-            continue;
-        };
-        let Ok(Some((record::EVENT, old))) = log::read_at(&reader, e.pos.at) else {
-            continue;
-        };
-        let Some(r) = record::decode_event(&old) else {
-            continue;
-        };
-        let targets = i.index.targets_of(offset);
-        let targets: Vec<(&str, Target)> = targets
-            .iter()
-            .map(|(n, t)| (n.as_str(), t.clone()))
-            .collect();
-        let payload = record::event(r.head, r.id, &targets, r.body);
-        if !carry_one(i, record::EVENT, &payload, &mut budget) {
-            return CARRY_BUDGET - budget;
-        }
-    }
-    for id in calls {
-        let Some(c) = i.index.calls.get(&id).copied() else {
-            continue;
-        };
-        let Ok(Some((record::CALL, payload))) = log::read_at(&reader, c.pos.at) else {
-            continue;
-        };
-        if !carry_one(i, record::CALL, &payload, &mut budget) {
-            return CARRY_BUDGET - budget;
-        }
-    }
-    for name in paused {
-        if !carry_one(i, record::PAUSE, &record::pause(&name, true), &mut budget) {
-            return CARRY_BUDGET - budget;
-        }
-    }
-    CARRY_BUDGET - budget
-}
-
-/// Appends one carried record; whether to go on (it worked and budget is left).
-fn carry_one(i: &mut Inner, kind: u8, payload: &[u8], budget: &mut u64) -> bool {
-    match Outbox::put(i, kind, payload) {
-        Ok(()) => {
-            *budget = budget.saturating_sub(payload.len() as u64);
-            *budget > 0
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot carry an outbox record forward; the old segment stays");
-            false
-        }
-    }
 }
 
 impl Outbox {
@@ -543,135 +390,6 @@ impl Outbox {
         Self::put(&mut i, record::CALL_GONE, &record::call(call_id, &[]))
     }
 
-    /// Calls that were live when the process last stopped.
-    pub fn active_calls(&self) -> Result<Vec<CallSnapshot>, OutboxError> {
-        let places: Vec<Position> = {
-            let i = self.inner();
-            let mut p: Vec<Position> = i.index.calls.values().map(|c| c.pos).collect();
-            p.sort_unstable();
-            p
-        };
-        let mut out = Vec::with_capacity(places.len());
-        for pos in places {
-            let Some((record::CALL, payload)) = self.read(pos)? else {
-                continue;
-            };
-            let mut c = record::Cursor(&payload);
-            if c.str16().is_none() {
-                continue;
-            }
-            match serde_json::from_slice(c.rest()) {
-                Ok(s) => out.push(s),
-                Err(e) => tracing::warn!(error = %e, "skipping unreadable call snapshot"),
-            }
-        }
-        Ok(out)
-    }
-
-    /// Reads a record back; from disk without holding the lock during the read.
-    fn read(&self, pos: Position) -> Result<Option<(u8, Vec<u8>)>, OutboxError> {
-        let reader = {
-            let i = self.inner();
-            if let Some(r) = i.log.unwritten(pos) {
-                return Ok(Some(r));
-            }
-            i.log.reader(pos.segment)
-        };
-        match reader {
-            Some(r) => Ok(log::read_at(&r, pos.at)?),
-            None => Ok(None),
-        }
-    }
-
-    /// Reads an event.
-    pub fn event(&self, offset: u64) -> Result<Option<StoredEvent>, OutboxError> {
-        // Twice at most: a carry may move the record between finding and reading it.
-        let mut moved_from = None;
-        loop {
-            let Some(pos) = self.inner().index.events.get(&offset).map(|e| e.pos) else {
-                return Ok(None);
-            };
-            let payload = match self.read(pos)? {
-                Some((record::EVENT, payload)) => payload,
-                _ if moved_from.is_none() => {
-                    moved_from = Some(pos);
-                    continue;
-                }
-                _ => return Err(OutboxError::Corrupt(offset)),
-            };
-            let r = record::decode_event(&payload).ok_or(OutboxError::Corrupt(offset))?;
-            return Ok(Some(StoredEvent {
-                offset,
-                call_key: r.head.call_key,
-                sequence: r.head.sequence,
-                received_ms: r.head.received_ms,
-                id: r.id.to_owned(),
-                body: bytes::Bytes::copy_from_slice(r.body),
-            }));
-        }
-    }
-
-    /// Every pending delivery of an endpoint, in offset order.
-    pub fn pending(&self, endpoint: &str) -> Result<Vec<(u64, DeliveryState)>, OutboxError> {
-        self.pending_page(endpoint, 0, usize::MAX)
-    }
-
-    /// Up to `limit` pending deliveries of an endpoint from offset `from` on, in
-    /// offset order: a large backlog is handed over a page at a time, so delivery
-    /// can start before all of it is queued.
-    pub fn pending_page(
-        &self,
-        endpoint: &str,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, DeliveryState)>, OutboxError> {
-        let i = self.inner();
-        Ok(i.index.pending.get(endpoint).map_or_else(Vec::new, |m| {
-            m.range(from..)
-                .take(limit)
-                .map(|(&o, s)| (o, s.clone()))
-                .collect()
-        }))
-    }
-
-    /// What a dispatcher needs of an event to queue it, `(call key, received ms)`,
-    /// without reading its body.
-    pub fn event_key(&self, offset: u64) -> Result<Option<(u64, i64)>, OutboxError> {
-        let i = self.inner();
-        Ok(i.index
-            .events
-            .get(&offset)
-            .map(|e| (e.call_key, e.received_ms)))
-    }
-
-    /// The endpoint names with pending deliveries.
-    pub fn pending_endpoints(&self) -> Result<Vec<String>, OutboxError> {
-        Ok(self.inner().index.pending.keys().cloned().collect())
-    }
-
-    /// The state of one pending delivery.
-    pub fn pending_state(
-        &self,
-        endpoint: &str,
-        offset: u64,
-    ) -> Result<Option<DeliveryState>, OutboxError> {
-        let i = self.inner();
-        Ok(i.index
-            .pending
-            .get(endpoint)
-            .and_then(|m| m.get(&offset))
-            .cloned())
-    }
-
-    /// Number of pending deliveries of an endpoint.
-    pub fn pending_count(&self, endpoint: &str) -> usize {
-        self.inner()
-            .index
-            .pending
-            .get(endpoint)
-            .map_or(0, |m| m.len())
-    }
-
     /// Records a failed attempt so a restart resumes the schedule where it was.
     pub fn record_attempt(
         &self,
@@ -679,20 +397,23 @@ impl Outbox {
         offset: u64,
         state: &DeliveryState,
     ) -> Result<(), OutboxError> {
+        self.put_state(record::ATTEMPT, endpoint, offset, state)
+    }
+
+    /// Writes an `ATTEMPT` or `DEAD` record for a delivery that is pending;
+    /// nothing for one that is not (delivered or given up meanwhile).
+    fn put_state(
+        &self,
+        kind: u8,
+        endpoint: &str,
+        offset: u64,
+        state: &DeliveryState,
+    ) -> Result<(), OutboxError> {
         let mut i = self.inner();
-        let known = i
-            .index
-            .pending
-            .get(endpoint)
-            .is_some_and(|m| m.contains_key(&offset));
-        if !known {
+        if !i.index.is_pending(endpoint, offset) {
             return Ok(());
         }
-        Self::put(
-            &mut i,
-            record::ATTEMPT,
-            &record::state(endpoint, offset, state),
-        )
+        Self::put(&mut i, kind, &record::state(endpoint, offset, state))
     }
 
     /// The endpoint has the event: forget the delivery, and the event once no

@@ -1,0 +1,189 @@
+//! The log on its own: order, torn tails, cut batches, reuse, a segment that
+//! cannot start.
+
+use super::*;
+
+const SEG: u64 = 64 * 1024;
+
+type Seen = Vec<(Position, u8, Vec<u8>)>;
+
+fn reopen(dir: &Path) -> (Log, Recovery, Seen) {
+    let mut seen = Vec::new();
+    let (log, rec) = Log::open(dir, SEG, |p, k, b| seen.push((p, k, b.to_vec()))).unwrap();
+    (log, rec, seen)
+}
+
+#[test]
+fn committed_records_come_back_in_order_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _, seen) = reopen(dir.path());
+    assert!(seen.is_empty());
+    let mut wrote = Vec::new();
+    for i in 0..300u32 {
+        let body = vec![(i % 251) as u8; 500 + i as usize];
+        let p = log.append((i % 7) as u8 + 1, &body).unwrap();
+        wrote.push((p, (i % 7) as u8 + 1, body));
+        if i % 10 == 9 {
+            log.commit().unwrap();
+        }
+    }
+    log.commit().unwrap();
+    assert!(
+        log.segment() > 2,
+        "300 records of ~650 B span several 64 KiB segments"
+    );
+    let (p, k, b) = &wrote[123];
+    assert_eq!(log.read(*p).unwrap(), Some((*k, b.clone())));
+    drop(log);
+    let (_, rec, seen) = reopen(dir.path());
+    assert_eq!(seen, wrote);
+    assert_eq!(rec.records, 300);
+    assert_eq!((rec.tail_bytes, rec.damaged.len()), (0, 0));
+}
+
+#[test]
+fn a_torn_tail_is_cut_at_the_last_whole_record_and_zeroed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _, _) = reopen(dir.path());
+    for i in 0..20u8 {
+        log.append(1, &[i; 100]).unwrap();
+    }
+    log.commit().unwrap();
+    let last = log.append(1, &[99; 100]).unwrap();
+    log.commit().unwrap();
+    drop(log);
+    // The last record's second half never reached the disk.
+    let path = dir.path().join(segment_name(1));
+    let f = File::options().write(true).open(&path).unwrap();
+    f.write_all_at(&[0u8; 60], last.at + 60).unwrap();
+    drop(f);
+    let (mut log, rec, seen) = reopen(dir.path());
+    assert_eq!(seen.len(), 20);
+    assert_eq!(rec.tail_bytes, 60, "the torn record's first 60 bytes");
+    // The next commit is shorter than the torn one: its leftovers must not read
+    // as a record after it.
+    log.append(2, &[7; 10]).unwrap();
+    log.commit().unwrap();
+    drop(log);
+    let (_, rec, seen) = reopen(dir.path());
+    assert_eq!(seen.len(), 21);
+    assert_eq!(seen[20].1, 2);
+    assert_eq!(rec.tail_bytes, 0);
+}
+
+#[test]
+fn retired_segments_are_reused_and_their_old_records_never_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _, _) = reopen(dir.path());
+    for i in 0..400u32 {
+        log.append(3, &i.to_le_bytes().repeat(100)).unwrap();
+        log.commit().unwrap();
+        log.retire_below(log.segment()).unwrap();
+    }
+    let live: Vec<u64> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(segment_number))
+        .collect();
+    assert_eq!(live, vec![log.segment()], "only the newest segment is kept");
+    assert!(dir.path().join(SPARE).exists());
+    assert_eq!(log.size_on_disk(), 2 * SEG);
+    let newest = log.segment();
+    drop(log);
+    let (log, rec, seen) = reopen(dir.path());
+    assert_eq!(log.segment(), newest);
+    assert!(seen.iter().all(|(p, _, _)| p.segment == newest));
+    let first = u32::from_le_bytes(seen[0].2[..4].try_into().unwrap());
+    assert_eq!(
+        seen.len() as u32,
+        400 - first,
+        "every record of the newest segment"
+    );
+    assert_eq!(rec.damaged, vec![]);
+}
+
+#[test]
+fn a_batch_cut_between_its_segments_is_dropped_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _, _) = reopen(dir.path());
+    for i in 0..10u8 {
+        log.append(1, &[i; 1000]).unwrap();
+    }
+    log.commit().unwrap();
+    // One batch that starts a new segment halfway through.
+    let first = log.segment();
+    while log.segment() == first {
+        log.append(2, &[7; 1000]).unwrap();
+    }
+    log.append(2, &[8; 1000]).unwrap();
+    log.commit().unwrap();
+    let second = log.segment();
+    drop(log);
+    // The crash came after the first segment's part was synced, before the
+    // second's was written: only its header is there.
+    let path = dir.path().join(segment_name(second));
+    let f = File::options().write(true).open(&path).unwrap();
+    f.write_all_at(&vec![0u8; (SEG - SEGMENT_HEADER) as usize], SEGMENT_HEADER)
+        .unwrap();
+    drop(f);
+    let (mut log, rec, seen) = reopen(dir.path());
+    assert_eq!(seen.len(), 10, "none of the cut batch is handed over");
+    assert!(seen.iter().all(|(_, k, _)| *k == 1));
+    assert!(rec.tail_bytes > 0 && rec.damaged.is_empty());
+    assert_eq!(
+        log.segment(),
+        first,
+        "appending goes on after the last commit"
+    );
+    assert!(!path.exists());
+    log.append(3, b"after").unwrap();
+    log.commit().unwrap();
+    drop(log);
+    let (_, rec, seen) = reopen(dir.path());
+    assert_eq!(seen.len(), 11);
+    assert_eq!(seen[10].1, 3);
+    assert_eq!((rec.tail_bytes, rec.damaged.len()), (0, 0));
+}
+
+#[test]
+fn a_segment_that_cannot_start_leaves_the_batch_before_it_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _, _) = reopen(dir.path());
+    // Something holds the next segment's name: starting it fails.
+    std::fs::write(dir.path().join(segment_name(2)), b"in the way").unwrap();
+    let mut kept = 0;
+    let failed = loop {
+        match log.append(1, &[5; 1000]) {
+            Ok(_) => kept += 1,
+            Err(e) => break e,
+        }
+        assert!(kept < 1000, "the segment never filled");
+    };
+    assert!(matches!(failed, LogError::Io { .. }), "{failed}");
+    assert!(matches!(log.append(1, b"x"), Err(LogError::Stopped)));
+    log.commit().unwrap();
+    drop(log);
+    let (_, rec, seen) = reopen(dir.path());
+    assert_eq!(
+        seen.len(),
+        kept,
+        "every record before the failure, committed"
+    );
+    assert!(rec.damaged.is_empty());
+}
+
+#[test]
+fn a_reused_segments_old_bytes_are_not_reported_as_a_cut_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _, _) = reopen(dir.path());
+    // Enough turnover that the newest segment is a reused one.
+    for i in 0..400u32 {
+        log.append(3, &i.to_le_bytes().repeat(100)).unwrap();
+        log.commit().unwrap();
+        log.retire_below(log.segment()).unwrap();
+    }
+    drop(log);
+    let (_, rec, seen) = reopen(dir.path());
+    assert!(!seen.is_empty());
+    assert_eq!((rec.tail_bytes, rec.damaged.len()), (0, 0), "a clean stop");
+}
