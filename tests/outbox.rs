@@ -368,3 +368,22 @@ fn a_sled_store_written_after_the_migration_is_refused_not_deleted() {
     assert!(path.join("CURRENT").exists() && path.join("gen-3").exists());
     assert!(path.join("log").exists());
 }
+
+/// An event larger than a segment (64 KiB in a 1 MiB store) is refused with a
+/// clear error, alone: the store goes on taking the next one.
+#[tokio::test]
+async fn an_event_larger_than_a_segment_is_refused_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(&dir.path().join("outbox"), 1 << 20).unwrap();
+    let e = common::initiated_event("huge");
+    let err = ob
+        .append(&e, &vec![b'x'; 100 << 10], &["a"], 0)
+        .expect_err("too large");
+    assert!(
+        err.to_string().contains("does not fit in a segment"),
+        "{err}"
+    );
+    let o = ob.append(&e, &e.to_json(), &["a"], 0).unwrap();
+    ob.commit().await.unwrap();
+    assert_eq!(ob.event(o).unwrap().unwrap().body, e.to_json());
+}

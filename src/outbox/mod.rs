@@ -298,11 +298,16 @@ impl Outbox {
     fn put(i: &mut Inner, kind: u8, payload: &[u8]) -> Result<(), OutboxError> {
         let before = i.log.segment();
         let pos = i.log.append(kind, payload)?;
-        i.index.apply(pos, kind, payload);
+        // A record the index cannot read back (a name cut mid-character) would
+        // be skipped at every open too: say so now rather than announce it.
+        let applied = i.index.apply(pos, kind, payload);
         if i.log.segment() != before {
             let next = record::next(i.index.next_offset);
             let pos = i.log.append(record::NEXT, &next)?;
             i.index.apply(pos, record::NEXT, &next);
+        }
+        if !applied {
+            return Err(OutboxError::Corrupt(i.index.next_offset));
         }
         Ok(())
     }

@@ -220,10 +220,13 @@ pub async fn run(
                         tracing::error!(error = %e, event_id = %event.id, suppressed, "event refused by the outbox");
                     }
                     // Only a store that cannot write is fatal; an event too large
-                    // for a segment is refused alone.
+                    // for a segment, or one whose record would not read back, is
+                    // refused alone.
                     let fatal = !matches!(
                         e,
-                        OutboxError::Full { .. } | OutboxError::Storage(LogError::TooLarge(_))
+                        OutboxError::Full { .. }
+                            | OutboxError::Corrupt(_)
+                            | OutboxError::Storage(LogError::TooLarge(_))
                     );
                     if fatal && failed.is_none() {
                         failed = Some(e);
