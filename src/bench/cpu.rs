@@ -4,8 +4,10 @@
 //! figure means little without how much of the two cores the tap had.
 //!
 //! Threads are told apart by name: the spawned siphook's runtime is `siphook-rt`
-//! (and the thread it runs on `siphook`, its outbox's spare maker `outbox-spare`),
-//! the relay's `relay-rt`. Everything else in the process is the tool.
+//! (the thread it runs on `siphook-serve`, its admin listener `siphook-admin`,
+//! its outbox's spare maker `outbox-spare`), the relay's `relay-rt` (on
+//! `null-relay`). Everything else in the process is the tool, the main thread
+//! (named `siphook`, as the process) included.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -33,8 +35,10 @@ pub(crate) struct Sample {
     total: u64,
 }
 
+/// Not the bare process name: this process is `siphook` too, and its main
+/// thread runs the generator.
 fn thread_is_tap(name: &str) -> bool {
-    ["siphook", "outbox-spare", "relay-rt"]
+    ["siphook-", "outbox-spare", "relay-rt", "null-relay"]
         .iter()
         .any(|p| name.starts_with(p))
 }
@@ -111,7 +115,8 @@ mod tests {
         assert_eq!(parse_stat(line), Some(("siphook-rt (x) y", 281)));
         assert_eq!(parse_stat("4242 (cut"), None);
         assert!(thread_is_tap("siphook-rt") && thread_is_tap("relay-rt"));
-        assert!(!thread_is_tap("tokio-runtime-w"));
+        assert!(!thread_is_tap("tokio-runtime-w") && !thread_is_tap("siphook"));
+        assert!(thread_is_tap("siphook-serve") && thread_is_tap("null-relay"));
     }
 
     #[test]

@@ -117,7 +117,7 @@ impl Spawned {
         let (ready_tx, ready_rx) = oneshot::channel();
         let (signals, signals_rx) = mpsc::channel(4);
         let thread = std::thread::Builder::new()
-            .name("siphook".into())
+            .name("siphook-serve".into())
             .spawn(move || {
                 // As `siphook run` builds it, named so the CPU report can tell
                 // siphook's threads from the tool's (bench/cpu.rs).
