@@ -44,7 +44,21 @@ pub(super) struct SegmentLive {
     pub paused: BTreeSet<String>,
 }
 
+/// The live items known by a name and based in one record each.
+#[derive(Debug, Clone, Copy)]
+enum Named {
+    Call,
+    Pause,
+}
+
 impl SegmentLive {
+    fn names(&mut self, which: Named) -> &mut BTreeSet<String> {
+        match which {
+            Named::Call => &mut self.calls,
+            Named::Pause => &mut self.paused,
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.events.is_empty() && self.calls.is_empty() && self.paused.is_empty()
     }
@@ -101,6 +115,28 @@ impl Index {
             .is_some_and(|m| m.contains_key(&offset))
     }
 
+    fn names(&mut self, which: Named) -> &mut HashMap<String, Based> {
+        match which {
+            Named::Call => &mut self.calls,
+            Named::Pause => &mut self.paused,
+        }
+    }
+
+    /// A named item's base moves to `now`, or the item is gone (`None`).
+    fn rebase(&mut self, which: Named, name: String, now: Option<Based>) {
+        if let Some(old) = self.names(which).remove(&name) {
+            self.unbase(old.pos, old.size, |s| {
+                s.names(which).remove(&name);
+            });
+        }
+        if let Some(b) = now {
+            let seg = self.segment(b.pos.segment);
+            seg.bytes += u64::from(b.size);
+            seg.names(which).insert(name.clone());
+            self.names(which).insert(name, b);
+        }
+    }
+
     /// The oldest segment anything is based in.
     pub fn oldest_based(&self) -> Option<u64> {
         self.segments.keys().next().copied()
@@ -155,35 +191,21 @@ impl Index {
             }
             record::CALL | record::CALL_GONE => {
                 let id = Cursor(payload).str16()?.to_owned();
-                if let Some(old) = self.calls.remove(&id) {
-                    self.unbase(old.pos, old.size, |s| {
-                        s.calls.remove(&id);
-                    });
-                }
-                if kind == record::CALL {
-                    let size = size_of(payload);
-                    let seg = self.segment(pos.segment);
-                    seg.bytes += u64::from(size);
-                    seg.calls.insert(id.clone());
-                    self.calls.insert(id, Based { pos, size });
-                }
+                let now = (kind == record::CALL).then(|| Based {
+                    pos,
+                    size: size_of(payload),
+                });
+                self.rebase(Named::Call, id, now);
             }
             record::PAUSE => {
                 let mut c = Cursor(payload);
                 let paused = c.u8()? == 1;
                 let name = c.str16()?.to_owned();
-                if let Some(old) = self.paused.remove(&name) {
-                    self.unbase(old.pos, old.size, |s| {
-                        s.paused.remove(&name);
-                    });
-                }
-                if paused {
-                    let size = size_of(payload);
-                    let seg = self.segment(pos.segment);
-                    seg.bytes += u64::from(size);
-                    seg.paused.insert(name.clone());
-                    self.paused.insert(name, Based { pos, size });
-                }
+                let now = paused.then(|| Based {
+                    pos,
+                    size: size_of(payload),
+                });
+                self.rebase(Named::Pause, name, now);
             }
             record::NEXT => {
                 let n = Cursor(payload).u64()?;

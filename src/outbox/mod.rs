@@ -71,6 +71,20 @@ pub enum OutboxError {
     Failed(String),
 }
 
+impl OutboxError {
+    /// Whether only the one event it was about is refused: the store is full,
+    /// the event does not fit a segment, or its record would not read back.
+    /// Any other error means the store cannot write, and takes nothing more.
+    pub fn refuses_one_event(&self) -> bool {
+        matches!(
+            self,
+            OutboxError::Full { .. }
+                | OutboxError::Corrupt(_)
+                | OutboxError::Storage(LogError::TooLarge(_))
+        )
+    }
+}
+
 /// What a stored event carries for its delivery.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {

@@ -64,13 +64,16 @@ impl Outbox {
                 _ => return Err(OutboxError::Corrupt(offset)),
             };
             let r = record::decode_event(&payload).ok_or(OutboxError::Corrupt(offset))?;
+            let (head, id, body_at) = (r.head, r.id.to_owned(), payload.len() - r.body.len());
+            // The body is the record's tail: shared, not copied again.
+            let body = bytes::Bytes::from(payload).slice(body_at..);
             return Ok(Some(StoredEvent {
                 offset,
-                call_key: r.head.call_key,
-                sequence: r.head.sequence,
-                received_ms: r.head.received_ms,
-                id: r.id.to_owned(),
-                body: bytes::Bytes::copy_from_slice(r.body),
+                call_key: head.call_key,
+                sequence: head.sequence,
+                received_ms: head.received_ms,
+                id,
+                body,
             }));
         }
     }

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::log::LogError;
 use super::{Outbox, OutboxError, call_key};
 use crate::call::Event;
 use crate::config::EndpointConfig;
@@ -219,16 +218,7 @@ pub async fn run(
                     if let Some(suppressed) = errors.allow() {
                         tracing::error!(error = %e, event_id = %event.id, suppressed, "event refused by the outbox");
                     }
-                    // Only a store that cannot write is fatal; an event too large
-                    // for a segment, or one whose record would not read back, is
-                    // refused alone.
-                    let fatal = !matches!(
-                        e,
-                        OutboxError::Full { .. }
-                            | OutboxError::Corrupt(_)
-                            | OutboxError::Storage(LogError::TooLarge(_))
-                    );
-                    if fatal && failed.is_none() {
+                    if !e.refuses_one_event() && failed.is_none() {
                         failed = Some(e);
                     }
                 }

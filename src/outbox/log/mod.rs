@@ -143,11 +143,6 @@ impl Batch {
         self.chunks.iter().all(|c| c.bytes.is_empty())
     }
 
-    /// Bytes to write.
-    pub fn len(&self) -> usize {
-        self.chunks.iter().map(|c| c.bytes.len()).sum()
-    }
-
     /// Writes every chunk, each segment synced (`fdatasync`) before the next is
     /// written when `sync`: once this returns, every record in it survives a
     /// power cut. Without `sync` (benchmarks of what the flush costs) a crash of
