@@ -191,7 +191,7 @@ pub async fn attempt(
     client: &HttpClient,
     ep: &EndpointConfig,
     event_id: &str,
-    event_json: &[u8],
+    event_json: &Bytes,
     now_unix: i64,
 ) -> (Outcome, Duration) {
     let started = Instant::now();
@@ -223,7 +223,7 @@ pub async fn attempt(
         }
         None => {}
     }
-    let mut req = match req.body(Full::new(Bytes::from(body))) {
+    let mut req = match req.body(Full::new(body)) {
         Ok(r) => r,
         Err(e) => {
             return (
@@ -325,9 +325,9 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 /// The body in the endpoint's format and encoding, and its content type. Redaction
 /// comes first, so the shapes below and the signature see only what the endpoint
 /// may see; an unredacted siphook-JSON body goes out as the exact stored bytes.
-fn render(ep: &EndpointConfig, event_json: &[u8]) -> Result<(Vec<u8>, &'static str), String> {
+fn render(ep: &EndpointConfig, event_json: &Bytes) -> Result<(Bytes, &'static str), String> {
     if ep.redact.is_none() && ep.format == Format::Siphook && ep.encoding == Encoding::Json {
-        return Ok((event_json.to_vec(), "application/json"));
+        return Ok((event_json.clone(), "application/json"));
     }
     let mut value = serde_json::from_slice::<serde_json::Value>(event_json)
         .map_err(|e| format!("stored event is not JSON: {e}"))?;
@@ -343,9 +343,12 @@ fn render(ep: &EndpointConfig, event_json: &[u8]) -> Result<(Vec<u8>, &'static s
     };
     Ok(match ep.encoding {
         // Serializing a parsed JSON value cannot fail.
-        Encoding::Json => (serde_json::to_vec(&value).unwrap_or_default(), json_type),
+        Encoding::Json => (
+            serde_json::to_vec(&value).unwrap_or_default().into(),
+            json_type,
+        ),
         Encoding::Form => (
-            super::format::form_encode(&value).into_bytes(),
+            super::format::form_encode(&value).into_bytes().into(),
             "application/x-www-form-urlencoded",
         ),
     })

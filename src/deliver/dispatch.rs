@@ -17,9 +17,14 @@ use super::client::{self, HttpClient, Outcome};
 use super::control::{EndpointCommand, LastError};
 use crate::config::EndpointConfig;
 use crate::metrics::Metrics;
-use crate::outbox::writer::Committed;
+use crate::outbox::writer::{Committed, Fresh};
 use crate::outbox::{DeliveryState, Outbox};
 use crate::vocab::Timestamp;
+
+/// Bytes of event bodies a dispatcher keeps from the writer's announcements for
+/// its queued events; past it (an endpoint that is down and a growing queue) the
+/// rest are read from the store when their turn comes.
+const FRESH_BYTES: usize = 8 << 20;
 
 /// Consecutive failures that open the circuit.
 const BREAKER_THRESHOLD: u32 = 10;
@@ -157,6 +162,12 @@ pub struct Dispatcher {
     /// Events the writer announced while the backlog loads: they are queued after
     /// it, so a call's new event never overtakes its older ones still unread.
     held: Vec<Committed>,
+    /// Queued events' bodies as the writer announced them (see [`FRESH_BYTES`]).
+    fresh: HashMap<u64, Arc<Fresh>>,
+    fresh_bytes: usize,
+    gauges: Gauges,
+    /// The state `siphook_endpoint_state` shows, so it is set only on a change.
+    shown_state: Option<EndpointState>,
     last_error: Option<LastError>,
     /// Delivered, not yet recorded in the store (see `record_delivered`).
     delivered: Vec<u64>,
@@ -168,6 +179,48 @@ pub struct Dispatcher {
     next_probe: Option<Instant>,
     paused: bool,
     rng: u64,
+}
+
+const STATES: [EndpointState; 3] = [
+    EndpointState::Healthy,
+    EndpointState::CircuitOpen,
+    EndpointState::Paused,
+];
+
+/// This endpoint's series, resolved once: a label lookup hashes the name and
+/// takes the family's lock, which per event adds up.
+struct Gauges {
+    pending: prometheus::IntGauge,
+    oldest_pending: prometheus::Gauge,
+    dead: prometheus::IntGauge,
+    /// In the order of [`STATES`].
+    state: Vec<prometheus::IntGauge>,
+    /// The common outcome's counter; the others are looked up when they happen.
+    delivered_200: prometheus::IntCounter,
+    attempt_duration: prometheus::Histogram,
+    latency: prometheus::Histogram,
+}
+
+impl Gauges {
+    fn of(m: &Metrics, name: &str) -> Gauges {
+        let delivered = Outcome::Delivered { status: 200 };
+        Gauges {
+            pending: m.outbox_pending.with_label_values(&[name]),
+            oldest_pending: m.outbox_oldest_pending_seconds.with_label_values(&[name]),
+            dead: m.deadletters.with_label_values(&[name]),
+            state: STATES
+                .iter()
+                .map(|s| m.endpoint_state.with_label_values(&[name, s.as_str()]))
+                .collect(),
+            delivered_200: m.deliveries.with_label_values(&[
+                name,
+                delivered.label(),
+                &delivered.code(),
+            ]),
+            attempt_duration: m.delivery_attempt_duration.with_label_values(&[name]),
+            latency: m.event_delivery_latency.with_label_values(&[name]),
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -182,7 +235,8 @@ impl Dispatcher {
         metrics: Metrics,
     ) -> Dispatcher {
         let seed = u64::try_from(now_ms()).unwrap_or(1) ^ 0x9e37_79b9_7f4a_7c15;
-        let d = Dispatcher {
+        let gauges = Gauges::of(&metrics, &ep.name);
+        let mut d = Dispatcher {
             ep,
             client,
             outbox,
@@ -196,6 +250,10 @@ impl Dispatcher {
             loaded_through: None,
             loading: None,
             held: Vec::new(),
+            fresh: HashMap::new(),
+            fresh_bytes: 0,
+            gauges,
+            shown_state: None,
             last_error: None,
             delivered: Vec::new(),
             log_limit: crate::metrics::RateLog::new(Duration::from_secs(1)),
@@ -210,11 +268,13 @@ impl Dispatcher {
     }
 
     /// A newly committed event from the writer.
-    fn committed(&mut self, c: Committed) {
+    fn committed(&mut self, mut c: Committed) {
         if self.loaded_through.is_some_and(|l| c.offset <= l) {
             return;
         }
         if self.loading.is_some() {
+            // A long backlog may hold many: only their places are kept.
+            c.fresh = None;
             self.held.push(c);
             return;
         }
@@ -222,6 +282,13 @@ impl Dispatcher {
             next_at_ms: now_ms(),
             ..Default::default()
         };
+        if let Some(f) = c.fresh
+            && self.fresh_bytes + f.body.len() <= FRESH_BYTES
+            && !self.pending.contains_key(&c.offset)
+        {
+            self.fresh_bytes += f.body.len();
+            self.fresh.insert(c.offset, f);
+        }
         self.enqueue(c.offset, c.call_key, c.received_ms, state);
     }
 
@@ -262,17 +329,14 @@ impl Dispatcher {
         }
     }
 
-    fn publish_state(&self) {
+    fn publish_state(&mut self) {
         let current = self.state();
-        for s in [
-            EndpointState::Healthy,
-            EndpointState::CircuitOpen,
-            EndpointState::Paused,
-        ] {
-            self.metrics
-                .endpoint_state
-                .with_label_values(&[self.ep.name.as_str(), s.as_str()])
-                .set(i64::from(s == current));
+        if self.shown_state == Some(current) {
+            return;
+        }
+        self.shown_state = Some(current);
+        for (s, gauge) in STATES.iter().zip(&self.gauges.state) {
+            gauge.set(i64::from(*s == current));
         }
     }
 
@@ -283,19 +347,12 @@ impl Dispatcher {
     }
 
     fn publish_counts(&self) {
-        let name = self.ep.name.as_str();
-        self.metrics
-            .outbox_pending
-            .with_label_values(&[name])
+        let g = &self.gauges;
+        g.pending
             .set(i64::try_from(self.pending.len()).unwrap_or(i64::MAX));
-        self.metrics
-            .outbox_oldest_pending_seconds
-            .with_label_values(&[name])
+        g.oldest_pending
             .set(self.oldest_pending_seconds().unwrap_or(0.0));
-        self.metrics
-            .deadletters
-            .with_label_values(&[name])
-            .set(i64::try_from(self.dead).unwrap_or(i64::MAX));
+        g.dead.set(i64::try_from(self.dead).unwrap_or(i64::MAX));
     }
 
     /// Starts every due head the limits allow.
@@ -325,7 +382,20 @@ impl Dispatcher {
     }
 
     fn start(&mut self, offset: u64, call_key: u64) {
-        let event = match self.outbox.event(offset) {
+        let received_ms = self.pending.get(&offset).copied();
+        let stored = match (self.fresh.get(&offset), received_ms) {
+            (Some(f), Some(received_ms)) => Ok(Some((f.clone(), received_ms))),
+            _ => self.outbox.event(offset).map(|e| {
+                e.map(|e| {
+                    let fresh = Fresh {
+                        id: e.id,
+                        body: e.body,
+                    };
+                    (Arc::new(fresh), e.received_ms)
+                })
+            }),
+        };
+        let (event, received_ms) = match stored {
             Ok(Some(e)) => e,
             Ok(None) => {
                 tracing::warn!(endpoint = %self.ep.name, offset, "pending delivery without its event; dropping the entry");
@@ -340,7 +410,6 @@ impl Dispatcher {
             }
         };
         let (ep, client) = (self.ep.clone(), self.client.clone());
-        let received_ms = event.received_ms;
         let task = self.in_flight.spawn(async move {
             let unix = Timestamp::now().millis() / 1000;
             let (outcome, elapsed) =
@@ -348,7 +417,7 @@ impl Dispatcher {
             Attempted {
                 offset,
                 call_key,
-                received_ms: event.received_ms,
+                received_ms,
                 outcome,
                 elapsed,
             }
@@ -412,23 +481,21 @@ impl Dispatcher {
             outcome,
             elapsed,
         } = done;
-        self.metrics
-            .deliveries
-            .with_label_values(&[name.as_str(), outcome.label(), &outcome.code()])
-            .inc();
-        self.metrics
-            .delivery_attempt_duration
-            .with_label_values(&[name.as_str()])
-            .observe(elapsed.as_secs_f64());
+        match &outcome {
+            Outcome::Delivered { status: 200 } => self.gauges.delivered_200.inc(),
+            _ => self
+                .metrics
+                .deliveries
+                .with_label_values(&[name.as_str(), outcome.label(), &outcome.code()])
+                .inc(),
+        }
+        self.gauges.attempt_duration.observe(elapsed.as_secs_f64());
         let mut state = self.heads.remove(&offset).unwrap_or_default();
         state.attempts += 1;
         match outcome {
             Outcome::Delivered { .. } => {
                 let latency = (now_ms() - received_ms).max(0) as f64 / 1000.0;
-                self.metrics
-                    .event_delivery_latency
-                    .with_label_values(&[name.as_str()])
-                    .observe(latency);
+                self.gauges.latency.observe(latency);
                 self.consecutive_failures = 0;
                 self.next_probe = None;
                 self.delivered.push(offset);
@@ -525,6 +592,9 @@ impl Dispatcher {
     /// The head is done (delivered or dead): the call's next event may go.
     fn advance(&mut self, call_key: u64, offset: u64) {
         self.pending.remove(&offset);
+        if let Some(f) = self.fresh.remove(&offset) {
+            self.fresh_bytes -= f.body.len();
+        }
         let Some(q) = self.queues.get_mut(&call_key) else {
             return;
         };

@@ -18,7 +18,7 @@ use crate::vocab::Timestamp;
 const MAX_BATCH: usize = 4096;
 
 /// A durable event, announced to the dispatcher of each endpoint that wants it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Committed {
     /// Outbox offset.
     pub offset: u64,
@@ -27,6 +27,21 @@ pub struct Committed {
     /// When the SIP message behind it was received (ms since the epoch): the
     /// dispatcher reports how long its oldest pending event has waited.
     pub received_ms: i64,
+    /// The event as the writer stored it, shared by every endpoint: the first
+    /// attempt sends these bytes instead of reading back what the writer just
+    /// had in memory. `None` once a dispatcher chose not to keep it (a backlog
+    /// is read meanwhile, or its cache is full): then the store has it.
+    pub fresh: Option<Arc<Fresh>>,
+}
+
+/// An event's id and exact stored JSON, held in memory between its commit and
+/// its delivery.
+#[derive(Debug)]
+pub struct Fresh {
+    /// The event id (`webhook-id`).
+    pub id: String,
+    /// The bytes the store holds for it.
+    pub body: bytes::Bytes,
 }
 
 /// Changes the writer applies between two batches, so every event is routed by
@@ -60,7 +75,7 @@ pub struct Sinks {
 
 /// An event written in this batch, announced once the batch is durable.
 struct Stored {
-    body: Vec<u8>,
+    fresh: Arc<Fresh>,
     offset: u64,
     call_key: u64,
     received_ms: i64,
@@ -159,7 +174,7 @@ pub async fn run(
                     tracing::error!(error = %e, suppressed, "cannot persist call state");
                 }
             };
-            let body = event.to_json();
+            let body = bytes::Bytes::from(event.to_json());
             let targets: Vec<usize> = endpoints
                 .iter()
                 .enumerate()
@@ -178,11 +193,11 @@ pub async fn run(
                     track(&event);
                 }
                 stored.push(Stored {
-                    body,
                     offset: u64::MAX,
                     call_key: call_key(&event.call.id),
                     received_ms,
                     targets,
+                    fresh: Arc::new(Fresh { id: event.id, body }),
                 });
                 continue;
             }
@@ -201,11 +216,11 @@ pub async fn run(
                 Ok(offset) => {
                     track(&event);
                     stored.push(Stored {
-                        body,
                         offset,
                         call_key: call_key(&event.call.id),
                         received_ms,
                         targets,
+                        fresh: Arc::new(Fresh { id: event.id, body }),
                     });
                 }
                 Err(e) => {
@@ -238,7 +253,7 @@ pub async fn run(
             .outbox_size_bytes
             .set(i64::try_from(size).unwrap_or(i64::MAX));
         for Stored {
-            body,
+            fresh,
             offset,
             call_key: key,
             received_ms,
@@ -246,7 +261,7 @@ pub async fn run(
         } in stored.drain(..)
         {
             if let Some(echo) = sinks.echo.as_mut() {
-                echo(&body);
+                echo(&fresh.body);
             }
             for i in targets {
                 if let Some(tx) = sinks.endpoints.get(&endpoints[i].name) {
@@ -254,6 +269,7 @@ pub async fn run(
                         offset,
                         call_key: key,
                         received_ms,
+                        fresh: Some(fresh.clone()),
                     });
                 }
             }

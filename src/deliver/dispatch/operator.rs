@@ -51,7 +51,7 @@ impl Dispatcher {
                     let now = Timestamp::now();
                     let (id, body) = control::test_event(&ep.name, now);
                     let (outcome, elapsed) =
-                        client::attempt(&client, &ep, &id, &body, now.millis() / 1000).await;
+                        client::attempt(&client, &ep, &id, &body.into(), now.millis() / 1000).await;
                     let _ = reply.send(TestResult::new(&ep.name, id, &outcome, elapsed));
                 });
             }
