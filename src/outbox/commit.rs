@@ -62,7 +62,8 @@ impl Shared {
         }
         let carried = carry(&mut i);
         self.carried.fetch_add(carried, Ordering::Relaxed);
-        if i.log.needs_spare()
+        if i.log.spare_due()
+            && i.log.needs_spare()
             && i.log.spare_fits()
             && !self.making_spare.swap(true, Ordering::AcqRel)
         {
@@ -161,6 +162,70 @@ fn carry_one(i: &mut Inner, kind: u8, payload: &[u8], budget: &mut u64) -> bool 
         Err(e) => {
             tracing::warn!(error = %e, "cannot carry an outbox record forward; the old segment stays");
             false
+        }
+    }
+}
+
+/// A caller waiting for the next commit.
+type Waiter = tokio::sync::oneshot::Sender<Result<(), OutboxError>>;
+
+/// The store's own commit thread, for async callers (the writer, shutdown). A
+/// thread that lives as long as the store: handing it a batch is one wake-up,
+/// where a blocking task is a spawn and a pool lookup per commit, and callers
+/// that ask while a commit runs share the next one.
+pub(super) struct Committer {
+    tx: Option<std::sync::mpsc::Sender<Waiter>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Committer {
+    pub(super) fn start(shared: Arc<Shared>) -> Result<Committer, OutboxError> {
+        let (tx, rx) = std::sync::mpsc::channel::<Waiter>();
+        let thread = std::thread::Builder::new()
+            .name("siphook-commit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    // Every waiter made its appends before asking, so all of
+                    // them are in the batch this commit takes.
+                    let rest: Vec<Waiter> = rx.try_iter().collect();
+                    let result = shared.commit();
+                    for w in rest {
+                        let shared_result = match &result {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(OutboxError::Failed(e.to_string())),
+                        };
+                        let _ = w.send(shared_result);
+                    }
+                    let _ = first.send(result);
+                }
+            })
+            .map_err(|e| OutboxError::Layout(format!("cannot start the commit thread: {e}")))?;
+        Ok(Committer {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Waits for a commit that covers everything appended before the call.
+    pub(super) async fn commit(&self) -> Result<(), OutboxError> {
+        let gone = || OutboxError::Failed("the commit thread is gone".into());
+        let (waiter, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(waiter)
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+impl Drop for Committer {
+    /// The thread ends with its queue; joined so the store's files are closed
+    /// when the store is (a reopen in the same process finds them free).
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

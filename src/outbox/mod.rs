@@ -157,6 +157,7 @@ struct Shared {
 /// The store: the log, its state in memory, and the directory's lock.
 pub struct Outbox {
     shared: Arc<Shared>,
+    committer: commit::Committer,
     root: PathBuf,
     opened: Opened,
     max_bytes: u64,
@@ -247,6 +248,7 @@ impl Outbox {
         // single event is taken.
         shared.commit()?;
         Ok(Outbox {
+            committer: commit::Committer::start(shared.clone())?,
             shared,
             root: path.to_path_buf(),
             opened,
@@ -355,13 +357,11 @@ impl Outbox {
         Ok(offset)
     }
 
-    /// Writes and syncs everything appended so far, on a blocking thread: the
-    /// async workers go on meanwhile. Callers group many appends under one commit.
+    /// Writes and syncs everything appended so far, on the store's commit
+    /// thread: the async workers go on meanwhile. Callers group many appends
+    /// under one commit.
     pub async fn commit(&self) -> Result<(), OutboxError> {
-        let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || shared.commit())
-            .await
-            .map_err(|e| OutboxError::Failed(format!("commit task: {e}")))?
+        self.committer.commit().await
     }
 
     /// [`Outbox::commit`], blocking the caller: for tools that hold the store alone.

@@ -457,6 +457,14 @@ impl Log {
         !self.dir.join(SPARE).exists()
     }
 
+    /// Whether it is time to make a spare that is missing: once the newest
+    /// segment is half full. Right after a rotation the segment before is
+    /// usually about to retire and become the spare itself; zero-filling one
+    /// then writes a segment of zeros the disk's commits queue behind.
+    pub fn spare_due(&self) -> bool {
+        self.end.saturating_mul(2) >= self.segment_bytes
+    }
+
     /// Whether the file system has room for a spare and as much again: zero-
     /// filling one must never take the last free blocks a commit into a
     /// segment made without a spare (sparse) may need.
@@ -525,7 +533,34 @@ fn prepare_spare(dir: &Path, segment_bytes: u64) -> Result<(), LogError> {
         return Err(io(&tmp)(e));
     }
     let spare = dir.join(SPARE);
-    std::fs::rename(&tmp, &spare).map_err(io(&spare))?;
+    // A segment retired meanwhile may have become the spare: it stays, and the
+    // zeros go (replacing it would free its blocks for nothing, and the next
+    // rotation would zero-fill again).
+    let placed = rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        &tmp,
+        rustix::fs::CWD,
+        &spare,
+        rustix::fs::RenameFlags::NOREPLACE,
+    );
+    match placed {
+        Ok(()) => {}
+        Err(rustix::io::Errno::EXIST) => {
+            std::fs::remove_file(&tmp).map_err(io(&tmp))?;
+            return Ok(());
+        }
+        // A file system without RENAME_NOREPLACE: a plain rename, checked first.
+        Err(rustix::io::Errno::INVAL) if !spare.exists() => {
+            std::fs::rename(&tmp, &spare).map_err(io(&spare))?
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            if e == rustix::io::Errno::INVAL {
+                return Ok(());
+            }
+            return Err(io(&spare)(e.into()));
+        }
+    }
     sync_dir(dir)
 }
 

@@ -187,3 +187,46 @@ fn a_reused_segments_old_bytes_are_not_reported_as_a_cut_commit() {
     assert!(!seen.is_empty());
     assert_eq!((rec.tail_bytes, rec.damaged.len()), (0, 0), "a clean stop");
 }
+
+#[test]
+fn a_spare_made_while_a_retired_segment_became_the_spare_leaves_that_one_in_place() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _, _) = reopen(dir.path());
+    // Fill the first segment and move on, then retire it: it becomes the spare.
+    while log.segment() < 2 {
+        log.append(1, &[7; 1000]).unwrap();
+        log.commit().unwrap();
+    }
+    let spare = dir.path().join(SPARE);
+    let _ = std::fs::remove_file(&spare);
+    log.retire_below(2).unwrap();
+    let reused = std::fs::metadata(&spare).unwrap().ino();
+    // A maker that started before the retire finishes after it.
+    prepare_spare(dir.path(), SEG).unwrap();
+    assert_eq!(std::fs::metadata(&spare).unwrap().ino(), reused);
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(SPARE_TMP))
+        .collect();
+    assert!(left.is_empty(), "the maker's zeros are removed: {left:?}");
+}
+
+#[test]
+fn a_spare_is_made_only_once_the_newest_segment_is_half_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _, _) = reopen(dir.path());
+    while log.segment() < 2 {
+        log.append(1, &[7; 1000]).unwrap();
+    }
+    log.commit().unwrap();
+    assert!(
+        !log.spare_due(),
+        "a fresh segment does not call for a spare"
+    );
+    while log.end * 2 < SEG {
+        log.append(1, &[7; 1000]).unwrap();
+    }
+    assert!(log.spare_due());
+}
