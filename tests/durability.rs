@@ -57,8 +57,23 @@ async fn every_announced_event_follows_an_fdatasync() {
             .expect("the event is committed");
         assert_eq!(e["type"], "call.initiated");
     }
-    drop(s);
-    // strace writes its file as the calls happen; the child is gone now.
+    // Killing strace would detach siphook and leave it running: stop siphook,
+    // and strace exits with it.
+    let strace_pid = s.child.id().expect("strace runs");
+    let children =
+        std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children"))
+            .expect("strace's children");
+    let traced = children
+        .split_whitespace()
+        .next()
+        .expect("siphook under strace");
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", traced])
+        .status()
+        .expect("kill runs");
+    assert!(stopped.success());
+    s.wait_exit().await;
+    // strace wrote its file as the calls happened.
     let text = std::fs::read_to_string(&trace).unwrap();
     let mut synced = false;
     let mut announced = 0;
