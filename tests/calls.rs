@@ -172,6 +172,7 @@ async fn ok_after_cancel_wins() {
         call.resp(200, 1, "CANCEL", Some("b")),
         call.ack(1, "b"),
         call.bye(2, "b"),
+        call.resp(200, 2, "BYE", Some("b")),
     ])
     .await;
     let ev = h.events(4).await;
@@ -201,6 +202,7 @@ async fn proxy_challenge_then_authenticated_retry_is_one_call() {
         call.resp(200, 2, "INVITE", Some("b")),
         call.ack(2, "b"),
         call.bye(3, "b"),
+        call.resp(200, 3, "BYE", Some("b")),
     ])
     .await;
     let ev = h.events(4).await;
@@ -339,6 +341,7 @@ async fn forked_invite_two_early_dialogs_one_answer() {
         "the second fork's 2xx and its BYE emit nothing"
     );
     h.send(&call.bye(3, "forkB")).await;
+    h.send(&call.resp(200, 3, "BYE", Some("forkB"))).await;
     let done = h.next_event().await;
     assert_eq!(done["type"], "call.completed");
     assert_eq!(done["sequence"], 4);
@@ -425,6 +428,7 @@ async fn blind_transfer() {
             "SIP/2.0 200 OK\r\n",
         ),
         call.callee_request("BYE", 2, "bob", &[], ""),
+        call.callee_response(200, 2, "BYE", "bob", &[]),
     ])
     .await;
     let ev = h.events(5).await;
@@ -529,6 +533,7 @@ async fn attended_transfer_links_both_calls() {
         c3.resp(200, 1, "INVITE", Some("carol3")),
         c3.ack(1, "carol3"),
         c2.callee_request("BYE", 1, "carol", &[], ""),
+        c2.callee_response(200, 1, "BYE", "carol", &[]),
         c1.callee_request(
             "NOTIFY",
             1,
@@ -537,6 +542,7 @@ async fn attended_transfer_links_both_calls() {
             "SIP/2.0 200 OK\r\n",
         ),
         c1.bye(3, "bob"),
+        c1.resp(200, 3, "BYE", Some("bob")),
     ])
     .await;
     let ev = h.events(6).await;
@@ -647,21 +653,21 @@ async fn proxy_mirror_copies_with_other_vias_emit_nothing_new() {
         "the first copy describes the call"
     );
     assert!(h.barrier().await.is_empty());
-    // Copies before the BYE are duplicates; the BYE's copy and the 200s after it
-    // arrive once the call is over.
+    // Copies up to the BYE's are duplicates (the call waits for the BYE's 200);
+    // the 200's copy arrives once the call is over.
     assert_eq!(
         h.metric(
             "siphook_sip_messages_ignored_total",
             &[("reason", "duplicate")]
         ),
-        5.0
+        6.0
     );
     assert_eq!(
         h.metric(
             "siphook_sip_messages_ignored_total",
             &[("reason", "after_end")]
         ),
-        3.0
+        1.0
     );
 }
 
@@ -681,7 +687,8 @@ l: 0\r\n\r\n";
     let ringing = "SIP/2.0 180 Ringing\r\nv: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKc1\r\nf: <sip:+15557654321@10.0.0.1>;tag=cf\r\nt: <sip:+15551234567@10.0.0.2>;tag=cb\r\ni: compact-1\r\nCSeq: 1 INVITE\r\nl: 0\r\n\r\n";
     let ok = ringing.replace("180 Ringing", "200 OK");
     let bye = "BYE sip:bob@10.0.0.2 SIP/2.0\r\nv: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKc2\r\nf: <sip:+15557654321@10.0.0.1>;tag=cf\r\nt: <sip:+15551234567@10.0.0.2>;tag=cb\r\ni: compact-1\r\nCSeq: 2 BYE\r\nl: 0\r\n\r\n";
-    for m in [invite, ringing, &ok, bye] {
+    let bye_ok = "SIP/2.0 200 OK\r\nv: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKc2\r\nf: <sip:+15557654321@10.0.0.1>;tag=cf\r\nt: <sip:+15551234567@10.0.0.2>;tag=cb\r\ni: compact-1\r\nCSeq: 2 BYE\r\nl: 0\r\n\r\n";
+    for m in [invite, ringing, &ok, bye, bye_ok] {
         h.send(m).await;
     }
     let ev = h.events(4).await;
@@ -846,6 +853,7 @@ async fn a_failed_fork_does_not_end_a_call_another_fork_answers() {
         call.resp(200, 1, "INVITE", Some("A")),
         call.ack(1, "A"),
         call.bye(2, "A"),
+        call.resp(200, 2, "BYE", Some("A")),
     ])
     .await;
     let ev = h.events(4).await;
@@ -931,6 +939,7 @@ async fn a_transferor_hanging_up_right_after_202_still_reports_the_transfer() {
         call.callee_request("REFER", 1, "bob", &["Refer-To: <sip:carol@10.0.0.3>"], ""),
         call.callee_response(202, 1, "REFER", "bob", &[]),
         call.callee_request("BYE", 2, "bob", &[], ""),
+        call.callee_response(200, 2, "BYE", "bob", &[]),
         // The NOTIFY that arrives after the call ended changes nothing.
         call.request(
             "NOTIFY",

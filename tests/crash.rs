@@ -88,9 +88,9 @@ async fn sigkill_loses_no_committed_event_and_calls_survive_the_restart() {
     let mut second = Siphook::spawn(&config);
     wait_ready(&mut second, &sock, &target, "probe-2").await;
     for c in &calls {
-        sock.send_to(c.bye(2, "b").as_bytes(), &target)
-            .await
-            .unwrap();
+        for m in [c.bye(2, "b"), c.resp(200, 2, "BYE", Some("b"))] {
+            sock.send_to(m.as_bytes(), &target).await.unwrap();
+        }
     }
 
     // Everything committed before the kill, and every completion after it, arrives.

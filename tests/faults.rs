@@ -342,6 +342,7 @@ async fn a_long_outage_across_a_restart_loses_nothing_and_drains_in_order() {
     committed.push(serde_json::json!({"call": {"sip_call_id": "outage-probe-2"}, "sequence": 1}));
     for c in &calls[..6] {
         send(c.bye(2, "b")).await;
+        send(c.resp(200, 2, "BYE", Some("b"))).await;
         take_committed(&mut s, 1, &mut committed).await;
     }
     for c in &calls[6..] {

@@ -390,6 +390,8 @@ async fn both_legs_of_a_forking_proxy() {
             (c, p, call.ack(1, "b1")),
             (c, p, call.bye(2, "b1")),
             (p, u1, call.bye(2, "b1")),
+            (u1, p, call.resp(200, 2, "BYE", Some("b1"))),
+            (p, c, call.resp(200, 2, "BYE", Some("b1"))),
         ],
     )
     .await;
@@ -442,6 +444,7 @@ async fn both_legs_of_a_forking_proxy() {
             (u2, p, call.resp(200, 1, "INVITE", Some("g2"))),
             (p, c, call.resp(200, 1, "INVITE", Some("g2"))),
             (c, p, call.bye(2, "g2")),
+            (p, c, call.resp(200, 2, "BYE", Some("g2"))),
         ],
     )
     .await;
@@ -463,6 +466,7 @@ async fn both_legs_of_a_forking_proxy() {
             (u2, p, call.resp(200, 1, "INVITE", Some("h2"))),
             (p, c, call.resp(200, 1, "INVITE", Some("h2"))),
             (c, p, call.bye(2, "h2")),
+            (p, c, call.resp(200, 2, "BYE", Some("h2"))),
         ],
     )
     .await;

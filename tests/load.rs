@@ -18,12 +18,13 @@ async fn ten_thousand_parallel_calls_complete_exactly_once() {
         .map(|i| CallSpec::new(&format!("load-{i}")))
         .collect();
     // Step every call through its dialog together, so all 10,000 are active at once.
-    let steps: [&dyn Fn(&CallSpec) -> String; 5] = [
+    let steps: [&dyn Fn(&CallSpec) -> String; 6] = [
         &|c| c.invite(1),
         &|c| c.resp(180, 1, "INVITE", Some("b")),
         &|c| c.resp(200, 1, "INVITE", Some("b")),
         &|c| c.ack(1, "b"),
         &|c| c.bye(2, "b"),
+        &|c| c.resp(200, 2, "BYE", Some("b")),
     ];
     let mut sent = 0usize;
     for (i, step) in steps.iter().enumerate() {

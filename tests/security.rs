@@ -150,6 +150,7 @@ async fn each_endpoint_gets_its_own_redaction_signed_over_what_it_receives() {
         "",
     ));
     flow.push(call.bye(3, "cc"));
+    flow.push(call.resp(200, 3, "BYE", Some("cc")));
     h.send_all(&flow).await;
 
     let plain = take(&mut plain, 5).await;

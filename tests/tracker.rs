@@ -84,10 +84,10 @@ fn answered_call_durations_are_exact() {
     );
     assert_eq!(t.active_calls(), 0);
     // The 4-hour max_call_duration timer went with the call; only the tombstone's
-    // purge (challenge_window after the end) remains, then nothing.
-    assert_eq!(t.next_deadline(), Some(Timestamp(T0 + 64_000 + 32_000)));
+    // purge (challenge_window after the BYE's 200 ended it) remains, then nothing.
+    assert_eq!(t.next_deadline(), Some(Timestamp(T0 + 64_020 + 32_000)));
     let mut out = Vec::new();
-    t.on_time(Timestamp(T0 + 96_000), &mut out);
+    t.on_time(Timestamp(T0 + 96_020), &mut out);
     assert!(out.is_empty());
     assert_eq!(t.next_deadline(), None);
 }
@@ -165,6 +165,7 @@ fn reason_header_and_pai_and_stir_shaken_reach_the_events() {
                     "",
                 ),
             ),
+            (2_130, call.resp(200, 2, "BYE", Some("b"))),
         ],
     );
     assert_eq!(ev[0]["call"]["ani"], "+15550001111");
@@ -280,11 +281,12 @@ fn a_restored_call_completes_with_the_right_sequence_and_durations() {
     after.restore(vec![snapshot], Timestamp(T0 + 30_000));
     assert_eq!(after.active_calls(), 1);
     let mut out = Vec::new();
-    let _ = after.on_message(
-        &parse(call.bye(2, "b").as_bytes(), &opts).unwrap(),
-        &meta(63_000),
-        &mut out,
-    );
+    for (at, m) in [
+        (63_000, call.bye(2, "b")),
+        (63_030, call.resp(200, 2, "BYE", Some("b"))),
+    ] {
+        let _ = after.on_message(&parse(m.as_bytes(), &opts).unwrap(), &meta(at), &mut out);
+    }
     let ev = to_json(out);
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0]["sequence"], 4);
@@ -295,7 +297,8 @@ fn a_restored_call_completes_with_the_right_sequence_and_durations() {
             &[
                 (0, call.invite(1)),
                 (1, call.resp(200, 1, "INVITE", Some("b"))),
-                (2, call.bye(2, "b"))
+                (2, call.bye(2, "b")),
+                (3, call.resp(200, 2, "BYE", Some("b")))
             ]
         )[2]["id"],
         "same id as without the restart"
@@ -576,9 +579,17 @@ fn a_caller_without_from_tag_rfc2543_is_still_tracked_both_ways() {
     let bye_from_callee = call
         .callee_request("BYE", 1, "b", &[], "")
         .replace(";tag=\r\n", "\r\n");
+    let bye_ok = call
+        .callee_response(200, 1, "BYE", "b", &[])
+        .replace(";tag=\r\n", "\r\n");
     let ev = feed(
         &mut tracker(),
-        &[(0, invite), (1_000, ok), (5_000, bye_from_callee)],
+        &[
+            (0, invite),
+            (1_000, ok),
+            (5_000, bye_from_callee),
+            (5_020, bye_ok),
+        ],
     );
     let types: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["call.initiated", "call.answered", "call.completed"]);

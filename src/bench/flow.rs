@@ -230,10 +230,11 @@ const OK_INVITE: Step = step(key("200", "INVITE"), Some(E::Answered), false, |c|
 const ACK: Step = step(key("ACK", "ACK"), None, false, |c| {
     request(c, "ACK", 1, Some(TO_TAG), "", "")
 });
-const BYE: Step = step(key("BYE", "BYE"), Some(E::Completed), true, |c| {
+const BYE: Step = step(key("BYE", "BYE"), None, true, |c| {
     request(c, "BYE", 2, Some(TO_TAG), "", "")
 });
-const OK_BYE: Step = step(key("200", "BYE"), None, true, |c| {
+// An answered call ends once its BYE is accepted: the 2xx is what siphook acts on.
+const OK_BYE: Step = step(key("200", "BYE"), Some(E::Completed), true, |c| {
     response(c, 200, 2, "BYE", Some(TO_TAG))
 });
 
@@ -299,10 +300,10 @@ const TRANSFER: [Step; MAX_STEPS] = [
     step(key("200", "NOTIFY"), None, true, |c| {
         response(c, 200, 2, "NOTIFY", Some(TO_TAG))
     }),
-    step(key("BYE", "BYE"), Some(E::Completed), true, |c| {
+    step(key("BYE", "BYE"), None, true, |c| {
         callee_request(c, "BYE", 2, "")
     }),
-    step(key("200", "BYE"), None, true, |c| {
+    step(key("200", "BYE"), Some(E::Completed), true, |c| {
         callee_response(c, 200, 2, "BYE")
     }),
 ];

@@ -343,10 +343,11 @@ mod tests {
         use EventType::*;
         const MS: u64 = 1_000_000;
         let mut s = sent(2);
-        // Call 0 sent whole at 10 ms; call 1 without its BYE (the generator stopped).
+        // Call 0 sent whole at 10 ms; call 1 without the 200 to its BYE, which
+        // is what completes a call (the generator stopped).
         for step in 0..7 {
             s.times[step] = 10 * MS;
-            if step != 5 {
+            if step != 6 {
                 s.times[MAX_STEPS + step] = 20 * MS;
             }
         }

@@ -9,6 +9,7 @@ use super::event::{
     AnsweredData, CallInfo, Disposition, EVENT_VERSION, EndedBy, Event, EventData, Resume,
     RingingData, stable_id,
 };
+use super::reuse::{InviteMark, Invites};
 use super::settings::{TimerKey, TrackerConfig};
 use crate::sip::{Method, SipMessage, StartLine};
 use crate::vocab::{Meta, Timestamp};
@@ -77,6 +78,10 @@ pub(super) struct Call {
     /// Hashes of recently seen messages (bounded ring) for deduplication.
     pub(super) seen: [u64; SEEN],
     pub(super) seen_next: u8,
+    /// A BYE of the answered dialog whose answer is awaited (see `hangup`).
+    pub(super) bye: Option<Box<PendingBye>>,
+    /// Its initial INVITEs, remembered once it ends (see `reuse`).
+    pub(super) invites: Invites,
 }
 
 pub(super) const SEEN: usize = 16;
@@ -128,12 +133,22 @@ pub(super) enum Step {
     Answered(AnsweredData),
     Transferred(PendingRefer),
     End(End),
-    /// A BYE that ends the call right after its REFER was accepted: the transfer
-    /// goes out first (many transferors hang up without waiting for the NOTIFY).
-    TransferredThenEnd(PendingRefer, End),
+}
+
+/// A BYE for the answered dialog, waiting for its answer (see `hangup`).
+#[derive(Debug)]
+pub(super) struct PendingBye {
+    /// Its CSeq and From tag: what its responses carry back.
+    pub(super) cseq: u32,
+    pub(super) from_tag: Option<String>,
+    /// The call's deadline before the BYE, back in force if the BYE is refused.
+    pub(super) resume_deadline: Timestamp,
+    /// The ending it makes, dated at the BYE.
+    pub(super) end: End,
 }
 
 /// How a call ends.
+#[derive(Debug)]
 pub(super) struct End {
     pub(super) disposition: Disposition,
     pub(super) sip_status: Option<u16>,
@@ -271,6 +286,9 @@ impl Call {
     /// Arms the answered call's timer: `max_call_duration` after the answer, or
     /// one Session-Expires interval after the last refresh, whichever is first.
     pub(super) fn arm_answered(&mut self, now: Timestamp, cfg: &TrackerConfig) {
+        if self.bye.is_some() {
+            return; // a refresh racing the BYE: the BYE's wait decides
+        }
         let max_end = self
             .info
             .answered_at
@@ -297,6 +315,7 @@ impl Call {
                 // is not the caller's retry.
                 if by_caller && msg.cseq > self.invite_cseq && !answered && hop != Hop::ProxySide {
                     self.invite_cseq = msg.cseq;
+                    self.invites.latest = InviteMark::of(msg);
                     self.phase = Phase::Proceeding;
                     self.deadline = now.plus(cfg.invite_timeout);
                     return Step::Rearm;
@@ -318,33 +337,7 @@ impl Call {
                 }
                 Step::Nothing
             }
-            Method::Bye => {
-                // Only the answered dialog ends the call: a caller hangs up the stray
-                // dialog of a second fork's 2xx with a BYE of its own.
-                let peer_tag = if by_caller {
-                    &msg.to.tag
-                } else {
-                    &msg.from.tag
-                };
-                if answered && peer_tag.is_some() && *peer_tag != self.info.to.tag {
-                    return Step::Nothing;
-                }
-                let ended_by = if by_caller {
-                    EndedBy::Caller
-                } else {
-                    EndedBy::Callee
-                };
-                let (disposition, status) = match self.phase {
-                    Phase::Answered => (Disposition::Answered, self.answer_status),
-                    _ if by_caller => (Disposition::Cancelled, None),
-                    _ => (Disposition::Failed, None),
-                };
-                let end = End::new(disposition, status, ended_by, Some(msg));
-                match self.refers.iter().position(|r| r.accepted) {
-                    Some(idx) if answered => Step::TransferredThenEnd(self.refers.remove(idx), end),
-                    _ => Step::End(end),
-                }
-            }
+            Method::Bye => self.on_bye(msg, by_caller, now, cfg),
             Method::Refer if msg.to.tag.is_some() => {
                 let Some(refer_to) = &msg.refer_to else {
                     return Step::Nothing;
@@ -422,6 +415,7 @@ impl Call {
                 self.arm_answered(now, cfg);
                 Step::Rearm
             }
+            Method::Bye => self.on_bye_response(msg, status),
             Method::Refer => {
                 let Some(idx) = self
                     .refers
@@ -536,7 +530,9 @@ impl Call {
     /// Records a fork's failure; true when another early dialog is still alive.
     fn fork_failed_while_others_live(&mut self, msg: &SipMessage) -> bool {
         let Some(tag) = &msg.to.tag else {
-            return false;
+            // A UAS tags every final answer (RFC 3261 §8.2.6.2): one without a
+            // tag names no fork, so a live early dialog may still answer.
+            return self.early.iter().any(|(_, failed)| !failed);
         };
         let h = tag_hash(tag);
         if let Some(entry) = self.early.iter_mut().find(|(e, _)| *e == h) {
@@ -548,7 +544,10 @@ impl Call {
     }
 
     /// The call's deadline passed: which timer it was decides the outcome.
-    pub(super) fn on_deadline(&self) -> End {
+    pub(super) fn on_deadline(&mut self) -> End {
+        if let Some(end) = self.take_pending_bye() {
+            return end;
+        }
         match self.phase {
             Phase::Failing { status, at } => {
                 let (disposition, ended_by) = failure_outcome(status);

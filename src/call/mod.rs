@@ -3,7 +3,9 @@
 
 mod dialog;
 pub mod event;
+mod hangup;
 pub mod query;
+mod reuse;
 mod settings;
 pub mod tracker;
 

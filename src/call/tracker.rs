@@ -13,6 +13,7 @@ use super::event::{
     CallInfo, CallSnapshot, CompletedData, Event, EventData, InitiatedData, Signaling,
     TransferKind, TransferredData, stable_id,
 };
+use super::reuse::{EndedDialogs, InviteMark, Invites, Reuse};
 use super::settings::{TimerKey, TrackerConfig};
 use crate::sip::{Method, SipMessage, StartLine};
 use crate::vocab::{Meta, Timestamp};
@@ -52,8 +53,9 @@ impl Ignored {
 enum Slot {
     Live(Box<Call>),
     /// Kept for `challenge_window` after completion so late retransmissions are
-    /// recognised instead of starting a new call.
-    Ended,
+    /// recognised instead of starting a new call; its purge timer, to cancel if
+    /// a new call reuses the dialog first.
+    Ended(TimerKey),
 }
 
 /// Orders calls by their `id` alone (ids are unique).
@@ -88,18 +90,21 @@ pub struct Tracker {
     /// Tombstones held; capped at `max_active_calls` so a flood of short calls
     /// cannot grow the table past twice its bound.
     ended: usize,
+    /// Ended calls' INVITEs, to tell a call that reuses a dialog from a late copy.
+    ended_dialogs: EndedDialogs,
 }
 
 impl Tracker {
     /// An empty table.
     pub fn new(cfg: TrackerConfig) -> Tracker {
         Tracker {
-            cfg,
             calls: HashMap::new(),
             timers: BTreeMap::new(),
             next_timer: 0,
             live: 0,
             ended: 0,
+            ended_dialogs: EndedDialogs::new(cfg.max_active_calls),
+            cfg,
         }
     }
 
@@ -161,6 +166,8 @@ impl Tracker {
                 two_legs: snap.resume.two_legs,
                 seen: [0; SEEN],
                 seen_next: 0,
+                bye: None,
+                invites: Invites::new(InviteMark::restored(snap.resume.invite_cseq)),
                 info: snap.info,
             });
             if call.phase == Phase::Answered {
@@ -197,6 +204,22 @@ impl Tracker {
         }
         let from_tag = msg.from.tag.as_deref().unwrap_or("");
         let own_key = call_key(&msg.call_id, from_tag);
+        if is_initial_invite(msg)
+            && !matches!(self.calls.get(own_key.as_str()), Some(Slot::Live(_)))
+        {
+            match self.ended_dialogs.judge(&own_key, msg, meta.received_at) {
+                Some(Reuse::Copy) => return Err(Ignored::AfterEnd),
+                Some(Reuse::NewCall) => {
+                    if let Some(Slot::Ended(purge)) = self.calls.remove(own_key.as_str()) {
+                        self.timers.remove(&purge);
+                        self.ended -= 1;
+                    }
+                    let reuse = InviteMark::discriminator(msg);
+                    return self.start_call(msg, meta, own_key, Some(&reuse), out);
+                }
+                None => {}
+            }
+        }
         let (key, by_caller) = if self.calls.contains_key(own_key.as_str()) {
             (own_key, true)
         } else if msg.from.tag.is_some()
@@ -207,7 +230,7 @@ impl Tracker {
             // the empty tag, which the callee's requests carry as a tagless To.
             (peer_key, false)
         } else {
-            return self.start_call(msg, meta, own_key, out);
+            return self.start_call(msg, meta, own_key, None, out);
         };
         let now = meta.received_at;
         let Some(Slot::Live(call)) = self.calls.get_mut(key.as_str()) else {
@@ -233,7 +256,7 @@ impl Tracker {
             }
             let key = entry.remove();
             match self.calls.get_mut(&key) {
-                Some(Slot::Ended) => {
+                Some(Slot::Ended(_)) => {
                     self.calls.remove(&key);
                     self.ended -= 1;
                 }
@@ -247,21 +270,17 @@ impl Tracker {
         }
     }
 
+    /// Starts a call on `msg`, its initial INVITE; `reuse` when it reuses an
+    /// ended call's dialog (see [`super::reuse`]).
     fn start_call(
         &mut self,
         msg: &SipMessage,
         meta: &Meta,
         key: String,
+        reuse: Option<&str>,
         out: &mut Vec<Event>,
     ) -> Result<(), Ignored> {
-        let is_initial_invite = matches!(
-            msg.start,
-            StartLine::Request {
-                method: Method::Invite,
-                ..
-            }
-        ) && msg.to.tag.is_none();
-        if !is_initial_invite {
+        if !is_initial_invite(msg) {
             return Err(Ignored::UnknownDialog);
         }
         if self.live >= self.cfg.max_active_calls {
@@ -273,7 +292,10 @@ impl Tracker {
         let now = meta.received_at;
         let from_tag = msg.from.tag.as_deref().unwrap_or("");
         let info = CallInfo {
-            id: stable_id("call_", &[&msg.call_id, from_tag]),
+            id: match reuse {
+                None => stable_id("call_", &[&msg.call_id, from_tag]),
+                Some(r) => stable_id("call_", &[&msg.call_id, from_tag, r]),
+            },
             sip_call_id: msg.call_id.clone(),
             correlation_id: msg.correlation_id.clone(),
             from: msg.from.clone(),
@@ -318,6 +340,8 @@ impl Tracker {
             seen: [0; SEEN],
             seen_next: 0,
             armed: None,
+            bye: None,
+            invites: Invites::new(InviteMark::of(msg)),
         });
         call.remember(msg, Hop::Single);
         let data = EventData::Initiated(InitiatedData {
@@ -380,11 +404,8 @@ impl Tracker {
             }
             Step::Transferred(refer) => {
                 self.transferred(key, refer, now, out);
-                Ok(())
-            }
-            Step::TransferredThenEnd(refer, end) => {
-                self.transferred(key, refer, now, out);
-                self.complete(key, end, now, out);
+                // A BYE that sent its accepted transfer out also moved the deadline.
+                self.rearm(key);
                 Ok(())
             }
             Step::End(end) => {
@@ -479,13 +500,25 @@ impl Tracker {
         };
         out.push(call.event(EventData::Completed(data), ended_at, ""));
         self.live -= 1;
+        self.ended_dialogs.remember(&k, at, call.invites);
         if self.ended < self.cfg.max_active_calls {
             let purge_at = at.plus(self.cfg.challenge_window);
-            self.add_timer(purge_at, k.clone());
-            self.calls.insert(k, Slot::Ended);
+            let purge = self.add_timer(purge_at, k.clone());
+            self.calls.insert(k, Slot::Ended(purge));
             self.ended += 1;
         }
     }
+}
+
+/// An INVITE that starts a dialog (no To tag yet).
+fn is_initial_invite(msg: &SipMessage) -> bool {
+    matches!(
+        msg.start,
+        StartLine::Request {
+            method: Method::Invite,
+            ..
+        }
+    ) && msg.to.tag.is_none()
 }
 
 fn call_key(call_id: &str, tag: &str) -> String {
