@@ -39,6 +39,16 @@ fn msg(call: usize, kind: &str) -> String {
             "1 INVITE",
             String::new(),
         ),
+        "bye" => (
+            format!("BYE sip:+1555{call:07}@10.0.0.2 SIP/2.0"),
+            "2 BYE",
+            format!(";tag=callee-{call}"),
+        ),
+        "bye_ok" => (
+            "SIP/2.0 200 OK".to_owned(),
+            "2 BYE",
+            format!(";tag=callee-{call}"),
+        ),
         _ => (
             "SIP/2.0 200 OK".to_owned(),
             "1 INVITE",
@@ -83,4 +93,21 @@ fn main() {
     println!("active calls: {CALLS}");
     println!("tracker heap: {} bytes", after - before);
     println!("bytes per active answered call: {per_call:.0}");
+
+    // What an ended call leaves behind once its tombstone is purged: the reuse
+    // memory (its initial INVITEs, for a call that reuses its dialog).
+    for i in 0..CALLS {
+        for kind in ["bye", "bye_ok"] {
+            let m = parse(msg(i, kind).as_bytes(), &opts).unwrap();
+            let _ = tracker.on_message(&m, &meta, &mut out);
+        }
+        out.clear();
+    }
+    assert_eq!(tracker.active_calls(), 0);
+    tracker.on_time(Timestamp(meta.received_at.0 + 60_000), &mut out);
+    let ended = LIVE.load(Ordering::Relaxed);
+    println!(
+        "bytes per ended call remembered (after its tombstone, for reuse): {:.0}",
+        (ended - before) as f64 / CALLS as f64
+    );
 }

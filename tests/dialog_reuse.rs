@@ -131,12 +131,42 @@ fn a_late_copy_of_the_ended_calls_invite_starts_nothing() {
         12_000,
         call.request("INVITE", 1, "INVITE", None, "first", &[], ""),
     ));
+    // Past the tombstone's purge (32 s after the end), within the memory.
     msgs.push((
-        40_000,
+        90_000,
         call.request("INVITE", 1, "INVITE", None, "first", &[], ""),
     ));
     let ev = feed(&mut tracker(), &msgs);
     assert_eq!(types(&ev), FOUR);
+}
+
+#[test]
+fn a_proxys_forwarded_copy_of_the_invite_starts_nothing_after_the_end() {
+    let call = CallSpec::new("reuse-proxy-copy");
+    let forwarded = || call.request("INVITE", 1, "INVITE", None, "proxy-fwd", &[], "");
+    let mut msgs = call_at(&call, 0, 1, "first");
+    // The proxy's copy, with its own top Via, seen while the call is up.
+    msgs.insert(1, (5, forwarded()));
+    msgs.push((80_000, forwarded()));
+    let ev = feed(&mut tracker(), &msgs);
+    assert_eq!(types(&ev), FOUR);
+}
+
+#[test]
+fn a_reuse_while_the_old_calls_bye_waits_ends_the_old_call_at_its_bye() {
+    let call = CallSpec::new("reuse-pending-bye");
+    // The first call's BYE gets no answer on this mirror.
+    let mut msgs: Vec<(i64, String)> = call_at(&call, 0, 1, "first");
+    msgs.truncate(5);
+    msgs.extend(call_at(&call, 15_000, 1, "second"));
+    let ev = feed(&mut tracker(), &msgs);
+    assert_eq!(types(&ev), [FOUR, FOUR].concat());
+    assert_eq!(
+        ev[3]["data"]["talk_ms"], 8_000,
+        "the old call ended at its BYE"
+    );
+    assert_eq!(ev[3]["call"]["ended_at"], "2026-11-22T07:00:10.000Z");
+    assert_ne!(ev[4]["call"]["id"], ev[0]["call"]["id"]);
 }
 
 /// Over a real socket: the second call's events reach the outbox with ids a

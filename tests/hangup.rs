@@ -205,6 +205,47 @@ fn a_2xx_to_a_bye_the_mirror_missed_still_ends_the_call() {
 }
 
 #[test]
+fn crossed_byes_end_the_call_once_at_the_first_even_if_one_is_refused() {
+    let call = CallSpec::new("hangup-glare");
+    let mut t = tracker();
+    let mut msgs = answered(&call);
+    msgs.push((10_000, call.bye(2, "b")));
+    msgs.push((10_010, call.callee_request("BYE", 1, "b", &[], "")));
+    // The callee, already hanging up, refuses the caller's BYE; the caller
+    // accepts the callee's.
+    msgs.push((10_020, call.resp(481, 2, "BYE", Some("b"))));
+    msgs.push((10_030, call.callee_response(200, 1, "BYE", "b", &[])));
+    let ev = feed(&mut t, &msgs, 10_030 + WINDOW_MS);
+    assert_eq!(
+        types(&ev),
+        [
+            "call.initiated",
+            "call.ringing",
+            "call.answered",
+            "call.completed"
+        ]
+    );
+    let c = completed(&ev);
+    assert_eq!(c["data"]["talk_ms"], 6_000, "at the first BYE");
+    assert_eq!(c["data"]["ended_by"], "caller");
+}
+
+#[test]
+fn a_refresh_while_a_bye_waits_does_not_push_the_ending_out() {
+    let call = CallSpec::new("hangup-refresh");
+    let mut t = tracker();
+    let mut msgs = answered(&call);
+    msgs.push((10_000, call.bye(2, "b")));
+    msgs.push((
+        10_500,
+        call.request("INVITE", 3, "INVITE", Some("b"), "reinv", &[], ""),
+    ));
+    let ev = feed(&mut t, &msgs, 10_000 + WINDOW_MS);
+    assert_eq!(types(&ev).last(), Some(&"call.completed"));
+    assert_eq!(completed(&ev)["data"]["talk_ms"], 6_000);
+}
+
+#[test]
 fn a_tagless_final_failure_does_not_end_a_call_a_fork_may_answer() {
     let call = CallSpec::new("hangup-603");
     let mut t = tracker();

@@ -9,7 +9,7 @@ use super::event::{
     AnsweredData, CallInfo, Disposition, EVENT_VERSION, EndedBy, Event, EventData, Resume,
     RingingData, stable_id,
 };
-use super::reuse::{InviteMark, Invites};
+use super::reuse::Invites;
 use super::settings::{TimerKey, TrackerConfig};
 use crate::sip::{Method, SipMessage, StartLine};
 use crate::vocab::{Meta, Timestamp};
@@ -135,15 +135,13 @@ pub(super) enum Step {
     End(End),
 }
 
-/// A BYE for the answered dialog, waiting for its answer (see `hangup`).
+/// The BYEs of the answered dialog waiting for an answer (see `hangup`): one per
+/// side at most, both when the two hung up at once.
 #[derive(Debug)]
 pub(super) struct PendingBye {
-    /// Its CSeq and From tag: what its responses carry back.
-    pub(super) cseq: u32,
-    pub(super) from_tag: Option<String>,
-    /// The call's deadline before the BYE, back in force if the BYE is refused.
-    pub(super) resume_deadline: Timestamp,
-    /// The ending it makes, dated at the BYE.
+    /// Each one's CSeq and From tag: what its responses carry back.
+    pub(super) byes: Vec<(u32, Option<String>)>,
+    /// The ending the first one makes, dated at it.
     pub(super) end: End,
 }
 
@@ -315,7 +313,6 @@ impl Call {
                 // is not the caller's retry.
                 if by_caller && msg.cseq > self.invite_cseq && !answered && hop != Hop::ProxySide {
                     self.invite_cseq = msg.cseq;
-                    self.invites.latest = InviteMark::of(msg);
                     self.phase = Phase::Proceeding;
                     self.deadline = now.plus(cfg.invite_timeout);
                     return Step::Rearm;
@@ -415,7 +412,7 @@ impl Call {
                 self.arm_answered(now, cfg);
                 Step::Rearm
             }
-            Method::Bye => self.on_bye_response(msg, status),
+            Method::Bye => self.on_bye_response(msg, status, now, cfg),
             Method::Refer => {
                 let Some(idx) = self
                     .refers

@@ -47,11 +47,15 @@ impl Call {
             return Step::Nothing;
         }
         if let Some(b) = self.bye.as_mut() {
-            // The same side's BYE again with a new CSeq (after a 401/407): its
-            // answer is the one to wait for. The other side's BYE (both hung up
-            // at once) changes nothing: the first one ended the call.
-            if b.from_tag == msg.from.tag {
-                b.cseq = msg.cseq;
+            let sides = b.byes.len();
+            match b.byes.iter_mut().find(|(_, tag)| *tag == msg.from.tag) {
+                // The same side's BYE again with a new CSeq (after a 401/407):
+                // its answer is the one to wait for.
+                Some(same) => same.0 = msg.cseq,
+                // The other side hung up too (crossed BYEs): either's 2xx ends
+                // the call, at the first BYE.
+                None if sides < 2 => b.byes.push((msg.cseq, msg.from.tag.clone())),
+                None => {}
             }
             return Step::Nothing;
         }
@@ -63,9 +67,7 @@ impl Call {
         );
         end.ended_at = Some(now);
         self.bye = Some(Box::new(PendingBye {
-            cseq: msg.cseq,
-            from_tag: msg.from.tag.clone(),
-            resume_deadline: self.deadline,
+            byes: vec![(msg.cseq, msg.from.tag.clone())],
             end,
         }));
         self.deadline = now.plus(cfg.challenge_window);
@@ -77,23 +79,37 @@ impl Call {
         }
     }
 
-    pub(super) fn on_bye_response(&mut self, msg: &SipMessage, status: u16) -> Step {
-        let Some(b) = self.bye.as_ref() else {
+    pub(super) fn on_bye_response(
+        &mut self,
+        msg: &SipMessage,
+        status: u16,
+        now: Timestamp,
+        cfg: &TrackerConfig,
+    ) -> Step {
+        let Some(b) = self.bye.as_mut() else {
             return self.on_bye_answer_alone(msg, status);
         };
-        if b.cseq != msg.cseq || b.from_tag != msg.from.tag {
+        let Some(idx) = b
+            .byes
+            .iter()
+            .position(|(cseq, tag)| *cseq == msg.cseq && *tag == msg.from.tag)
+        else {
             return Step::Nothing;
-        }
+        };
         match status {
             200..=299 => match self.bye.take() {
                 Some(b) => Step::End(b.end),
                 None => Step::Nothing,
             },
             481 => {
-                // The far end has no such dialog: the call goes on.
-                if let Some(b) = self.bye.take() {
-                    self.deadline = b.resume_deadline;
+                // The far end has no such dialog: this BYE ended nothing. With
+                // none left waiting the call goes on, its timers from now.
+                b.byes.remove(idx);
+                if !b.byes.is_empty() {
+                    return Step::Nothing;
                 }
+                self.bye = None;
+                self.arm_answered(now, cfg);
                 Step::Rearm
             }
             // A challenge (retried with a new CSeq) or any other answer: the

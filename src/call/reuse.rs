@@ -18,28 +18,23 @@ use crate::vocab::Timestamp;
 
 /// How long an ended call's INVITEs are remembered: the reuses seen in the
 /// field come seconds to a minute after the end; a retransmission of the old
-/// INVITE cannot come later than its transaction's 32 s.
-pub const REUSE_MEMORY_MS: i64 = 300_000;
+/// INVITE cannot come later than its transaction's 32 s. Each ended call costs
+/// about 60 bytes for this long (about 4 MB at 500 calls/s).
+pub const REUSE_MEMORY_MS: i64 = 120_000;
 
-/// An initial INVITE's identity within its dialog: CSeq and a hash of the top
-/// Via branch.
+/// An initial INVITE's identity within its dialog: a hash of its CSeq number and
+/// top Via branch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(super) struct InviteMark {
-    cseq: u32,
-    branch: u64,
-}
+pub(super) struct InviteMark(u64);
 
 impl InviteMark {
     pub(super) fn of(msg: &SipMessage) -> InviteMark {
-        InviteMark {
-            cseq: msg.cseq,
-            branch: hash(&msg.via_branch),
-        }
+        InviteMark(hash(&(msg.cseq, &msg.via_branch)))
     }
 
     /// A call restored after a restart knows its CSeq only.
     pub(super) fn restored(cseq: u32) -> InviteMark {
-        InviteMark { cseq, branch: 0 }
+        InviteMark(hash(&(cseq, "restored")))
     }
 
     /// What goes into a reusing call's id beside its Call-ID and From tag.
@@ -52,31 +47,54 @@ impl InviteMark {
     }
 }
 
-/// The first and the latest initial INVITE of a call (a retry after a
-/// challenge is the latest).
+/// INVITEs remembered for one dialog (the oldest overwritten past it): inline,
+/// so a call or an ended dialog remembers them without an allocation.
+const MARKS: usize = 4;
+
+/// The initial INVITEs seen on a dialog: its calls' first INVITE, a retry after
+/// a challenge, a proxy's forwarded copy (its own top Via).
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Invites {
-    pub(super) first: InviteMark,
-    pub(super) latest: InviteMark,
+    marks: [InviteMark; MARKS],
+    len: u8,
 }
 
 impl Invites {
     pub(super) fn new(m: InviteMark) -> Invites {
-        Invites {
-            first: m,
-            latest: m,
+        let mut i = Invites::default();
+        i.add(m);
+        i
+    }
+
+    pub(super) fn holds(&self, m: InviteMark) -> bool {
+        self.marks[..usize::from(self.len)].contains(&m)
+    }
+
+    pub(super) fn add(&mut self, m: InviteMark) {
+        if self.holds(m) {
+            return;
+        }
+        if usize::from(self.len) < MARKS {
+            self.marks[usize::from(self.len)] = m;
+            self.len += 1;
+        } else {
+            self.marks.rotate_left(1);
+            self.marks[MARKS - 1] = m;
+        }
+    }
+
+    fn add_all(&mut self, other: &Invites) {
+        for m in &other.marks[..usize::from(other.len)] {
+            self.add(*m);
         }
     }
 }
-
-/// Most INVITEs remembered for one dialog, over all its ended calls.
-const MARKS_PER_DIALOG: usize = 8;
 
 /// What is remembered of a dialog whose calls ended: when the last one did, and
 /// the initial INVITEs of all of them (so no two get the same id).
 struct Remembered {
     ended: Timestamp,
-    marks: Vec<InviteMark>,
+    invites: Invites,
 }
 
 /// An initial INVITE on an ended call's dialog.
@@ -89,7 +107,7 @@ pub(super) enum Reuse {
 }
 
 /// Ended calls' INVITEs by dialog key, for [`REUSE_MEMORY_MS`] and at most `cap`
-/// of them (the oldest forgotten first): a few dozen bytes per call.
+/// of them (the oldest forgotten first).
 pub(super) struct EndedDialogs {
     by_key: HashMap<u64, Remembered>,
     order: VecDeque<(Timestamp, u64)>,
@@ -111,19 +129,12 @@ impl EndedDialogs {
             self.pop_oldest();
         }
         let k = hash(&key);
-        let r = self.by_key.entry(k).or_insert_with(|| Remembered {
+        let r = self.by_key.entry(k).or_insert(Remembered {
             ended,
-            marks: Vec::new(),
+            invites: Invites::default(),
         });
         r.ended = ended;
-        for m in [invites.first, invites.latest] {
-            if !r.marks.contains(&m) {
-                if r.marks.len() >= MARKS_PER_DIALOG {
-                    r.marks.remove(0);
-                }
-                r.marks.push(m);
-            }
-        }
+        r.invites.add_all(&invites);
         self.order.push_back((ended, k));
     }
 
@@ -134,7 +145,7 @@ impl EndedDialogs {
         if now.0.saturating_sub(r.ended.0) > REUSE_MEMORY_MS {
             return None;
         }
-        Some(if r.marks.contains(&InviteMark::of(msg)) {
+        Some(if r.invites.holds(InviteMark::of(msg)) {
             Reuse::Copy
         } else {
             Reuse::NewCall

@@ -204,6 +204,19 @@ impl Tracker {
         }
         let from_tag = msg.from.tag.as_deref().unwrap_or("");
         let own_key = call_key(&msg.call_id, from_tag);
+        if is_initial_invite(msg) {
+            // A new call on the dialog while the old one's BYE waits for its
+            // answer: that BYE ended the old one.
+            let bye_ended = match self.calls.get_mut(own_key.as_str()) {
+                Some(Slot::Live(call)) if !call.invites.holds(InviteMark::of(msg)) => {
+                    call.take_pending_bye()
+                }
+                _ => None,
+            };
+            if let Some(end) = bye_ended {
+                self.complete(&own_key, end, meta.received_at, out);
+            }
+        }
         if is_initial_invite(msg)
             && !matches!(self.calls.get(own_key.as_str()), Some(Slot::Live(_)))
         {
@@ -236,6 +249,11 @@ impl Tracker {
         let Some(Slot::Live(call)) = self.calls.get_mut(key.as_str()) else {
             return Err(Ignored::AfterEnd);
         };
+        if is_initial_invite(msg) {
+            // Every copy counts, a proxy's forwarded one (its own top Via)
+            // included: once the call ends, none of them may start another.
+            call.invites.add(InviteMark::of(msg));
+        }
         let hop = call.hop(msg, meta);
         if !call.remember(msg, hop) {
             return Err(Ignored::Duplicate);

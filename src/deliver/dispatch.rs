@@ -62,7 +62,10 @@ struct Attempted {
 }
 
 mod backlog;
+mod gauges;
 mod operator;
+
+use gauges::{Gauges, STATES};
 
 /// A dispatcher with its pending deliveries loaded. Load every endpoint before the
 /// outbox writer routes events to it: a scan racing the writer could see unflushed
@@ -80,6 +83,9 @@ pub fn prepare(
     d.load_page()?;
     Ok(d)
 }
+
+/// Announcements taken at once while a backlog loads.
+const HELD_PER_TURN: usize = 4096;
 
 /// How often the oldest-pending gauge is refreshed: it ages while nothing happens.
 const AGE_TICK: Duration = Duration::from_secs(1);
@@ -113,7 +119,20 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             c = rx.recv() => match c {
-                Some(c) => d.committed(c),
+                Some(c) => {
+                    d.committed(c);
+                    // While a backlog loads, announcements only wait: take what
+                    // is queued now, so their bodies do not sit in the channel.
+                    for _ in 0..HELD_PER_TURN {
+                        if d.loading.is_none() {
+                            break;
+                        }
+                        match rx.try_recv() {
+                            Ok(c) => d.committed(c),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 None => break,
             },
             Some(c) = commands.recv() => d.command(c),
@@ -179,48 +198,6 @@ pub struct Dispatcher {
     next_probe: Option<Instant>,
     paused: bool,
     rng: u64,
-}
-
-const STATES: [EndpointState; 3] = [
-    EndpointState::Healthy,
-    EndpointState::CircuitOpen,
-    EndpointState::Paused,
-];
-
-/// This endpoint's series, resolved once: a label lookup hashes the name and
-/// takes the family's lock, which per event adds up.
-struct Gauges {
-    pending: prometheus::IntGauge,
-    oldest_pending: prometheus::Gauge,
-    dead: prometheus::IntGauge,
-    /// In the order of [`STATES`].
-    state: Vec<prometheus::IntGauge>,
-    /// The common outcome's counter; the others are looked up when they happen.
-    delivered_200: prometheus::IntCounter,
-    attempt_duration: prometheus::Histogram,
-    latency: prometheus::Histogram,
-}
-
-impl Gauges {
-    fn of(m: &Metrics, name: &str) -> Gauges {
-        let delivered = Outcome::Delivered { status: 200 };
-        Gauges {
-            pending: m.outbox_pending.with_label_values(&[name]),
-            oldest_pending: m.outbox_oldest_pending_seconds.with_label_values(&[name]),
-            dead: m.deadletters.with_label_values(&[name]),
-            state: STATES
-                .iter()
-                .map(|s| m.endpoint_state.with_label_values(&[name, s.as_str()]))
-                .collect(),
-            delivered_200: m.deliveries.with_label_values(&[
-                name,
-                delivered.label(),
-                &delivered.code(),
-            ]),
-            attempt_duration: m.delivery_attempt_duration.with_label_values(&[name]),
-            latency: m.event_delivery_latency.with_label_values(&[name]),
-        }
-    }
 }
 
 fn now_ms() -> i64 {

@@ -549,13 +549,14 @@ fn prepare_spare(dir: &Path, segment_bytes: u64) -> Result<(), LogError> {
             std::fs::remove_file(&tmp).map_err(io(&tmp))?;
             return Ok(());
         }
-        // A file system without RENAME_NOREPLACE: a plain rename, checked first.
-        Err(rustix::io::Errno::INVAL) if !spare.exists() => {
+        // A file system or kernel without RENAME_NOREPLACE: a plain rename,
+        // checked first.
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) if !spare.exists() => {
             std::fs::rename(&tmp, &spare).map_err(io(&spare))?
         }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
-            if e == rustix::io::Errno::INVAL {
+            if matches!(e, rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) {
                 return Ok(());
             }
             return Err(io(&spare)(e.into()));
