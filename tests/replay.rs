@@ -660,3 +660,52 @@ async fn deliver_forgets_the_calls_a_capture_left_open() {
     let outbox = siphook::deliver::open_outbox(&config).unwrap();
     assert!(outbox.active_calls().unwrap().is_empty());
 }
+
+/// A capture in a format replay does not read is named, with the conversion
+/// that makes it readable, instead of a bare "wrong magic number".
+#[test]
+fn a_capture_in_another_format_is_named_with_its_conversion() {
+    let dir = tempfile::tempdir().unwrap();
+    for (head, format) in [
+        (
+            &b"GMBU\x00\x02\x00\x00"[..],
+            "Microsoft Network Monitor 2.x",
+        ),
+        (&b"snoop\0\0\0\0\0\0\x02"[..], "Solaris snoop"),
+        (&b"\x1f\x8b\x08\x00"[..], "gzip-compressed"),
+        (
+            &b"\x34\xcd\xb2\xa1\x02\x00"[..],
+            "modified (Kuznetzov) pcap",
+        ),
+    ] {
+        let path = dir.path().join("capture.cap");
+        let mut bytes = head.to_vec();
+        bytes.resize(64, 0);
+        std::fs::write(&path, &bytes).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_siphook"))
+            .arg("replay")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("this is a {format} capture")),
+            "{stderr}"
+        );
+        assert!(stderr.contains("editcap -F pcapng"), "{stderr}");
+    }
+    // A file too short to tell stays a plain format error.
+    let path = dir.path().join("tiny.cap");
+    std::fs::write(&path, b"ab").unwrap();
+    let err = replay(
+        &path,
+        &ReplayOptions::from_config(&Config::default(), false),
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("cannot read") || err.to_string().contains("not a readable"),
+        "{err}"
+    );
+}

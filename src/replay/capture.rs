@@ -38,16 +38,49 @@ pub enum Capture {
 
 const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 
+/// Capture formats met in the field that replay does not read, by their first
+/// bytes: named in the error, with the conversion that makes them readable.
+const OTHER_FORMATS: [(&[u8], &str); 7] = [
+    (b"GMBU", "Microsoft Network Monitor 2.x"),
+    (b"RTSS", "Microsoft Network Monitor 1.x"),
+    (b"snoop\0\0\0", "Solaris snoop"),
+    (b"XCP\0", "NetXray / Sniffer (Windows)"),
+    (b"\x1f\x8b", "gzip-compressed"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
+    (b"\xa1\xb2\xcd\x34", "modified (Kuznetzov) pcap"),
+];
+
+/// The name of a capture format replay does not read, from the file's start.
+fn other_format(head: &[u8]) -> Option<&'static str> {
+    OTHER_FORMATS
+        .iter()
+        .find(|(magic, _)| head.starts_with(magic))
+        .map(|(_, name)| *name)
+        .or_else(|| {
+            head.starts_with(&[0x34, 0xcd, 0xb2, 0xa1])
+                .then_some("modified (Kuznetzov) pcap")
+        })
+}
+
 impl Capture {
     /// Opens a capture, telling pcap from pcapng by its first bytes.
     pub fn open(path: &Path) -> Result<Capture, ReplayError> {
         let io = |e: std::io::Error| ReplayError::Io(path.display().to_string(), e);
         let mut file = File::open(path).map_err(io)?;
-        let mut magic = [0u8; 4];
-        file.read_exact(&mut magic).map_err(io)?;
+        let mut head = [0u8; 8];
+        let mut got = 0;
+        while got < head.len() {
+            match file.read(&mut head[got..]).map_err(io)? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        if let Some(format) = other_format(&head[..got]) {
+            return Err(ReplayError::Unsupported(format));
+        }
         let file = BufReader::new(File::open(path).map_err(io)?);
         let bad = |e: pcap_file::PcapError| ReplayError::Format(e.to_string());
-        if magic == PCAPNG_MAGIC {
+        if head[..got.min(4)] == PCAPNG_MAGIC {
             Ok(Capture::PcapNg {
                 reader: PcapNgReader::new(file).map_err(bad)?,
                 interfaces: Vec::new(),

@@ -27,6 +27,11 @@ pub enum ReplayError {
     /// Not a pcap or pcapng file, or a damaged one.
     #[error("not a readable pcap or pcapng capture: {0}")]
     Format(String),
+    /// A capture format replay does not read, recognised by its first bytes.
+    #[error(
+        "this is a {0} capture, which replay does not read: convert it with Wireshark's editcap (`editcap -F pcapng IN OUT.pcapng`; for a compressed file, decompress it first) and replay the result"
+    )]
+    Unsupported(&'static str),
 }
 
 /// What the replay saw and did: printed at the end, on stderr.
