@@ -648,7 +648,7 @@ async fn deliver_forgets_the_calls_a_capture_left_open() {
     let path = dir.path().join("open.pcap");
     write_pcap(&path, DataLink::ETHERNET, &frames);
     let summary = siphook::replay::replay_and_deliver(
-        &path,
+        std::slice::from_ref(&path),
         &config,
         ReplayOptions::from_config(&config, false),
         None,
@@ -708,4 +708,57 @@ fn a_capture_in_another_format_is_named_with_its_conversion() {
         err.to_string().contains("cannot read") || err.to_string().contains("not a readable"),
         "{err}"
     );
+}
+
+/// Several files in the order given replay as one capture: a call split across
+/// them comes out exactly as from the whole file.
+#[test]
+fn several_files_replay_as_one_capture() {
+    let whole = std::fs::read(data("sipp-udp-3-calls.pcap")).unwrap();
+    // Classic pcap: a 24-byte header, then records of a 16-byte header and
+    // incl_len bytes; cut between record 9 and 10 (mid-call).
+    let mut at = 24;
+    let mut cut = 0;
+    for record in 0..18 {
+        if record == 9 {
+            cut = at;
+        }
+        let incl = u32::from_le_bytes(whole[at + 8..at + 12].try_into().unwrap()) as usize;
+        at += 16 + incl;
+    }
+    assert_eq!(at, whole.len(), "18 records");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.pcap"), dir.path().join("b.pcap"));
+    std::fs::write(&a, &whole[..cut]).unwrap();
+    let mut second = whole[..24].to_vec();
+    second.extend_from_slice(&whole[cut..]);
+    std::fs::write(&b, &second).unwrap();
+    let cli = |files: &[&std::path::Path]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_siphook"))
+            .arg("replay")
+            .args(files)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (split, summary) = cli(&[&a, &b]);
+    let (one, _) = cli(&[&data("sipp-udp-3-calls.pcap")]);
+    assert_eq!(split, one, "the same events, ids and times");
+    let lines: Vec<Value> = split
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_answered_calls(&lines, 3);
+    assert!(summary.contains("packets: 18"), "{summary}");
+    // The first half alone leaves calls open: the split really is mid-call.
+    let (half, _) = cli(&[&a]);
+    assert!(half.lines().count() < lines.len());
 }

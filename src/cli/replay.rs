@@ -1,4 +1,4 @@
-//! `siphook replay FILE`: a capture through the parser and tracker on the
+//! `siphook replay FILE…`: a capture through the parser and tracker on the
 //! capture's clock, printed as JSON lines or, with `--deliver`, sent through the
 //! outbox to the configured endpoints.
 
@@ -14,8 +14,9 @@ use super::logging::{self, LogFormat};
 /// `replay`'s arguments.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The capture file.
-    file: PathBuf,
+    /// The capture file; several are replayed in the order given, as one capture.
+    #[arg(required = true, num_args = 1..)]
+    files: Vec<PathBuf>,
     /// Configuration (timers, correlation headers; endpoints with --deliver).
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -36,7 +37,7 @@ pub struct Args {
 /// Replays; the summary goes to stderr.
 pub fn main(args: Args) -> ExitCode {
     super::exit(replay(
-        &args.file,
+        &args.files,
         args.config.as_deref(),
         args.deliver,
         args.speed,
@@ -45,7 +46,7 @@ pub fn main(args: Args) -> ExitCode {
 }
 
 fn replay(
-    file: &Path,
+    files: &[PathBuf],
     config: Option<&Path>,
     deliver: bool,
     speed: Option<f64>,
@@ -74,14 +75,14 @@ fn replay(
             let stop = async {
                 let _ = rx.await;
             };
-            siphook::replay::replay_and_deliver(file, &config, opts, speed, stop).await
+            siphook::replay::replay_and_deliver(files, &config, opts, speed, stop).await
         })?
     } else {
         use std::io::Write;
         let mut pace = Pace::new(speed);
         let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
         let mut closed = false;
-        let summary = siphook::replay::replay(file, &opts, |e| {
+        let summary = siphook::replay::replay_files(files, &opts, |e| {
             pace.wait(e);
             if !closed {
                 let json = e.to_json();

@@ -157,18 +157,42 @@ impl ReplayOptions {
 pub fn replay(
     path: &Path,
     opts: &ReplayOptions,
+    emit: impl FnMut(&Event),
+) -> Result<Summary, ReplayError> {
+    replay_files(&[path.to_path_buf()], opts, emit)
+}
+
+/// Replays several capture files, in the order given, as one capture (a ring
+/// buffer's files, a capture split by `editcap -c`): calls and TCP streams go on
+/// across them. Every file is opened before the first frame is read, so a wrong
+/// one fails the replay before any event.
+pub fn replay_files(
+    paths: &[std::path::PathBuf],
+    opts: &ReplayOptions,
     mut emit: impl FnMut(&Event),
 ) -> Result<Summary, ReplayError> {
-    let mut cap = capture::Capture::open(path)?;
+    let mut captures = Vec::with_capacity(paths.len());
+    for path in paths {
+        captures.push((path, capture::Capture::open(path)?));
+    }
     let mut r = Replayer::new(opts);
-    loop {
-        match cap.next_frame() {
-            None => break,
-            Some(Ok(frame)) => r.frame(&frame, &mut emit),
-            // A capture cut short (a crashed tcpdump) still replays up to the damage.
-            Some(Err(e)) => {
-                r.summary.truncated = Some(e.to_string());
-                break;
+    for (path, mut cap) in captures {
+        loop {
+            match cap.next_frame() {
+                None => break,
+                Some(Ok(frame)) => r.frame(&frame, &mut emit),
+                // A capture cut short (a crashed tcpdump) still replays up to
+                // the damage, and the next file goes on.
+                Some(Err(e)) => {
+                    if r.summary.truncated.is_none() {
+                        r.summary.truncated = Some(if paths.len() > 1 {
+                            format!("{}: {e}", path.display())
+                        } else {
+                            e.to_string()
+                        });
+                    }
+                    break;
+                }
             }
         }
     }
@@ -439,7 +463,7 @@ pub enum DeliverError {
 /// would, and waits until every delivery is done or `stop` resolves (what is
 /// left stays pending for the next start).
 pub async fn replay_and_deliver(
-    path: &Path,
+    paths: &[std::path::PathBuf],
     config: &Config,
     opts: ReplayOptions,
     speed: Option<f64>,
@@ -449,10 +473,10 @@ pub async fn replay_and_deliver(
     let outbox = crate::deliver::open_outbox(config)?;
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     let mut delivery = crate::deliver::Delivery::start(config, outbox.clone(), rx, None, metrics)?;
-    let path = path.to_owned();
+    let paths = paths.to_vec();
     let replayed = tokio::task::spawn_blocking(move || {
         let mut pace = Pace::new(speed);
-        replay(&path, &opts, |e| {
+        replay_files(&paths, &opts, |e| {
             pace.wait(e);
             let _ = tx.blocking_send(e.clone());
         })
