@@ -672,7 +672,6 @@ fn a_capture_in_another_format_is_named_with_its_conversion() {
             "Microsoft Network Monitor 2.x",
         ),
         (&b"snoop\0\0\0\0\0\0\x02"[..], "Solaris snoop"),
-        (&b"\x1f\x8b\x08\x00"[..], "gzip-compressed"),
         (
             &b"\x34\xcd\xb2\xa1\x02\x00"[..],
             "modified (Kuznetzov) pcap",
@@ -695,19 +694,45 @@ fn a_capture_in_another_format_is_named_with_its_conversion() {
         );
         assert!(stderr.contains("editcap -F pcapng"), "{stderr}");
     }
-    // A file too short to tell stays a plain format error.
-    let path = dir.path().join("tiny.cap");
-    std::fs::write(&path, b"ab").unwrap();
-    let err = replay(
-        &path,
-        &ReplayOptions::from_config(&Config::default(), false),
-        |_| {},
-    )
-    .unwrap_err();
+    let opts = ReplayOptions::from_config(&Config::default(), false);
+    let err = |bytes: &[u8]| {
+        let path = dir.path().join("odd.cap");
+        std::fs::write(&path, bytes).unwrap();
+        replay(&path, &opts, |_| {}).unwrap_err().to_string()
+    };
+    let gz = err(b"\x1f\x8b\x08\x00\x00\x00\x00\x00");
+    assert!(gz.contains("odd.cap: this is a compressed file"), "{gz}");
+    assert!(gz.contains("<(zcat FILE)"), "{gz}");
+    let empty = err(b"");
     assert!(
-        err.to_string().contains("cannot read") || err.to_string().contains("not a readable"),
-        "{err}"
+        empty.contains("odd.cap: ") && empty.contains("the file is empty"),
+        "{empty}"
     );
+    assert!(err(b"ab").contains("too short for a capture header"));
+}
+
+/// A capture read through a pipe (decompressed on the fly) replays like the file.
+#[test]
+fn a_capture_through_a_pipe_replays() {
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{} replay <(cat {})",
+            env!("CARGO_BIN_EXE_siphook"),
+            data("sipp-udp-3-calls.pcap").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_answered_calls(&lines, 3);
 }
 
 /// Several files in the order given replay as one capture: a call split across

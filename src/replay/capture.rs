@@ -25,11 +25,11 @@ pub struct Frame {
 /// A pcap or pcapng file, read frame by frame.
 pub enum Capture {
     /// Classic pcap: one link type for the file.
-    Pcap(PcapReader<BufReader<File>>),
+    Pcap(PcapReader<Source>),
     /// pcapng: a link type and a time resolution per interface.
     PcapNg {
         /// The reader.
-        reader: PcapNgReader<BufReader<File>>,
+        reader: PcapNgReader<Source>,
         /// Per interface: link type and nanoseconds per timestamp unit (as a
         /// ratio, numerator and denominator, so 2^-n resolutions stay exact).
         interfaces: Vec<(DataLink, u128, u128)>,
@@ -38,17 +38,30 @@ pub enum Capture {
 
 const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 
+/// A capture's bytes: the first ones, read to tell its format, then the rest of
+/// the file. One open and one pass, so a pipe works as well as a file.
+pub type Source = BufReader<std::io::Chain<std::io::Cursor<Vec<u8>>, File>>;
+
 /// Capture formats met in the field that replay does not read, by their first
 /// bytes: named in the error, with the conversion that makes them readable.
-const OTHER_FORMATS: [(&[u8], &str); 7] = [
+const OTHER_FORMATS: [(&[u8], &str); 5] = [
     (b"GMBU", "Microsoft Network Monitor 2.x"),
     (b"RTSS", "Microsoft Network Monitor 1.x"),
     (b"snoop\0\0\0", "Solaris snoop"),
     (b"XCP\0", "NetXray / Sniffer (Windows)"),
-    (b"\x1f\x8b", "gzip-compressed"),
-    (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
     (b"\xa1\xb2\xcd\x34", "modified (Kuznetzov) pcap"),
 ];
+
+/// The tool that decompresses a compressed file, from its first bytes.
+fn compressed(head: &[u8]) -> Option<&'static str> {
+    if head.starts_with(b"\x1f\x8b") {
+        Some("zcat")
+    } else if head.starts_with(b"\x28\xb5\x2f\xfd") {
+        Some("zstdcat")
+    } else {
+        None
+    }
+}
 
 /// The name of a capture format replay does not read, from the file's start.
 fn other_format(head: &[u8]) -> Option<&'static str> {
@@ -75,12 +88,25 @@ impl Capture {
                 n => got += n,
             }
         }
+        match got {
+            0 => return Err(ReplayError::Format("the file is empty".into())),
+            1..4 => {
+                return Err(ReplayError::Format(format!(
+                    "{got} bytes: too short for a capture header"
+                )));
+            }
+            _ => {}
+        }
         if let Some(format) = other_format(&head[..got]) {
             return Err(ReplayError::Unsupported(format));
         }
-        let file = BufReader::new(File::open(path).map_err(io)?);
+        if let Some(tool) = compressed(&head[..got]) {
+            return Err(ReplayError::Compressed(tool));
+        }
+        let is_pcapng = head[..4] == PCAPNG_MAGIC;
+        let file = BufReader::new(std::io::Cursor::new(head[..got].to_vec()).chain(file));
         let bad = |e: pcap_file::PcapError| ReplayError::Format(e.to_string());
-        if head[..got.min(4)] == PCAPNG_MAGIC {
+        if is_pcapng {
             Ok(Capture::PcapNg {
                 reader: PcapNgReader::new(file).map_err(bad)?,
                 interfaces: Vec::new(),

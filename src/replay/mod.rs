@@ -29,9 +29,17 @@ pub enum ReplayError {
     Format(String),
     /// A capture format replay does not read, recognised by its first bytes.
     #[error(
-        "this is a {0} capture, which replay does not read: convert it with Wireshark's editcap (`editcap -F pcapng IN OUT.pcapng`; for a compressed file, decompress it first) and replay the result"
+        "this is a {0} capture, which replay does not read: convert it with Wireshark's editcap (`editcap -F pcapng IN OUT.pcapng`) and replay the result"
     )]
     Unsupported(&'static str),
+    /// A compressed file: the tool that decompresses it.
+    #[error(
+        "this is a compressed file: decompress it first, for example through a pipe: `siphook replay <({0} FILE)`"
+    )]
+    Compressed(&'static str),
+    /// One of the files given could not be opened as a capture.
+    #[error("{0}: {1}")]
+    InFile(String, Box<ReplayError>),
 }
 
 /// What the replay saw and did: printed at the end, on stderr.
@@ -173,7 +181,11 @@ pub fn replay_files(
 ) -> Result<Summary, ReplayError> {
     let mut captures = Vec::with_capacity(paths.len());
     for path in paths {
-        captures.push((path, capture::Capture::open(path)?));
+        let cap = capture::Capture::open(path).map_err(|e| match e {
+            ReplayError::Io(..) => e,
+            other => ReplayError::InFile(path.display().to_string(), Box::new(other)),
+        })?;
+        captures.push((path, cap));
     }
     let mut r = Replayer::new(opts);
     for (path, mut cap) in captures {
