@@ -8,6 +8,7 @@ pub mod admin;
 pub mod process;
 pub mod receiver;
 pub mod stage;
+pub mod timeline;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
