@@ -31,6 +31,14 @@ fn tagless_bye(call: &CallSpec, cseq: u32) -> String {
     call.request("BYE", cseq, "BYE", None, "stray", &[], "")
 }
 
+/// A whole answered call's events.
+const FOUR: [&str; 4] = [
+    "call.initiated",
+    "call.ringing",
+    "call.answered",
+    "call.completed",
+];
+
 fn completed(events: &[Value]) -> &Value {
     let c = events.last().expect("events");
     assert_eq!(c["type"], "call.completed");
@@ -48,15 +56,7 @@ fn a_bye_without_the_answered_dialogs_tags_ends_nothing() {
     msgs.push((20_000, call.bye(4, "b")));
     msgs.push((20_030, call.resp(200, 4, "BYE", Some("b"))));
     let ev = feed(&mut t, &msgs, 20_030);
-    assert_eq!(
-        types(&ev),
-        [
-            "call.initiated",
-            "call.ringing",
-            "call.answered",
-            "call.completed"
-        ]
-    );
+    assert_eq!(types(&ev), FOUR);
     let c = completed(&ev);
     assert_eq!(c["data"]["ended_by"], "caller");
     assert_eq!(c["data"]["disposition"], "answered");
@@ -78,15 +78,7 @@ fn a_bye_refused_with_481_leaves_the_call_up() {
     msgs.push((60_000, call.bye(3, "b")));
     msgs.push((60_010, call.resp(200, 3, "BYE", Some("b"))));
     let ev = feed(&mut t, &msgs, 10_020 + WINDOW_MS + 1);
-    assert_eq!(
-        types(&ev),
-        [
-            "call.initiated",
-            "call.ringing",
-            "call.answered",
-            "call.completed"
-        ]
-    );
+    assert_eq!(types(&ev), FOUR);
     assert_eq!(completed(&ev)["data"]["talk_ms"], 56_000);
 }
 
@@ -178,15 +170,7 @@ fn crossed_byes_end_the_call_once_at_the_first_even_if_one_is_refused() {
     msgs.push((10_020, call.resp(481, 2, "BYE", Some("b"))));
     msgs.push((10_030, call.callee_response(200, 1, "BYE", "b", &[])));
     let ev = feed(&mut t, &msgs, 10_030 + WINDOW_MS);
-    assert_eq!(
-        types(&ev),
-        [
-            "call.initiated",
-            "call.ringing",
-            "call.answered",
-            "call.completed"
-        ]
-    );
+    assert_eq!(types(&ev), FOUR);
     let c = completed(&ev);
     assert_eq!(c["data"]["talk_ms"], 6_000, "at the first BYE");
     assert_eq!(c["data"]["ended_by"], "caller");
@@ -221,15 +205,7 @@ fn a_tagless_final_failure_does_not_end_a_call_a_fork_may_answer() {
         (8_020, call.resp(200, 2, "BYE", Some("b"))),
     ];
     let ev = feed(&mut t, &msgs, 8_020);
-    assert_eq!(
-        types(&ev),
-        [
-            "call.initiated",
-            "call.ringing",
-            "call.answered",
-            "call.completed"
-        ]
-    );
+    assert_eq!(types(&ev), FOUR);
     let c = completed(&ev);
     assert_eq!(c["data"]["disposition"], "answered");
     assert_eq!(c["data"]["talk_ms"], 5_000);
@@ -259,15 +235,7 @@ async fn over_udp_a_stray_bye_leaves_the_call_and_the_real_one_ends_it() {
     h.send(&call.bye(3, "callee")).await;
     h.send(&call.resp(200, 3, "BYE", Some("callee"))).await;
     let ev = h.events(4).await;
-    assert_eq!(
-        types(&ev),
-        [
-            "call.initiated",
-            "call.ringing",
-            "call.answered",
-            "call.completed"
-        ]
-    );
+    assert_eq!(types(&ev), FOUR);
     assert_eq!(ev[3]["data"]["disposition"], "answered");
     assert_eq!(ev[3]["data"]["ended_by"], "caller");
     // The stray BYE was read and set aside (with the 100 and the ACK, which
