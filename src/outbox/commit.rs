@@ -12,6 +12,9 @@ use super::{Inner, Outbox, OutboxError, Shared, lock};
 
 /// Carried forward per commit at most, so a carry never makes one commit slow.
 const CARRY_BUDGET: u64 = 256 << 10;
+/// A hold of the store's lock by the commit's bookkeeping worth a warning:
+/// appends on the async workers wait that long, and so does ingest behind them.
+const SLOW_HOLD: std::time::Duration = std::time::Duration::from_millis(100);
 /// Segments kept before any is carried: below this the disk is small anyway,
 /// and a young segment's live records are mostly about to be delivered.
 const CARRY_AFTER_SEGMENTS: usize = 4;
@@ -52,27 +55,43 @@ impl Shared {
             return Err(e.into());
         }
         self.durable_below.fetch_max(upto, Ordering::AcqRel);
-        let mut i = self.inner();
-        i.log.landed();
-        if i.log.oldest() < keep
-            && let Err(e) = i.log.retire_below(keep)
-        {
-            // What was committed stands; the segment stays until the next try.
+        // Under the lock only memory changes (and carry's reads, bounded by its
+        // budget): the renames, removals and directory syncs of retiring run
+        // after it, so appends on the async workers never wait for the disk.
+        let held = std::time::Instant::now();
+        let (retired, spare) = {
+            let mut i = self.inner();
+            i.log.landed();
+            let retired = if i.log.oldest() < keep {
+                i.log.plan_retire(keep)
+            } else {
+                log::Retired::default()
+            };
+            let carried = carry(&mut i);
+            self.carried.fetch_add(carried, Ordering::Relaxed);
+            (retired, i.log.spare_due().then(|| i.log.spare_maker()))
+        };
+        let held = held.elapsed();
+        if held > SLOW_HOLD {
+            tracing::warn!(
+                ms = held.as_millis() as u64,
+                "the outbox's bookkeeping after a commit held its lock long; appends waited"
+            );
+        }
+        if let Err(e) = retired.apply() {
+            // What was committed stands. The file stays on disk until the next
+            // open, which reads it back and retires it again.
             tracing::warn!(error = %e, "cannot retire an old outbox segment");
         }
-        let carried = carry(&mut i);
-        self.carried.fetch_add(carried, Ordering::Relaxed);
-        if i.log.spare_due()
-            && i.log.needs_spare()
-            && i.log.spare_fits()
+        if let Some(maker) = spare
+            && maker.needed()
             && !self.making_spare.swap(true, Ordering::AcqRel)
         {
-            let make = i.log.spare_maker();
             let me = self.clone();
             let spawned = std::thread::Builder::new()
                 .name("outbox-spare".into())
                 .spawn(move || {
-                    if let Err(e) = make() {
+                    if let Err(e) = maker.make() {
                         tracing::warn!(error = %e, "cannot prepare the outbox's next segment ahead; the next one is made when needed");
                     }
                     me.making_spare.store(false, Ordering::Release);

@@ -134,20 +134,37 @@ struct Chunk {
 #[derive(Default)]
 pub struct Batch {
     chunks: Arc<Vec<Chunk>>,
+    /// Segments started since the last take: their headers and names are made
+    /// durable before any chunk is written.
+    started: Vec<(u64, Arc<File>)>,
     dir: PathBuf,
 }
 
 impl Batch {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.chunks.iter().all(|c| c.bytes.is_empty())
+        self.started.is_empty() && self.chunks.iter().all(|c| c.bytes.is_empty())
     }
 
     /// Writes every chunk, each segment synced (`fdatasync`) before the next is
     /// written when `sync`: once this returns, every record in it survives a
     /// power cut. Without `sync` (benchmarks of what the flush costs) a crash of
     /// the machine may take them.
+    ///
+    /// A segment started in this batch has its header and its name synced
+    /// first, here rather than under the log's lock (a directory sync can wait
+    /// for the file system's journal, seconds on a busy disk, and appenders
+    /// would wait with it). So a seal that reaches the disk always has its next
+    /// segment there; a crash before that leaves a segment with no commit in
+    /// it, which the next open removes.
     pub fn write(&self, sync: bool) -> Result<(), LogError> {
+        if sync && !self.started.is_empty() {
+            for (n, file) in &self.started {
+                let path = self.dir.join(segment_name(*n));
+                file.sync_data().map_err(io(&path))?;
+            }
+            sync_dir(&self.dir)?;
+        }
         for c in self.chunks.iter() {
             if c.bytes.is_empty() {
                 continue;
@@ -215,6 +232,50 @@ pub struct Log {
     /// A segment could not be started after the newest was sealed: records
     /// placed after the seal would be lost, so none are.
     stopped: bool,
+    /// Segments started since the last take, not yet synced: the next batch
+    /// syncs them before its records.
+    started: Vec<(u64, Arc<File>)>,
+}
+
+/// Old segments [`Log::plan_retire`] took off the log, to be renamed into the
+/// spare or removed by [`Retired::apply`] without the log being held.
+#[derive(Default)]
+#[must_use = "the segments stay on disk until applied"]
+pub struct Retired {
+    dir: PathBuf,
+    /// `(path, whether it may become the spare)`, oldest first.
+    files: Vec<(PathBuf, bool)>,
+}
+
+impl Retired {
+    /// Segments taken off.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether none were.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Renames the first reusable segment into the spare when there is none
+    /// (never over one: a spare zero-filled meanwhile stays), removes the rest,
+    /// then syncs the directory. The log no longer names these files, so this
+    /// may run on any thread at any time; a crash before it leaves segments
+    /// whose records later ones supersede.
+    pub fn apply(self) -> Result<usize, LogError> {
+        if self.files.is_empty() {
+            return Ok(0);
+        }
+        let spare = self.dir.join(SPARE);
+        for (path, reusable) in &self.files {
+            if !(*reusable && place_spare(path, &spare)?) {
+                std::fs::remove_file(path).map_err(io(path))?;
+            }
+        }
+        sync_dir(&self.dir)?;
+        Ok(self.files.len())
+    }
 }
 
 impl Log {
@@ -224,8 +285,8 @@ impl Log {
 
     /// Makes `seg-<n>` the newest segment, from the spare when there is one.
     /// Without one the file is made at its full size but sparse: correct, only
-    /// its first commits pay for allocating blocks. The name is synced before
-    /// anything is written into it.
+    /// its first commits pay for allocating blocks. Its header and name are
+    /// synced by the next batch, before its records (see [`Batch::write`]).
     fn start_segment(&mut self, n: u64) -> Result<(), LogError> {
         let spare = self.dir.join(SPARE);
         let path = self.dir.join(segment_name(n));
@@ -258,15 +319,9 @@ impl Log {
         let mut header = if reused { MAGIC_REUSED } else { MAGIC }.to_vec();
         header.extend_from_slice(&n.to_le_bytes());
         file.write_all_at(&header, 0).map_err(io(&path))?;
-        file.sync_data().map_err(io(&path))?;
-        sync_dir(&self.dir)?;
-        self.files.insert(
-            n,
-            Segment {
-                file: Arc::new(file),
-                bytes,
-            },
-        );
+        let file = Arc::new(file);
+        self.started.push((n, file.clone()));
+        self.files.insert(n, Segment { file, bytes });
         self.segment = n;
         self.end = SEGMENT_HEADER;
         Ok(())
@@ -302,7 +357,8 @@ impl Log {
 
     /// Adds a record to the next commit; returns where it will sit. A record
     /// that does not fit seals the newest segment and starts the next one (a
-    /// rename and two syncs: the only I/O an append does).
+    /// rename and a header write into the page cache: the only I/O an append
+    /// does).
     pub fn append(&mut self, kind: u8, payload: &[u8]) -> Result<Position, LogError> {
         let size = (RECORD_HEADER + payload.len()) as u64;
         let room = |bytes: u64| bytes.saturating_sub(SEGMENT_HEADER + 2 * RECORD_HEADER as u64);
@@ -351,6 +407,7 @@ impl Log {
         self.in_flight = Some(chunks.clone());
         Batch {
             chunks,
+            started: std::mem::take(&mut self.started),
             dir: self.dir.clone(),
         }
     }
@@ -425,36 +482,37 @@ impl Log {
         self.segment_bytes
     }
 
-    /// Drops every segment below `keep_from` (never the newest). The first one
-    /// dropped becomes the spare when there is none, so steady traffic reuses
-    /// blocks instead of zero-filling new ones. Only segments whose records are
-    /// all on disk may go: call it after the batch that sealed them is written.
-    pub fn retire_below(&mut self, keep_from: u64) -> Result<usize, LogError> {
+    /// Takes every segment below `keep_from` (never the newest) off the log, for
+    /// [`Retired::apply`] to rename into the spare (so steady traffic reuses
+    /// blocks instead of zero-filling new ones) or remove. Only memory changes:
+    /// the file work is left to the caller, outside whatever guards the log.
+    /// Only segments whose records are all on disk may go: call it after the
+    /// batch that sealed them is written.
+    pub fn plan_retire(&mut self, keep_from: u64) -> Retired {
         let upto = keep_from.min(self.segment);
         let gone: Vec<u64> = self.files.range(..upto).map(|(&n, _)| n).collect();
-        for &n in &gone {
-            let path = self.dir.join(segment_name(n));
-            let spare = self.dir.join(SPARE);
-            let reusable = self
-                .files
-                .get(&n)
-                .is_some_and(|s| s.bytes == self.segment_bytes);
-            if reusable && !spare.exists() {
-                std::fs::rename(&path, &spare).map_err(io(&path))?;
-            } else {
-                std::fs::remove_file(&path).map_err(io(&path))?;
+        let mut files = Vec::with_capacity(gone.len());
+        for n in gone {
+            if let Some(s) = self.files.remove(&n) {
+                let reusable = s.bytes == self.segment_bytes;
+                files.push((self.dir.join(segment_name(n)), reusable));
             }
-            self.files.remove(&n);
         }
-        if !gone.is_empty() {
-            sync_dir(&self.dir)?;
+        Retired {
+            dir: self.dir.clone(),
+            files,
         }
-        Ok(gone.len())
+    }
+
+    /// [`Log::plan_retire`] and [`Retired::apply`] at once: for a caller that
+    /// holds the log alone (tools, tests, the benchmark).
+    pub fn retire_below(&mut self, keep_from: u64) -> Result<usize, LogError> {
+        self.plan_retire(keep_from).apply()
     }
 
     /// Whether the next rotation would find no spare.
     pub fn needs_spare(&self) -> bool {
-        !self.dir.join(SPARE).exists()
+        needs_spare(&self.dir)
     }
 
     /// Whether it is time to make a spare that is missing: once the newest
@@ -469,13 +527,7 @@ impl Log {
     /// filling one must never take the last free blocks a commit into a
     /// segment made without a spare (sparse) may need.
     pub fn spare_fits(&self) -> bool {
-        match rustix::fs::statvfs(&self.dir) {
-            Ok(v) => {
-                let free = v.f_bavail.saturating_mul(v.f_frsize);
-                free >= self.segment_bytes.saturating_mul(2)
-            }
-            Err(_) => false,
-        }
+        spare_fits(&self.dir, self.segment_bytes)
     }
 
     /// Makes sure a spare exists, so the next rotation renames instead of writing
@@ -489,13 +541,10 @@ impl Log {
     }
 
     /// What [`Log::prepare_spare`] needs, to run it on another thread.
-    pub fn spare_maker(&self) -> impl FnOnce() -> Result<(), LogError> + Send + 'static {
-        let (dir, bytes) = (self.dir.clone(), self.segment_bytes);
-        move || {
-            if dir.join(SPARE).exists() {
-                return Ok(());
-            }
-            prepare_spare(&dir, bytes)
+    pub fn spare_maker(&self) -> SpareMaker {
+        SpareMaker {
+            dir: self.dir.clone(),
+            segment_bytes: self.segment_bytes,
         }
     }
 
@@ -504,6 +553,29 @@ impl Log {
         let segments: u64 = self.files.values().map(|s| s.bytes).sum();
         let spare = std::fs::metadata(self.dir.join(SPARE)).map_or(0, |m| m.len());
         segments + spare
+    }
+}
+
+/// Makes the log's spare without the log: checked and made off its lock.
+pub struct SpareMaker {
+    dir: PathBuf,
+    segment_bytes: u64,
+}
+
+impl SpareMaker {
+    /// Whether there is no spare and room for one ([`Log::spare_fits`]): two
+    /// cheap reads of the file system.
+    pub fn needed(&self) -> bool {
+        needs_spare(&self.dir) && spare_fits(&self.dir, self.segment_bytes)
+    }
+
+    /// Zero-fills a spare if one is still missing. Slow: a segment's worth of
+    /// zeros and a sync.
+    pub fn make(self) -> Result<(), LogError> {
+        if !needs_spare(&self.dir) {
+            return Ok(());
+        }
+        prepare_spare(&self.dir, self.segment_bytes)
     }
 }
 
@@ -532,37 +604,58 @@ fn prepare_spare(dir: &Path, segment_bytes: u64) -> Result<(), LogError> {
         let _ = std::fs::remove_file(&tmp);
         return Err(io(&tmp)(e));
     }
-    let spare = dir.join(SPARE);
     // A segment retired meanwhile may have become the spare: it stays, and the
     // zeros go (replacing it would free its blocks for nothing, and the next
     // rotation would zero-fill again).
+    match place_spare(&tmp, &dir.join(SPARE)) {
+        Ok(true) => sync_dir(dir),
+        Ok(false) => std::fs::remove_file(&tmp).map_err(io(&tmp)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn needs_spare(dir: &Path) -> bool {
+    !dir.join(SPARE).exists()
+}
+
+fn spare_fits(dir: &Path, segment_bytes: u64) -> bool {
+    match rustix::fs::statvfs(dir) {
+        Ok(v) => {
+            let free = v.f_bavail.saturating_mul(v.f_frsize);
+            free >= segment_bytes.saturating_mul(2)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Renames `from` to `spare` unless a spare is there already: whether it was
+/// placed. Never replaces one, so two placers (the spare maker, a retirement)
+/// racing keep one spare and leave the other file to its caller.
+fn place_spare(from: &Path, spare: &Path) -> Result<bool, LogError> {
     let placed = rustix::fs::renameat_with(
         rustix::fs::CWD,
-        &tmp,
+        from,
         rustix::fs::CWD,
-        &spare,
+        spare,
         rustix::fs::RenameFlags::NOREPLACE,
     );
     match placed {
-        Ok(()) => {}
-        Err(rustix::io::Errno::EXIST) => {
-            std::fs::remove_file(&tmp).map_err(io(&tmp))?;
-            return Ok(());
-        }
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::EXIST) => Ok(false),
         // A file system or kernel without RENAME_NOREPLACE: a plain rename,
-        // checked first.
-        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) if !spare.exists() => {
-            std::fs::rename(&tmp, &spare).map_err(io(&spare))?
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            if matches!(e, rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) {
-                return Ok(());
+        // checked first (the check and the rename are not one step there).
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            if spare.exists() {
+                return Ok(false);
             }
-            return Err(io(&spare)(e.into()));
+            std::fs::rename(from, spare).map_err(io(spare))?;
+            Ok(true)
         }
+        Err(e) => Err(io(spare)(e.into())),
     }
-    sync_dir(dir)
 }
 
 #[cfg(test)]

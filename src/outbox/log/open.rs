@@ -172,6 +172,7 @@ impl Log {
             in_flight: None,
             files,
             stopped: false,
+            started: Vec::new(),
         };
         if numbers.is_empty() {
             // The first segment is zero-filled like every spare, when the disk

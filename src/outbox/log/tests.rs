@@ -230,3 +230,62 @@ fn a_spare_is_made_only_once_the_newest_segment_is_half_full() {
     }
     assert!(log.spare_due());
 }
+
+#[test]
+fn a_segment_started_and_never_committed_is_gone_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _, _) = reopen(dir.path());
+    for i in 0..5u8 {
+        log.append(1, &[i; 1000]).unwrap();
+    }
+    log.commit().unwrap();
+    // The append that starts the next segment syncs nothing: the crash comes
+    // before the batch that would have made it durable.
+    while log.segment() < 2 {
+        log.append(2, &[9; 1000]).unwrap();
+    }
+    let started = dir.path().join(segment_name(2));
+    assert!(started.exists(), "the rotation named it");
+    drop(log);
+    let (log, rec, seen) = reopen(dir.path());
+    assert_eq!(seen.len(), 5, "only what was committed");
+    assert!(seen.iter().all(|(_, k, _)| *k == 1));
+    assert!(
+        rec.damaged.is_empty(),
+        "an unsealed segment is not damage here"
+    );
+    assert_eq!(log.segment(), 1);
+    assert!(!started.exists(), "the segment with no commit goes");
+}
+
+#[test]
+fn a_retirement_applied_later_never_replaces_a_spare_made_meanwhile() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _, _) = reopen(dir.path());
+    while log.segment() < 3 {
+        log.append(1, &[7; 1000]).unwrap();
+        log.commit().unwrap();
+    }
+    let spare = dir.path().join(SPARE);
+    let _ = std::fs::remove_file(&spare);
+    let retired = log.plan_retire(3);
+    assert_eq!((retired.len(), log.oldest()), (2, 3), "off the log at once");
+    // The log goes on while the files are still there, and a spare is made.
+    log.append(2, b"meanwhile").unwrap();
+    log.commit().unwrap();
+    prepare_spare(dir.path(), SEG).unwrap();
+    let made = std::fs::metadata(&spare).unwrap().ino();
+    assert_eq!(retired.apply().unwrap(), 2);
+    assert_eq!(std::fs::metadata(&spare).unwrap().ino(), made);
+    for n in [1, 2] {
+        assert!(
+            !dir.path().join(segment_name(n)).exists(),
+            "seg {n} removed"
+        );
+    }
+    drop(log);
+    let (_, rec, seen) = reopen(dir.path());
+    assert_eq!(seen.last().map(|s| s.2.as_slice()), Some(&b"meanwhile"[..]));
+    assert_eq!((rec.tail_bytes, rec.damaged.len()), (0, 0));
+}
