@@ -1,7 +1,7 @@
 # Sourced by the bench scripts (active_calls.sh, soak.sh): the release binary, free
 # loopback ports, and a siphook started on a config and waited for until ready.
 
-BIN=target/release/siphook
+BIN=${SIPHOOK_BIN:-target/release/siphook}
 SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
 [ -x "$BIN" ] || cargo build --release --locked
 

@@ -658,7 +658,10 @@ async fn the_openapi_spec_matches_the_routes() {
             called += 1;
         }
     }
-    assert_eq!(called, 9, "every route of the admin listener is documented");
+    assert_eq!(
+        called, 12,
+        "every route of the admin listener is documented"
+    );
     // The test delivery above reached the receiver.
     assert_eq!(rx.next().await.json()["type"], "webhook.test");
     s.stop().await;

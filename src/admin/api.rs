@@ -43,8 +43,10 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply 
         (["endpoints", name, "resume"], Method::POST) => resume(state, name).await,
         (["endpoints", name, "test"], Method::POST) => test(state, name).await,
         (["deadletters"], Method::GET) => dead_letters(state, &query),
+        (["events"], Method::GET) => super::events::find(state, &query).await,
+        (["events", id], Method::GET) => super::events::get(state, id).await,
         (["deadletters", "replay"], Method::POST) => replay(state, req).await,
-        (["calls"] | ["endpoints"] | ["deadletters"], _)
+        (["calls"] | ["endpoints"] | ["deadletters"] | ["events"] | ["events", _], _)
         | (["endpoints", _, "resume" | "test"] | ["deadletters", "replay"], _) => {
             method_not_allowed()
         }
@@ -52,7 +54,8 @@ pub(super) async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply 
     }
 }
 
-fn parse_query(q: &str) -> BTreeMap<String, String> {
+/// A query string's parameters, percent-decoded (the last of a repeated one wins).
+pub(super) fn parse_query(q: &str) -> BTreeMap<String, String> {
     q.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {

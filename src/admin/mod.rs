@@ -5,9 +5,11 @@
 
 mod api;
 mod conns;
+mod events;
 mod reply;
 mod server;
 mod state;
+mod stream;
 
 pub use server::{bind, serve};
 pub use state::AdminState;

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::conns::Conns;
 use super::reply::{Reply, json_reply, method_not_allowed, problem};
 use super::state::AdminState;
+use super::stream;
 use crate::vocab::{Redacted, same_secret};
 
 /// Admin connections held at once. An idle one costs a task and a few KiB, so
@@ -39,6 +40,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves admin requests until `shutdown`.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
+    stream::init_metrics(&state);
     let conns = Conns::new(MAX_CONNECTIONS, MAX_PER_SOURCE);
     let closed = |reason: &str| {
         state
@@ -109,7 +111,28 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Canc
     }
 }
 
-async fn route(state: &AdminState, req: Request<Incoming>) -> Reply {
+/// A response: a whole body, or the event stream's.
+type Body = http_body_util::Either<Full<Bytes>, stream::Events>;
+
+async fn route(state: &Arc<AdminState>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().trim_end_matches('/');
+    if path == "/v1/events/stream" {
+        if let Err(r) = authorize(state, &req) {
+            return r.map(Body::Left);
+        }
+        if req.method() != Method::GET {
+            return method_not_allowed().map(Body::Left);
+        }
+        let query = super::api::parse_query(req.uri().query().unwrap_or(""));
+        return match stream::serve(state, &req, &query).await {
+            Ok(r) => r.map(Body::Right),
+            Err(r) => r.map(Body::Left),
+        };
+    }
+    whole(state, req).await.map(Body::Left)
+}
+
+async fn whole(state: &AdminState, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_owned();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/metrics") => {

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::call::TrackerQuery;
 use crate::deliver::Endpoints;
+use crate::deliver::history::History;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::vocab::Redacted;
@@ -21,6 +22,8 @@ pub struct AdminState {
     pub outbox: Arc<Outbox>,
     /// Questions for the tracker task (active calls).
     pub tracker: mpsc::Sender<TrackerQuery>,
+    /// The recent-history index and live event stream.
+    pub history: History,
     /// The endpoint dispatchers in force.
     pub endpoints: watch::Receiver<Endpoints>,
     /// The bearer token `/v1` wants; replaced on reload.

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{self, HttpClient, Outcome};
 use super::control::{EndpointCommand, LastError};
+use super::history::EndpointNotes;
 use crate::config::EndpointConfig;
 use crate::metrics::Metrics;
 use crate::outbox::writer::{Committed, Fresh};
@@ -75,8 +76,9 @@ pub fn prepare(
     client: HttpClient,
     outbox: Arc<Outbox>,
     metrics: Metrics,
+    notes: EndpointNotes,
 ) -> Result<Dispatcher, crate::outbox::OutboxError> {
-    let mut d = Dispatcher::new(Arc::new(ep), client, outbox, metrics);
+    let mut d = Dispatcher::new(Arc::new(ep), client, outbox, metrics, notes);
     d.load()?;
     // The first page now, so a small backlog is whole before anything runs; a
     // large one goes on between deliveries (see `run`).
@@ -198,6 +200,8 @@ pub struct Dispatcher {
     next_probe: Option<Instant>,
     paused: bool,
     rng: u64,
+    /// Outcomes for the recent-history index.
+    notes: EndpointNotes,
 }
 
 fn now_ms() -> i64 {
@@ -210,6 +214,7 @@ impl Dispatcher {
         client: HttpClient,
         outbox: Arc<Outbox>,
         metrics: Metrics,
+        notes: EndpointNotes,
     ) -> Dispatcher {
         let seed = u64::try_from(now_ms()).unwrap_or(1) ^ 0x9e37_79b9_7f4a_7c15;
         let gauges = Gauges::of(&metrics, &ep.name);
@@ -239,6 +244,7 @@ impl Dispatcher {
             next_probe: None,
             paused: false,
             rng: seed | 1,
+            notes,
         };
         d.publish_state();
         d
@@ -476,6 +482,7 @@ impl Dispatcher {
                 self.consecutive_failures = 0;
                 self.next_probe = None;
                 self.delivered.push(offset);
+                self.notes.delivered(offset);
                 self.advance(call_key, offset);
             }
             Outcome::Retry {
@@ -501,6 +508,7 @@ impl Dispatcher {
                             .max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER));
                         state.next_at_ms =
                             now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+                        self.notes.retrying(offset, &state);
                         if let Err(e) = self.outbox.record_attempt(&name, offset, &state) {
                             tracing::error!(endpoint = %name, offset, error = %e, "cannot record attempt");
                         }
@@ -538,6 +546,7 @@ impl Dispatcher {
         if let Some(suppressed) = self.log_limit.allow() {
             tracing::warn!(endpoint = %self.ep.name, offset, attempts = state.attempts, last_status = ?state.last_status, last_error = ?state.last_error, suppressed, "dead letter: {why}");
         }
+        self.notes.dead(offset, &state);
         if let Err(e) = self.outbox.dead_letter(&self.ep.name, offset, &state) {
             tracing::error!(endpoint = %self.ep.name, offset, error = %e, "cannot record dead letter");
         }

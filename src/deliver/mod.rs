@@ -5,6 +5,7 @@ pub mod client;
 pub mod control;
 pub mod dispatch;
 pub mod format;
+pub mod history;
 pub mod redact;
 pub mod sign;
 
@@ -117,6 +118,9 @@ pub struct Delivery {
     /// `service.shutdown_grace`, read by each dispatcher when it stops, so a
     /// reloaded value applies to every endpoint.
     grace: watch::Sender<Duration>,
+    /// The recent-history index and live stream, fed by the writer and every
+    /// dispatcher.
+    history: history::History,
 }
 
 impl Delivery {
@@ -130,13 +134,15 @@ impl Delivery {
         metrics: Metrics,
     ) -> Result<Delivery, DeliveryError> {
         warn_unconfigured(&outbox, config);
+        let history = history::History::start(&metrics);
         // Every backlog's extent (what was committed) is fixed before the writer
         // runs: a scan racing the writer could see unflushed events. Its pages are
         // read later, up to that extent only.
         let mut prepared = Vec::new();
         for ep in &config.endpoints {
             let client = client::HttpClient::new(ep)?;
-            prepared.push((ep.clone(), prepare(config, ep, client, &outbox, &metrics)?));
+            let d = prepare(config, ep, client, &outbox, &metrics, &history)?;
+            prepared.push((ep.clone(), d));
         }
         let (control, control_rx) = mpsc::channel(4);
         let mut running = BTreeMap::new();
@@ -158,6 +164,7 @@ impl Delivery {
             Sinks {
                 endpoints: sinks,
                 echo,
+                tap: Some(history.tap()),
             },
             metrics.clone(),
         ));
@@ -169,9 +176,15 @@ impl Delivery {
             published: watch::channel(Arc::default()).0,
             metrics,
             grace,
+            history,
         };
         d.publish();
         Ok(d)
+    }
+
+    /// The recent-history index and live event stream (for the admin API).
+    pub fn history(&self) -> history::History {
+        self.history.clone()
     }
 
     fn publish(&self) {
@@ -276,7 +289,15 @@ impl Delivery {
         }
         // 3. Start from the store, which holds every event routed to them so far.
         for (ep, client) in fresh {
-            let dispatcher = match prepare(config, &ep, client, &self.outbox, &self.metrics) {
+            let prepared = prepare(
+                config,
+                &ep,
+                client,
+                &self.outbox,
+                &self.metrics,
+                &self.history,
+            );
+            let dispatcher = match prepared {
                 Ok(d) => d,
                 Err(e) => {
                     self.publish();
@@ -366,13 +387,15 @@ fn prepare(
     client: client::HttpClient,
     outbox: &Arc<Outbox>,
     metrics: &Metrics,
+    history: &history::History,
 ) -> Result<dispatch::Dispatcher, DeliveryError> {
-    dispatch::prepare(ep.clone(), client, outbox.clone(), metrics.clone()).map_err(|source| {
-        DeliveryError::Outbox {
+    let notes = history::EndpointNotes::new(history, &ep.name);
+    dispatch::prepare(ep.clone(), client, outbox.clone(), metrics.clone(), notes).map_err(
+        |source| DeliveryError::Outbox {
             path: config.outbox.path.display().to_string(),
             source,
-        }
-    })
+        },
+    )
 }
 
 /// Digest of an endpoint's CA, client certificate and key files (an unreadable

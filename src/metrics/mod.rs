@@ -38,6 +38,14 @@ pub struct Metrics {
     /// newcomer's source), `header_timeout` (also a keep-alive client that went
     /// quiet: a steady trickle is normal), `body_timeout`.
     pub admin_connections_closed: IntCounterVec,
+    /// Clients of `/v1/events/stream` connected now.
+    pub admin_stream_clients: IntGauge,
+    /// Event-stream clients that left, by reason: `closed` (the client went),
+    /// `slow` (fell a buffer behind and was cut off), `shutdown`.
+    pub admin_stream_disconnects: IntCounterVec,
+    /// Events or delivery outcomes the recent-history index missed because its
+    /// queue was full: searches and stream catch-up lack them (delivery does not).
+    pub history_dropped: IntCounter,
     /// Calls in the call table.
     pub calls_active: IntGauge,
     /// Completed calls by disposition.
@@ -192,6 +200,24 @@ impl Metrics {
                 "Admin HTTP connections closed or refused by siphook: evicted (idle, for a newcomer), refused (all busy), header_timeout, body_timeout.",
                 &["reason"],
             ),
+            admin_stream_clients: gauge(
+                &r,
+                "siphook_admin_stream_clients",
+                "Clients of the admin event stream (/v1/events/stream) connected now.",
+            ),
+            admin_stream_disconnects: counter(
+                &r,
+                "siphook_admin_stream_disconnects_total",
+                "Admin event-stream clients that left: closed (by the client), slow (cut off a buffer behind), shutdown.",
+                &["reason"],
+            ),
+            history_dropped: counter(
+                &r,
+                "siphook_history_dropped_total",
+                "Events or delivery outcomes the recent-history index missed on a full queue (searches lack them; delivery does not).",
+                &[],
+            )
+            .with_label_values::<&str>(&[]),
             calls_active: gauge(&r, "siphook_calls_active", "Calls in the call table."),
             calls_total: counter(
                 &r,

@@ -17,8 +17,51 @@ pub struct DeadLetter {
     pub offset: u64,
     /// The event id.
     pub event_id: String,
-    /// The delivery state when it was given up.
+    /// The event's type (`call.completed`).
+    pub event_type: String,
+    /// siphook's id of the event's call (`call.id`).
+    pub call_id: String,
+    /// The call's SIP Call-ID.
+    pub sip_call_id: String,
+    /// The delivery state when it was given up. Shown without the time of a
+    /// next attempt: none is scheduled for a dead letter.
+    #[serde(serialize_with = "given_up")]
     pub state: DeliveryState,
+}
+
+fn given_up<S: serde::Serializer>(s: &DeliveryState, to: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct GivenUp<'a> {
+        attempts: u32,
+        last_status: Option<u16>,
+        last_error: &'a Option<String>,
+    }
+    GivenUp {
+        attempts: s.attempts,
+        last_status: s.last_status,
+        last_error: &s.last_error,
+    }
+    .serialize(to)
+}
+
+/// The type and call an event's stored JSON names (empty for one that does not
+/// parse, which the writer never stores).
+fn named(body: &[u8]) -> (String, String, String) {
+    #[derive(serde::Deserialize)]
+    struct Call {
+        id: String,
+        sip_call_id: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(rename = "type")]
+        kind: String,
+        call: Call,
+    }
+    match serde_json::from_slice::<Body>(body) {
+        Ok(b) => (b.kind, b.call.id, b.call.sip_call_id),
+        Err(_) => Default::default(),
+    }
 }
 
 impl Outbox {
@@ -92,11 +135,17 @@ impl Outbox {
         };
         let mut out = Vec::with_capacity(page.len());
         for (endpoint, offset, state) in page {
-            let event_id = self.event(offset)?.map(|e| e.id).unwrap_or_default();
+            let (event_id, (event_type, call_id, sip_call_id)) = match self.event(offset)? {
+                Some(e) => (e.id, named(&e.body)),
+                None => Default::default(),
+            };
             out.push(DeadLetter {
                 endpoint,
                 offset,
                 event_id,
+                event_type,
+                call_id,
+                sip_call_id,
                 state,
             });
         }

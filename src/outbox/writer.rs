@@ -40,6 +40,7 @@ pub struct Committed {
 pub struct Fresh {
     /// The event id (`webhook-id`).
     pub id: String,
+
     /// The bytes the store holds for it.
     pub body: bytes::Bytes,
 }
@@ -65,17 +66,38 @@ pub enum Control {
 /// Sees each committed event's JSON (`--print-events`).
 pub type Echo = Box<dyn FnMut(&[u8]) + Send>;
 
+/// An event as the writer announces it once durable, to whoever watches every
+/// event (the recent-history index and its live stream).
+pub struct Announced<'a> {
+    /// Its outbox offset; `None` when no endpoint wanted it (it is not stored).
+    pub offset: Option<u64>,
+    /// Its id and stored bytes.
+    pub fresh: &'a Arc<Fresh>,
+    /// The event type's wire name (`call.answered`): what a stream filters on
+    /// without reading the body.
+    pub kind: &'static str,
+    /// The endpoints it is for.
+    pub endpoints: &'a mut dyn Iterator<Item = &'a str>,
+}
+
+/// Sees every event after its commit, in commit order. Called on the writer's
+/// task: it must not wait (hand the event on and return).
+pub type Tap = Box<dyn FnMut(Announced<'_>) + Send>;
+
 /// Sinks for committed events.
 pub struct Sinks {
     /// Per endpoint name, its dispatcher's queue.
     pub endpoints: HashMap<String, mpsc::UnboundedSender<Committed>>,
     /// Called with every event's JSON after its commit (`--print-events`).
     pub echo: Option<Echo>,
+    /// Sees every event after its commit (see [`Tap`]).
+    pub tap: Option<Tap>,
 }
 
 /// An event written in this batch, announced once the batch is durable.
 struct Stored {
     fresh: Arc<Fresh>,
+    kind: &'static str,
     offset: u64,
     call_key: u64,
     received_ms: i64,
@@ -197,6 +219,7 @@ pub async fn run(
                     call_key: call_key(&event.call.id),
                     received_ms,
                     targets,
+                    kind: event.event_type.as_str(),
                     fresh: Arc::new(Fresh { id: event.id, body }),
                 });
                 continue;
@@ -220,6 +243,7 @@ pub async fn run(
                         call_key: call_key(&event.call.id),
                         received_ms,
                         targets,
+                        kind: event.event_type.as_str(),
                         fresh: Arc::new(Fresh { id: event.id, body }),
                     });
                 }
@@ -254,6 +278,7 @@ pub async fn run(
             .set(i64::try_from(size).unwrap_or(i64::MAX));
         for Stored {
             fresh,
+            kind,
             offset,
             call_key: key,
             received_ms,
@@ -262,6 +287,15 @@ pub async fn run(
         {
             if let Some(echo) = sinks.echo.as_mut() {
                 echo(&fresh.body);
+            }
+            if let Some(tap) = sinks.tap.as_mut() {
+                let mut names = targets.iter().map(|&i| endpoints[i].name.as_str());
+                tap(Announced {
+                    offset: (offset != u64::MAX).then_some(offset),
+                    fresh: &fresh,
+                    kind,
+                    endpoints: &mut names,
+                });
             }
             for i in targets {
                 if let Some(tx) = sinks.endpoints.get(&endpoints[i].name) {

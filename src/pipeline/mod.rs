@@ -158,6 +158,7 @@ pub async fn serve(
             outbox,
             tracker: gateway.queries.clone(),
             endpoints: delivery.endpoints(),
+            history: delivery.history(),
             token: token_rx,
             stopping: stopping.clone(),
         });

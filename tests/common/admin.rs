@@ -66,8 +66,23 @@ pub async fn request(
         .await
         .expect("admin answers within the deadline")
         .expect("admin request");
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.expect("admin body").to_bytes();
+    let (parts, mut body) = resp.into_parts();
+    let streaming = parts
+        .headers
+        .get("content-type")
+        .is_some_and(|c| c.as_bytes().starts_with(b"text/event-stream"));
+    let body = if streaming {
+        // A stream never ends: its first frame (the opening comment) is the body.
+        let frame = tokio::time::timeout(DEADLINE, body.frame())
+            .await
+            .expect("the stream's first frame within the deadline");
+        frame
+            .and_then(|f| f.ok())
+            .and_then(|f| f.into_data().ok())
+            .unwrap_or_default()
+    } else {
+        body.collect().await.expect("admin body").to_bytes()
+    };
     AdminReply {
         status: parts.status.as_u16(),
         headers: parts.headers,
@@ -282,5 +297,90 @@ pub async fn start(extra: &str, token: bool) -> Running {
         task,
         sip: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
         _dir: dir,
+    }
+}
+
+/// One Server-Sent Events message, or a comment line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SseMessage {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+    /// Comment lines (`: …`) of this block, without the colon.
+    pub comments: Vec<String>,
+}
+
+/// A client of `/v1/events/stream`, reading whole SSE blocks.
+pub struct Sse {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+    pub status: u16,
+}
+
+impl Sse {
+    /// Opens the stream with the token, `query` (e.g. `?types=call.*`) and an
+    /// optional `Last-Event-ID`.
+    pub async fn open(addr: SocketAddr, query: &str, last_event_id: Option<&str>) -> Sse {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let mut req = hyper::Request::builder()
+            .uri(format!("http://{addr}/v1/events/stream{query}"))
+            .header("authorization", format!("Bearer {TOKEN}"));
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp =
+            tokio::time::timeout(DEADLINE, client.request(req.body(Full::default()).unwrap()))
+                .await
+                .expect("stream answers within the deadline")
+                .expect("stream request");
+        let status = resp.status().as_u16();
+        Sse {
+            body: resp.into_body(),
+            buf: Vec::new(),
+            status,
+        }
+    }
+
+    /// The next block (an event, or comments only); `None` once the stream ends.
+    pub async fn next(&mut self) -> Option<SseMessage> {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let text = String::from_utf8(block).expect("UTF-8 stream");
+                let mut m = SseMessage::default();
+                let mut data = Vec::new();
+                for line in text.lines() {
+                    if let Some(c) = line.strip_prefix(':') {
+                        m.comments.push(c.trim().to_owned());
+                    } else if let Some((k, v)) = line.split_once(": ") {
+                        match k {
+                            "id" => m.id = Some(v.to_owned()),
+                            "event" => m.event = Some(v.to_owned()),
+                            "data" => data.push(v.to_owned()),
+                            _ => {}
+                        }
+                    }
+                }
+                m.data = data.join("\n");
+                return Some(m);
+            }
+            let frame = tokio::time::timeout(DEADLINE, self.body.frame())
+                .await
+                .expect("a stream frame within the deadline")?;
+            match frame.ok()?.into_data() {
+                Ok(d) => self.buf.extend_from_slice(&d),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next block that is an event (comments skipped).
+    pub async fn next_event(&mut self) -> SseMessage {
+        loop {
+            let m = self.next().await.expect("the stream goes on");
+            if m.event.is_some() {
+                return m;
+            }
+        }
     }
 }
