@@ -44,6 +44,9 @@ enum Command {
     /// quantiles, throughput and loss, optionally against a null relay (all on
     /// 127.0.0.0/8). Exit status 1 when events were lost or failed verification.
     Bench(cli::bench::Args),
+    /// Follow a running siphook's events live (its admin API's event stream):
+    /// one line per event, or the JSON with --json.
+    Tail(cli::tail::Args),
 }
 
 fn main() -> ExitCode {
@@ -54,5 +57,6 @@ fn main() -> ExitCode {
         Command::Endpoints { action } => cli::exit(cli::store::endpoints(action)),
         Command::Replay(args) => cli::replay::main(args),
         Command::Bench(args) => cli::bench::main(args),
+        Command::Tail(args) => cli::tail::main(args),
     }
 }

@@ -7,6 +7,7 @@ pub mod logging;
 pub mod replay;
 pub mod run;
 pub mod store;
+pub mod tail;
 
 use std::process::ExitCode;
 
