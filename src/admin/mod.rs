@@ -10,6 +10,7 @@ mod reply;
 mod server;
 mod state;
 mod stream;
+mod ui;
 
 pub use server::{bind, serve};
 pub use state::AdminState;

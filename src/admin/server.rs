@@ -146,6 +146,8 @@ async fn whole(state: &AdminState, req: Request<Incoming>) -> Reply {
         (&Method::GET, "/healthz") => json_reply(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readyz(state),
         (_, "/metrics" | "/healthz" | "/readyz") => method_not_allowed(),
+        (&Method::GET, p) if p == "/ui" || p.starts_with("/ui/") => super::ui::serve(p)
+            .unwrap_or_else(|| problem(StatusCode::NOT_FOUND, "Not Found", "no such path")),
         (_, p) if p == "/v1" || p.starts_with("/v1/") => {
             if let Err(r) = authorize(state, &req) {
                 return *r;
