@@ -77,6 +77,7 @@ fn main() {
         max_call_duration: Duration::from_secs(4 * 3600),
         challenge_window: Duration::from_secs(32),
         max_active_calls: CALLS,
+        reorder_window: std::time::Duration::from_millis(200),
     });
     let mut out = Vec::new();
     let before = LIVE.load(Ordering::Relaxed);

@@ -5,6 +5,7 @@ mod dialog;
 pub mod event;
 mod hangup;
 pub mod query;
+mod reorder;
 mod reuse;
 mod settings;
 pub mod tracker;
@@ -14,5 +15,6 @@ pub use event::{
     TransferKind,
 };
 pub use query::{CallsPage, TrackerQuery};
+pub use reorder::HeldCounts;
 pub use settings::TrackerConfig;
 pub use tracker::{Ignored, Tracker};

@@ -18,6 +18,9 @@ pub struct TrackerConfig {
     pub challenge_window: Duration,
     /// Most live calls held at once.
     pub max_active_calls: usize,
+    /// How long a message of an unknown dialog waits for its INVITE (a mirror
+    /// that reorders); zero: not at all.
+    pub reorder_window: Duration,
 }
 
 impl From<&SipConfig> for TrackerConfig {
@@ -27,6 +30,7 @@ impl From<&SipConfig> for TrackerConfig {
             max_call_duration: c.max_call_duration,
             challenge_window: c.challenge_window,
             max_active_calls: c.max_active_calls,
+            reorder_window: c.reorder_window,
         }
     }
 }

@@ -13,6 +13,7 @@ use super::event::{
     CallInfo, CallSnapshot, CompletedData, Event, EventData, InitiatedData, Signaling,
     TransferKind, TransferredData, stable_id,
 };
+use super::reorder::{HeldCounts, Reorder};
 use super::reuse::{EndedDialogs, InviteMark, Invites, Reuse};
 use super::settings::{TimerKey, TrackerConfig};
 use crate::sip::{Method, SipMessage, StartLine};
@@ -92,6 +93,10 @@ pub struct Tracker {
     ended: usize,
     /// Ended calls' INVITEs, to tell a call that reuses a dialog from a late copy.
     ended_dialogs: EndedDialogs,
+    /// Messages that came before their INVITE, waiting for it.
+    early: Reorder,
+    /// Applying held messages: one that still finds no dialog is not held again.
+    applying_held: bool,
 }
 
 impl Tracker {
@@ -104,6 +109,8 @@ impl Tracker {
             live: 0,
             ended: 0,
             ended_dialogs: EndedDialogs::new(cfg.max_active_calls),
+            early: Reorder::new(cfg.reorder_window),
+            applying_held: false,
             cfg,
         }
     }
@@ -181,11 +188,51 @@ impl Tracker {
 
     /// Earliest instant at which [`Tracker::on_time`] has work; lets the driver sleep.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        self.timers.first_key_value().map(|((t, _), _)| *t)
+        let call = self.timers.first_key_value().map(|((t, _), _)| *t);
+        match (call, self.early.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Feeds one message; events it causes are appended to `out`.
+    /// What became of messages held for their INVITE since the last call (for
+    /// the metrics): applied, expired, shed.
+    pub fn take_held_counts(&mut self) -> HeldCounts {
+        self.early.take_counts()
+    }
+
+    /// Feeds one message; events it causes are appended to `out`. A message of
+    /// no known dialog that may have overtaken its INVITE is held instead (see
+    /// [`super::reorder`]): it answers `Ok` now, and is applied when the INVITE
+    /// comes or counted as expired.
     pub fn on_message(
+        &mut self,
+        msg: &SipMessage,
+        meta: &Meta,
+        out: &mut Vec<Event>,
+    ) -> Result<(), Ignored> {
+        let result = self.dispatch(msg, meta, out);
+        if is_initial_invite(msg) && !self.applying_held {
+            let early = self.early.take(&msg.call_id, meta.received_at);
+            self.applying_held = true;
+            for (m, meta) in early {
+                // What it changes nothing for is not the INVITE's answer.
+                let r = self.dispatch(&m, &meta, out);
+                self.early.note(!matches!(r, Err(Ignored::UnknownDialog)));
+            }
+            self.applying_held = false;
+        }
+        match result {
+            Err(Ignored::UnknownDialog)
+                if !self.applying_held && !is_initial_invite(msg) && self.early.hold(msg, meta) =>
+            {
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    fn dispatch(
         &mut self,
         msg: &SipMessage,
         meta: &Meta,
@@ -267,6 +314,7 @@ impl Tracker {
 
     /// Fires every timer due at or before `now`.
     pub fn on_time(&mut self, now: Timestamp, out: &mut Vec<Event>) {
+        self.early.expire(now);
         while let Some(entry) = self.timers.first_entry() {
             let at = entry.key().0;
             if at > now {

@@ -79,6 +79,9 @@ pub struct SipConfig {
     pub challenge_window: Duration,
     /// Upper bound of the call table.
     pub max_active_calls: usize,
+    /// How long a response, CANCEL, ACK or BYE of an unknown dialog waits for its
+    /// INVITE, for mirrors whose copies overtake each other; zero: not at all.
+    pub reorder_window: Duration,
     /// Headers whose first present value becomes `call.correlation_id`.
     pub correlation_headers: Vec<String>,
     /// Parsed messages waiting for the tracker; past it messages are shed and counted.
@@ -103,6 +106,7 @@ impl Default for Config {
                 max_call_duration: Duration::from_secs(4 * 3600),
                 challenge_window: Duration::from_secs(32),
                 max_active_calls: 200_000,
+                reorder_window: Duration::from_millis(200),
                 correlation_headers: vec!["Session-ID".into(), "X-CID".into()],
                 queue_capacity: 65_536,
                 siptrace_from: Vec::new(),
@@ -286,6 +290,7 @@ struct RawSip {
     max_call_duration: Option<String>,
     challenge_window: Option<String>,
     max_active_calls: Option<i64>,
+    reorder_window: Option<String>,
     correlation_headers: Option<Vec<String>>,
     queue_capacity: Option<i64>,
     siptrace_from: Option<Vec<String>>,
@@ -353,6 +358,12 @@ impl RawConfig {
                 s.max_active_calls,
                 d.max_active_calls,
                 (1, 100_000_000),
+            ),
+            reorder_window: c.duration(
+                "sip.reorder_window",
+                s.reorder_window,
+                d.reorder_window,
+                Duration::ZERO,
             ),
             correlation_headers: s.correlation_headers.unwrap_or(d.correlation_headers),
             siptrace_from: c.ips("sip.siptrace_from", s.siptrace_from),

@@ -38,6 +38,10 @@ pub struct Metrics {
     /// newcomer's source), `header_timeout` (also a keep-alive client that went
     /// quiet: a steady trickle is normal), `body_timeout`.
     pub admin_connections_closed: IntCounterVec,
+    /// Messages of no known dialog held for their INVITE (`sip.reorder_window`),
+    /// by outcome: `applied` after it, `expired` without it, `shed` (not held,
+    /// the bound reached).
+    pub sip_held: IntCounterVec,
     /// Clients of `/v1/events/stream` connected now.
     pub admin_stream_clients: IntGauge,
     /// Event-stream clients that left, by reason: `closed` (the client went),
@@ -199,6 +203,12 @@ impl Metrics {
                 "siphook_admin_connections_closed_total",
                 "Admin HTTP connections closed or refused by siphook: evicted (idle, for a newcomer), refused (all busy), header_timeout, body_timeout.",
                 &["reason"],
+            ),
+            sip_held: counter(
+                &r,
+                "siphook_sip_messages_held_total",
+                "Messages of no known dialog held for their INVITE (sip.reorder_window): applied after it, expired without it, shed (bound reached).",
+                &["outcome"],
             ),
             admin_stream_clients: gauge(
                 &r,

@@ -295,6 +295,7 @@ async fn run_tracker(
             }
             None => tracker.on_time(Timestamp::now(), &mut out),
         }
+        count_held(&metrics, tracker.take_held_counts());
         metrics
             .calls_active
             .set(i64::try_from(tracker.active_calls()).unwrap_or(i64::MAX));
@@ -311,6 +312,27 @@ async fn run_tracker(
             }
             if tx.send(event).await.is_err() {
                 return;
+            }
+        }
+    }
+}
+
+/// Messages held for their INVITE: what became of them. Those that never found
+/// it count as `unknown_dialog` too, as they did before they were held (a shed
+/// one was counted so when it arrived).
+fn count_held(metrics: &Metrics, held: crate::call::HeldCounts) {
+    for (outcome, n) in [
+        ("applied", held.applied),
+        ("expired", held.expired),
+        ("shed", held.shed),
+    ] {
+        if n > 0 {
+            metrics.sip_held.with_label_values(&[outcome]).inc_by(n);
+            if outcome == "expired" {
+                metrics
+                    .sip_ignored
+                    .with_label_values(&["unknown_dialog"])
+                    .inc_by(n);
             }
         }
     }

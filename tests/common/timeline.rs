@@ -18,6 +18,7 @@ pub fn tracker() -> Tracker {
         max_call_duration: Duration::from_secs(4 * 3600),
         challenge_window: Duration::from_secs(32),
         max_active_calls: 1000,
+        reorder_window: std::time::Duration::from_millis(200),
     })
 }
 
