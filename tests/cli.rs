@@ -43,6 +43,84 @@ fn check_config_accepts_the_shipped_default_and_lists_every_problem() {
     );
 }
 
+/// Runs `siphook check-config` on `text`: exit status, stdout, stderr.
+fn check(text: &str) -> (Option<i32>, String, String, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("siphook.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = siphook().arg("check-config").arg(&path).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        path,
+    )
+}
+
+const ENDPOINT: &str = "[sip]\nudp = []\ntcp = []\n[[endpoints]]\nname = \"crm\"\n\
+                        url = \"http://127.0.0.1:8080/hook\"\nallow_http = true\n";
+const SECRET_FILE_LINE: &str = "secret_files = [\"/dev/null/none\"]\n";
+
+#[test]
+fn check_config_says_what_a_new_user_got_wrong_and_where() {
+    // A glob matching no event type loads, with a warning naming it.
+    let (code, out, err, _) = check(&format!(
+        "{ENDPOINT}secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\nevents = [\"call.complete\"]\n"
+    ));
+    assert_eq!((code, out.as_str()), (Some(0), "ok\n"), "{err}");
+    assert!(
+        err.starts_with(
+            "warning: endpoints[0].events[0] \"call.complete\" matches no event type, so endpoint crm receives nothing"
+        ),
+        "{err}"
+    );
+
+    // A syntax error names the file, the line and the column.
+    let (code, _, err, path) = check("[sip]\nudp = [\"127.0.0.1:5060\"\ntcp = []\n");
+    assert_eq!(code, Some(2), "{err}");
+    let at = format!("invalid TOML at {}:", path.display());
+    assert!(err.starts_with(&at), "{err}");
+    let place: Vec<&str> = err[at.len()..].splitn(3, ':').collect();
+    assert!(
+        place.len() == 3 && place[0].parse::<u32>().is_ok() && place[1].parse::<u32>().is_ok(),
+        "no line and column: {err}"
+    );
+
+    // A bare number where a duration goes says a duration string is wanted.
+    let (code, _, err, _) = check("[sip]\nchallenge_window = 32\n");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("sip.challenge_window: wrong type: expected a duration string with a unit, such as \"32s\""), "{err}");
+
+    // A bad URL is quoted, credentials cut, with the reason; a secret that was
+    // given but is bad is not also "required".
+    let (code, _, err, _) = check(&format!(
+        "{}secrets = [\"whsec_notbase64!!\"]\n",
+        ENDPOINT.replace(
+            "http://127.0.0.1:8080/hook",
+            "https://bob:hunter2@crm example/hook?token=s3cret"
+        )
+    ));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("endpoints[0].url: invalid URL \"https://…@crm example/hook?…\": "),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2") && !err.contains("s3cret"), "{err}");
+    assert!(
+        err.contains("endpoints[0].secrets[0]: secret is not valid base64"),
+        "{err}"
+    );
+    assert!(!err.contains("at least one secret"), "{err}");
+    // An unreadable secret file is named, and also not "required" on top.
+    let (code, _, err, _) = check(&format!("{ENDPOINT}{SECRET_FILE_LINE}"));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("endpoints[0].secret_files[0]: cannot read"),
+        "{err}"
+    );
+    assert!(!err.contains("at least one secret"), "{err}");
+}
+
 /// Runs siphook until `until` resolves and, when given, its log has shown
 /// `log_line`; then stops it with SIGTERM and checks the log kept secrets out.
 async fn run_until(
