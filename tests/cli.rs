@@ -121,6 +121,63 @@ fn check_config_says_what_a_new_user_got_wrong_and_where() {
     assert!(!err.contains("at least one secret"), "{err}");
 }
 
+#[test]
+fn an_error_and_its_cause_are_said_once() {
+    // The library's error already says the io::Error it wraps: said once.
+    let out = siphook()
+        .args([
+            "deadletters",
+            "list",
+            "--config",
+            "/nonexistent/siphook.toml",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("siphook: cannot read /nonexistent/siphook.toml: "),
+        "{err}"
+    );
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+
+    // A port in use, through `run`.
+    let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("siphook.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sip]\nudp = [\"{}\"]\ntcp = []\n[outbox]\npath = \"{}\"\n[admin]\nlisten = \"\"\n",
+            held.local_addr().unwrap(),
+            dir.path().join("outbox").display()
+        ),
+    )
+    .unwrap();
+    let out = siphook()
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse).to_string();
+    let said: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("cannot listen"))
+        .collect();
+    assert!(!said.is_empty(), "{err}");
+    for line in said {
+        assert!(
+            line.contains("os error 98") || line.contains(&in_use),
+            "{line}"
+        );
+        assert_eq!(line.matches("os error 98").count(), 1, "{line}");
+    }
+}
+
 /// Runs siphook until `until` resolves and, when given, its log has shown
 /// `log_line`; then stops it with SIGTERM and checks the log kept secrets out.
 async fn run_until(

@@ -35,8 +35,9 @@ pub fn main(args: Args) -> ExitCode {
     match run(&args.config, args.print_events, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("siphook: {e:#}");
+            let why = super::describe(&e);
+            tracing::error!("{why}");
+            eprintln!("siphook: {why}");
             if e.downcast_ref::<ConfigError>().is_some() {
                 ExitCode::from(2)
             } else {
