@@ -293,6 +293,42 @@ async fn dead_letters_can_be_listed_and_replayed() {
         .output()
         .unwrap();
     assert!(!nothing.status.success(), "replay needs --id or --all");
+    // One unknown id among known ones: nothing is done, and the unknown one named.
+    let partly = siphook()
+        .args(["deadletters", "replay", "--id", &offset, "--id", "999999"])
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(partly.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&partly.stderr),
+        "siphook: no such dead letter: 999999; nothing was replayed (`siphook deadletters list` shows the ids)\n"
+    );
+    let still = siphook()
+        .args(["deadletters", "list", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(still.stdout, list.stdout, "the known id was not replayed");
+    // Unknown endpoint names are said to be unknown.
+    for args in [
+        &["deadletters", "replay", "--endpoint", "nope", "--all"][..],
+        &["endpoints", "resume", "nope"][..],
+    ] {
+        let out = siphook()
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "siphook: no such endpoint: nope (configured: crm)\n",
+            "{args:?}"
+        );
+    }
     let replay = siphook()
         .args(["deadletters", "replay", "--id", &offset, "--config"])
         .arg(&config)
@@ -302,6 +338,12 @@ async fn dead_letters_can_be_listed_and_replayed() {
         replay.status.success(),
         "{}",
         String::from_utf8_lossy(&replay.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&replay.stdout),
+        format!(
+            "replayed 1 dead letter(s): {offset} (crm); they are delivered on the next start\n"
+        )
     );
 
     accept.store(true, Ordering::SeqCst);
