@@ -178,6 +178,69 @@ fn an_error_and_its_cause_are_said_once() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_is_siphooks_and_a_reload_says_the_admin_token_changed() {
+    let mut rx = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, target) = common::binary_config(dir.path(), &rx.url(), "");
+    let mut env = Command::new("env");
+    env.arg("RUST_LOG=debug").arg(env!("CARGO_BIN_EXE_siphook"));
+    let mut s = common::process::Siphook::spawn_with(env, &config);
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    s.wait_ready(&sock, &target, "cli-debug-1").await;
+    rx.next().await;
+    s.wait_log("call event emitted").await;
+
+    // A new token and an events typo, then SIGHUP.
+    let new_token = "a-new-admin-token-fedcba9876543210";
+    std::fs::write(dir.path().join("admin.token"), format!("{new_token}\n")).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "allow_http = true",
+            "allow_http = true\nevents = [\"call.*\", \"call.complete\"]",
+        ),
+    )
+    .unwrap();
+    let pid = s.child.id().unwrap().to_string();
+    let kill = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    kill("-HUP");
+    s.wait_log("\"call.complete\" matches no event type").await;
+    let line = s.wait_log("configuration reloaded").await;
+    assert!(
+        line.contains("admin_token") && line.contains("changed"),
+        "{line}"
+    );
+    kill("-TERM");
+    assert!(s.wait_exit().await.success(), "{}", s.log_text());
+
+    let log = s.log_text();
+    assert!(
+        !log.contains(new_token) && !log.contains(common::ADMIN_TOKEN),
+        "{log}"
+    );
+    // siphook's debug lines, and no dependency's (sled, hyper, h2 at debug
+    // print dozens per call).
+    let debug: Vec<&str> = log.lines().filter(|l| l.contains(" DEBUG ")).collect();
+    assert!(!debug.is_empty(), "{log}");
+    for l in debug {
+        let target = l.split(" DEBUG ").nth(1).unwrap_or_default();
+        assert!(
+            target.starts_with("siphook"),
+            "a dependency's debug line: {l}"
+        );
+    }
+}
+
 /// Runs siphook until `until` resolves and, when given, its log has shown
 /// `log_line`; then stops it with SIGTERM and checks the log kept secrets out.
 async fn run_until(
