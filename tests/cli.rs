@@ -241,6 +241,49 @@ async fn debug_is_siphooks_and_a_reload_says_the_admin_token_changed() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_endpoint_is_shown_how_to_resume_it_while_siphook_runs() {
+    let mut rx = Receiver::start(Arc::new(|_| Reply::status(410))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, target) = common::binary_config(dir.path(), &rx.url(), "");
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let stop = |s: &common::process::Siphook| {
+        let pid = s.child.id().unwrap().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    let mut s = common::process::Siphook::spawn(&config);
+    s.wait_ready(&sock, &target, "cli-gone-1").await;
+    rx.next().await;
+    s.wait_log("endpoint answered 410 Gone").await;
+    stop(&s);
+    assert!(s.wait_exit().await.success(), "{}", s.log_text());
+
+    // At the next start the CLI cannot run (the outbox is locked): the line
+    // names the admin API's resume.
+    let mut s = common::process::Siphook::spawn(&config);
+    let line = s.wait_log("endpoint paused after 410 Gone").await;
+    assert!(line.contains("POST /v1/endpoints/crm/resume"), "{line}");
+    stop(&s);
+    assert!(s.wait_exit().await.success(), "{}", s.log_text());
+    let resumed = siphook()
+        .args(["endpoints", "resume", "crm", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&resumed.stdout),
+        "endpoint crm resumed; it is sent to again on the next start\n",
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+}
+
 /// Runs siphook until `until` resolves and, when given, its log has shown
 /// `log_line`; then stops it with SIGTERM and checks the log kept secrets out.
 async fn run_until(
