@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::receiver::{Receiver, Reply};
 use common::{CallSpec, DEADLINE};
+use siphook::config::Config;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -41,6 +42,54 @@ fn check_config_accepts_the_shipped_default_and_lists_every_problem() {
         String::from_utf8_lossy(&out.stderr),
         "sip.colour: unknown key\nsip.udp[0]: invalid socket address \"127.0.0.1:99999\"\nsip.max_active_calls: -1 is outside 1 to 100000000\n"
     );
+}
+
+/// The shipped config with one of its commented `[[endpoints]]` examples (the
+/// `n`th) uncommented as its comment says: the `#` taken off each of its lines
+/// that has no space after it.
+fn uncommented_example(n: usize) -> String {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/siphook.toml"))
+        .unwrap();
+    let mut seen = 0;
+    let mut inside = false;
+    let mut out = String::new();
+    for line in text.lines() {
+        if line == "#[[endpoints]]" {
+            seen += 1;
+            inside = seen == n;
+        } else if !line.starts_with('#') {
+            inside = false;
+        }
+        let setting = line.len() > 1 && !line[1..].starts_with([' ', '#']);
+        match line.strip_prefix('#') {
+            Some(rest) if inside && setting => out.push_str(rest),
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    assert!(seen >= n, "no example {n} in config/siphook.toml");
+    out
+}
+
+#[test]
+fn the_shipped_endpoint_examples_pass_check_config_once_uncommented() {
+    for n in [1, 2] {
+        let text = uncommented_example(n);
+        assert!(text.contains("\n[[endpoints]]\n"), "{text}");
+        let (code, out, err, _) = check(&text);
+        assert_eq!(
+            (code, out.as_str()),
+            (Some(0), "ok\n"),
+            "example {n}:\n{err}"
+        );
+        // The example's public secret is named until it is replaced.
+        assert!(err.contains("signs with the example secret"), "{err}");
+    }
+    let minimal = Config::parse(&uncommented_example(1)).unwrap();
+    let e = &minimal.endpoints[0];
+    assert_eq!(e.url.to_string(), "http://127.0.0.1:8080/hook");
+    assert!(e.match_dnis.is_empty() && e.redact.is_none());
+    assert!(e.wants("call.completed", None, None));
 }
 
 /// Runs `siphook check-config` on `text`: exit status, stdout, stderr.

@@ -7,6 +7,10 @@ use std::path::Path;
 use super::{Config, glob_match};
 use crate::vocab::EVENT_TYPES;
 
+/// The signing secret of config/siphook.toml's endpoint examples: it is public, so
+/// an endpoint still signing with it can be sent forged webhooks.
+const EXAMPLE_SECRET: &str = "whsec_ZXhhbXBsZS1vbmx5LXNlY3JldC1yZXBsYWNlLW1lISE=";
+
 impl Config {
     /// What an operator should change, for this configuration read from `path`
     /// (the file's permissions matter when it holds secrets). Empty when nothing.
@@ -31,6 +35,17 @@ impl Config {
                         EVENT_TYPES.join(", ")
                     ));
                 }
+            }
+        }
+        let example = crate::vocab::Secret::parse(EXAMPLE_SECRET).ok();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if example.as_ref().is_some_and(|x| e.secrets.contains(x)) {
+                out.push(format!(
+                    "endpoints[{i}] ({}) signs with the example secret from the shipped \
+                     config, which anyone can read and forge webhooks with: make your own \
+                     (the comment above the example says how)",
+                    e.name
+                ));
             }
         }
         if let Some(a) = self.admin.listen.filter(|a| !a.ip().is_loopback()) {
