@@ -53,6 +53,38 @@ async fn metrics_move_with_real_traffic() {
         "process metrics"
     );
     assert!(has(&before, "process_open_fds"));
+    // Series an alert takes `increase()` of exist at 0 before anything happened:
+    // the labelled counters from the registry's start, the endpoint's latency
+    // histogram from its dispatcher's.
+    let present = |name: &str, label: (&str, &str)| {
+        before.iter().any(|s| {
+            s.name == name
+                && s.value == 0.0
+                && s.labels
+                    .iter()
+                    .any(|(k, v)| (k.as_str(), v.as_str()) == label)
+        })
+    };
+    for (name, label) in [
+        ("siphook_events_refused_total", ("reason", "outbox_full")),
+        ("siphook_sip_parse_errors_total", ("reason", "malformed")),
+        ("siphook_calls_dropped_total", ("reason", "table_full")),
+        (
+            "siphook_tcp_connections_closed_total",
+            ("reason", "idle_timeout"),
+        ),
+        (
+            "siphook_hep_packets_dropped_total",
+            ("reason", "auth_failed"),
+        ),
+        ("siphook_capture_clock_skew_total", ("source", "hep")),
+        (
+            "siphook_event_delivery_latency_seconds_count",
+            ("endpoint", "crm"),
+        ),
+    ] {
+        assert!(present(name, label), "{name}{{{label:?}}} is not at 0");
+    }
 
     let call = CallSpec::new("metrics-1");
     s.send(&call.answered_flow()).await;

@@ -663,7 +663,12 @@ async fn logs_carry_no_secrets_tokens_or_phone_numbers() {
     let admin_at = common::admin_addr(&config);
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
 
-    let mut s = spawn(&config, &["--log-format", "json"], &[("RUST_LOG", "debug")]);
+    // Every crate at debug (a full filter: a bare "debug" is siphook's own).
+    let mut s = spawn(
+        &config,
+        &["--log-format", "json"],
+        &[("RUST_LOG", "debug,siphook=debug")],
+    );
     s.wait_log("siphook running").await;
     let calls: Vec<CallSpec> = (0..3)
         .map(|i| CallSpec::new(&format!("logs-{i}")))

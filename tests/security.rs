@@ -428,7 +428,9 @@ impl Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_siphook"))
             .args(["run", "--print-events", "--log-format", format, "--config"])
             .arg(config)
-            .env("RUST_LOG", "debug")
+            // Every crate at debug, where a leak would show: a full filter (a
+            // bare "debug" is siphook's own, with the libraries at info).
+            .env("RUST_LOG", "debug,siphook=debug")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .stdin(Stdio::null())

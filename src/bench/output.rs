@@ -205,11 +205,36 @@ impl Report {
                 let _ = writeln!(out, "{name} lost: {}", by.join(", "));
             }
         }
+        // What the figures mean, said where they are read (BENCHMARKS.md has the method).
+        let _ = writeln!(
+            out,
+            "latency: from the bench sending the SIP message that causes an event (INVITE, \
+             180, the INVITE's 200, 486/487, NOTIFY, the BYE's 200) to the bench's receiver \
+             having read the webhook's body; events a siphook timer causes are not timed"
+        );
+        if self.ratios.is_some() {
+            let _ = writeln!(
+                out,
+                "ratio: siphook's latency over the null relay's at the same quantile; the \
+                 relay POSTs each SIP message as it arrives (no parsing, tracking or outbox), \
+                 the floor this host, its scheduler and HTTP set"
+            );
+        }
+        let fsync = match (c.target.as_str(), c.no_fsync) {
+            ("spawn", false) => "on: each outbox commit is fdatasynced before its webhook goes",
+            ("spawn", true) => "OFF (--no-fsync): commits reach the page cache only",
+            _ => "as the target siphook is configured (not spawned by the bench)",
+        };
+        let _ = writeln!(out, "fsync: {fsync}");
         for w in &self.warnings {
             let _ = writeln!(out, "warning: {w}");
         }
         if self.failures.is_empty() {
-            let _ = writeln!(out, "PASSED");
+            let _ = writeln!(
+                out,
+                "PASSED: no event lost, duplicated, out of order, unexpected or malformed, \
+                 every signature valid (latency is reported, not judged)"
+            );
         } else {
             let _ = writeln!(out, "FAILED: {}", self.failures.join(", "));
         }

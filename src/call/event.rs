@@ -8,29 +8,32 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::sip::{NameAddr, StirShaken};
-use crate::vocab::{Timestamp, Transport};
+use crate::vocab::{EVENT_TYPES, Timestamp, Transport};
 
 /// Version of the JSON contract; bumped only on breaking changes.
 pub const EVENT_VERSION: u32 = 1;
 
 /// The five kinds of call event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+// Serialized by its wire name, which `vocab::EVENT_TYPES` holds (the config's
+// check of endpoint globs reads the same list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventType {
     /// First INVITE of a call.
-    #[serde(rename = "call.initiated")]
     Initiated,
     /// First 180 or 183.
-    #[serde(rename = "call.ringing")]
     Ringing,
     /// First 2xx to the initial INVITE.
-    #[serde(rename = "call.answered")]
     Answered,
     /// A successful transfer (REFER or Replaces).
-    #[serde(rename = "call.transferred")]
     Transferred,
     /// The call is over; exactly once per call.
-    #[serde(rename = "call.completed")]
     Completed,
+}
+
+impl Serialize for EventType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 impl EventType {
@@ -55,13 +58,9 @@ impl EventType {
 
     /// The wire name, also a bounded metrics label.
     pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::Initiated => "call.initiated",
-            EventType::Ringing => "call.ringing",
-            EventType::Answered => "call.answered",
-            EventType::Transferred => "call.transferred",
-            EventType::Completed => "call.completed",
-        }
+        // ALL and EVENT_TYPES have the same length and order (a test checks
+        // the names), so every slot has its name.
+        EVENT_TYPES[self.slot()]
     }
 }
 
@@ -368,6 +367,11 @@ mod tests {
             assert_eq!(EventType::from_name(t.as_str()), Some(t));
         }
         assert_eq!(EventType::from_name("webhook.test"), None);
+        assert_eq!(EventType::Completed.as_str(), "call.completed");
+        assert_eq!(
+            serde_json::to_string(&EventType::Transferred).unwrap(),
+            "\"call.transferred\""
+        );
     }
 
     #[test]

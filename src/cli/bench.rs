@@ -111,7 +111,7 @@ pub fn main(args: Args) -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("siphook: {e:#}");
+            eprintln!("siphook: {}", super::describe(&e));
             ExitCode::from(2)
         }
     }

@@ -35,8 +35,9 @@ pub fn main(args: Args) -> ExitCode {
     match run(&args.config, args.print_events, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("siphook: {e:#}");
+            let why = super::describe(&e);
+            tracing::error!("{why}");
+            eprintln!("siphook: {why}");
             if e.downcast_ref::<ConfigError>().is_some() {
                 ExitCode::from(2)
             } else {
@@ -87,7 +88,18 @@ fn signals(path: PathBuf) -> anyhow::Result<tokio::sync::mpsc::Receiver<Signal>>
                 _ = hup.recv() => {
                     tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
                     let p = path.clone();
-                    let loaded = tokio::task::spawn_blocking(move || Config::load(&p)).await;
+                    // Warnings as at start: the edit being reloaded is where a typo
+                    // (an events glob that matches nothing) is new.
+                    let loaded = tokio::task::spawn_blocking(move || {
+                        let c = Config::load(&p);
+                        if let Ok(c) = &c {
+                            for w in c.warnings(&p) {
+                                tracing::warn!("{w}");
+                            }
+                        }
+                        c
+                    })
+                    .await;
                     match loaded {
                         Ok(c) => Signal::Reload(Box::new(c)),
                         Err(_) => continue,

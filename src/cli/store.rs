@@ -57,9 +57,16 @@ pub fn deadletters(action: Deadletters) -> anyhow::Result<()> {
         Deadletters::List { config, endpoint }
         | Deadletters::Replay {
             config, endpoint, ..
-        } => (config, endpoint.as_deref()),
+        } => (config.clone(), endpoint.clone()),
     };
-    let config = Config::load(config)?;
+    let endpoint = endpoint.as_deref();
+    let config = Config::load(&config)?;
+    let replaying = matches!(action, Deadletters::Replay { .. });
+    // A list may name an endpoint since removed from the file (its dead letters
+    // stay in the outbox); a replay to one could never be sent.
+    if replaying && let Some(name) = endpoint {
+        configured(&config, name)?;
+    }
     let outbox = open_outbox(&config)?;
     let dead = outbox.dead_letters(endpoint)?;
     match action {
@@ -68,35 +75,70 @@ pub fn deadletters(action: Deadletters) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&d)?);
             }
         }
-        Deadletters::Replay { ids, all, .. } => {
+        Deadletters::Replay { mut ids, all, .. } => {
             anyhow::ensure!(
                 all || !ids.is_empty(),
                 "say which: --id ID (repeatable) or --all"
             );
+            ids.sort_unstable();
+            ids.dedup();
+            let is_configured = |name: &str| config.endpoints.iter().any(|e| e.name == name);
+            // Every id is checked before anything changes: a typo in one of
+            // several must not leave the others half done and unreported.
+            let unknown: Vec<String> = ids
+                .iter()
+                .filter(|id| !dead.iter().any(|d| d.offset == **id))
+                .map(u64::to_string)
+                .collect();
+            anyhow::ensure!(
+                unknown.is_empty(),
+                "no such dead letter{}: {}; nothing was replayed (`siphook deadletters list` \
+                 shows the ids)",
+                endpoint
+                    .map(|e| format!(" of endpoint {e}"))
+                    .unwrap_or_default(),
+                unknown.join(", ")
+            );
+            let chosen: Vec<_> = dead
+                .iter()
+                .filter(|d| all || ids.binary_search(&d.offset).is_ok())
+                .collect();
+            let unsendable: Vec<String> = chosen
+                .iter()
+                .filter(|d| !is_configured(&d.endpoint))
+                .map(|d| format!("{} (endpoint {})", d.offset, d.endpoint))
+                .collect();
+            // Asked for by id, it is an error; under --all, those are left and said so.
+            anyhow::ensure!(
+                all || unsendable.is_empty(),
+                "dead letters for endpoints that are not configured cannot be replayed: {}; \
+                 nothing was replayed",
+                unsendable.join(", ")
+            );
             let now = Timestamp::now().millis();
-            let mut replayed = 0;
-            let configured = |name: &str| config.endpoints.iter().any(|e| e.name == name);
-            for d in dead.iter().filter(|d| all || ids.contains(&d.offset)) {
-                // Nothing would ever send a delivery for an endpoint that is not configured.
-                if !configured(&d.endpoint) {
-                    eprintln!(
-                        "skipped {} (endpoint {} is not configured)",
-                        d.offset, d.endpoint
-                    );
-                    continue;
-                }
+            let mut replayed = Vec::new();
+            for d in chosen.iter().filter(|d| is_configured(&d.endpoint)) {
                 if outbox.replay(&d.endpoint, d.offset, now)? {
-                    replayed += 1;
+                    replayed.push(format!("{} ({})", d.offset, d.endpoint));
                 }
             }
-            let missing: Vec<u64> = ids
-                .iter()
-                .copied()
-                .filter(|id| !dead.iter().any(|d| d.offset == *id))
-                .collect();
-            anyhow::ensure!(missing.is_empty(), "no such dead letter: {missing:?}");
             flush(&outbox)?;
-            println!("replayed {replayed} dead letter(s); they are delivered on the next start");
+            if !unsendable.is_empty() {
+                eprintln!(
+                    "left {} dead letter(s) of endpoints that are not configured: {}",
+                    unsendable.len(),
+                    unsendable.join(", ")
+                );
+            }
+            if replayed.is_empty() {
+                println!("replayed 0 dead letters");
+            } else {
+                println!(
+                    "replayed {} dead letter(s): {}; they are delivered on the next start",
+                    replayed.len(),
+                    replayed.join(", ")
+                );
+            }
         }
     }
     Ok(())
@@ -105,7 +147,11 @@ pub fn deadletters(action: Deadletters) -> anyhow::Result<()> {
 /// Lifts a 410 pause.
 pub fn endpoints(action: Endpoints) -> anyhow::Result<()> {
     let Endpoints::Resume { config, endpoint } = action;
-    let outbox = open_outbox(&Config::load(&config)?)?;
+    let config = Config::load(&config)?;
+    // Checked first: "not paused" about a name that does not exist (a typo)
+    // would send the operator looking in the wrong place.
+    configured(&config, &endpoint)?;
+    let outbox = open_outbox(&config)?;
     anyhow::ensure!(
         outbox.is_paused(&endpoint),
         "endpoint {endpoint} is not paused"
@@ -114,6 +160,22 @@ pub fn endpoints(action: Endpoints) -> anyhow::Result<()> {
     flush(&outbox)?;
     println!("endpoint {endpoint} resumed; it is sent to again on the next start");
     Ok(())
+}
+
+/// An endpoint name the configuration has, or "no such endpoint" naming those it has.
+fn configured(config: &Config, name: &str) -> anyhow::Result<()> {
+    if config.endpoints.iter().any(|e| e.name == name) {
+        return Ok(());
+    }
+    let names: Vec<&str> = config.endpoints.iter().map(|e| e.name.as_str()).collect();
+    anyhow::bail!(
+        "no such endpoint: {name} (configured: {})",
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    )
 }
 
 fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {

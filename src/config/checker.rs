@@ -5,7 +5,31 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use serde::Deserialize;
+
 use super::Problem;
+
+/// A duration as the file writes it ("32s"). A type of its own only so that a
+/// value of the wrong type (a bare `32`) is told a duration string is wanted,
+/// not just "expected a string".
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(super) struct DurationText(pub(super) String);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = DurationText;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration string with a unit, such as \"32s\" or \"250ms\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DurationText, E> {
+                Ok(DurationText(v.to_owned()))
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}
 
 /// Collects problems while turning raw strings into typed values.
 pub(super) struct Checker<'a> {
@@ -64,11 +88,13 @@ impl Checker<'_> {
     pub(super) fn duration(
         &mut self,
         path: &str,
-        raw: Option<String>,
+        raw: Option<DurationText>,
         default: Duration,
         min: Duration,
     ) -> Duration {
-        let Some(s) = raw else { return default };
+        let Some(DurationText(s)) = raw else {
+            return default;
+        };
         match humantime::parse_duration(s.trim()) {
             Ok(d) if d < min => {
                 self.problem(

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::Checker;
-use super::checker::read_secret_file;
+use super::checker::{DurationText, read_secret_file};
 use super::redact::{Redaction, validate_redact};
 use crate::vocab::{Redacted, Secret};
 
@@ -126,6 +126,30 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
+/// A URL as a problem may quote it: userinfo and query may carry credentials
+/// (`https://user:pw@h/?token=…`), so both are cut to `…`. Works on text that does
+/// not parse as a URL, which is when it is quoted.
+fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(i) => format!("…@{}", &authority[i + 1..]),
+        None => authority.to_owned(),
+    };
+    let tail = match tail.find('?') {
+        Some(q) => {
+            let fragment = tail[q..].find('#').map_or("", |f| &tail[q + f..]);
+            format!("{}?…{fragment}", &tail[..q])
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}{authority}{tail}")
+}
+
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub(super) struct RawEndpoint {
@@ -140,10 +164,10 @@ pub(super) struct RawEndpoint {
     headers: std::collections::BTreeMap<String, String>,
     encoding: Option<String>,
     format: Option<String>,
-    timeout: Option<String>,
+    timeout: Option<DurationText>,
     max_in_flight: Option<i64>,
-    retry_schedule: Option<Vec<String>>,
-    circuit_probe_interval: Option<String>,
+    retry_schedule: Option<Vec<DurationText>>,
+    circuit_probe_interval: Option<DurationText>,
     allow_http: bool,
     tls_roots: Option<String>,
     ca_file: Option<String>,
@@ -227,9 +251,9 @@ pub(super) fn validate_endpoints(
                 c.problem(at("url"), "missing".into());
                 None
             }
-            // The URL is not echoed: it may carry a token in its query.
-            Some(Err(_)) => {
-                c.problem(at("url"), "invalid URL".into());
+            Some(Err(e)) => {
+                let shown = redact_url(r.url.as_deref().unwrap_or_default());
+                c.problem(at("url"), format!("invalid URL \"{shown}\": {e}"));
                 None
             }
             Some(Ok(u)) if u.authority().is_some_and(|a| a.as_str().contains('@')) => {
@@ -275,7 +299,9 @@ pub(super) fn validate_endpoints(
                 }
             }
         }
-        if secrets.is_empty() {
+        // A secret that was given but is bad is reported above; "required" is only
+        // for an endpoint that names none at all.
+        if r.secrets.is_empty() && r.secret_files.is_empty() {
             c.problem(
                 at("secrets"),
                 "at least one secret (secrets or secret_files) is required to sign events".into(),
@@ -487,6 +513,37 @@ mod tests {
             ]
         );
         assert!(!got.concat().contains("c2VjcmV0"), "a secret was echoed");
+    }
+
+    #[test]
+    fn an_invalid_url_is_quoted_without_credentials_and_says_why() {
+        let text = r#"
+            [[endpoints]]
+            name = "crm"
+            url = "https://bob:hunter2@crm example/hook?token=s3cret#top"
+            secrets = ["whsec_notbase64!!"]
+        "#;
+        let Err(ConfigError::Invalid(p)) = Config::parse(text) else {
+            panic!("must fail")
+        };
+        let got: Vec<String> = p.iter().map(ToString::to_string).collect();
+        assert_eq!(got.len(), 2, "{got:#?}");
+        assert!(
+            got[0].starts_with(
+                "endpoints[0].url: invalid URL \"https://…@crm example/hook?…#top\": "
+            ),
+            "{got:#?}"
+        );
+        let reason = got[0].split("#top\": ").nth(1).unwrap_or_default();
+        assert!(!reason.is_empty(), "no reason given: {got:#?}");
+        assert!(!got.concat().contains("hunter2") && !got.concat().contains("s3cret"));
+        // The bad secret is reported once, not also as a missing one.
+        assert_eq!(
+            got[1],
+            "endpoints[0].secrets[0]: secret is not valid base64 after \"whsec_\""
+        );
+        assert_eq!(redact_url("crm.example/x?a=1"), "crm.example/x?…");
+        assert_eq!(redact_url("https://h:8443/p"), "https://h:8443/p");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::Checker;
-use super::checker::read_secret_file;
+use super::checker::{DurationText, read_secret_file};
 use crate::vocab::Redacted;
 
 /// `[hep]`, validated.
@@ -49,7 +49,7 @@ pub(super) struct RawHep {
     tcp: Option<Vec<String>>,
     auth_key: Option<String>,
     auth_key_file: Option<String>,
-    auth_timeout: Option<String>,
+    auth_timeout: Option<DurationText>,
     agents: Option<Vec<String>>,
 }
 

@@ -20,8 +20,8 @@ pub mod redact;
 mod service;
 mod warnings;
 
-use checker::Checker;
 pub use checker::parse_size;
+use checker::{Checker, DurationText};
 use problems::{MAX_TYPE_ERRORS, display_path, format_path, remove_at, without_value};
 
 pub use delivery::{Auth, Encoding, EndpointConfig, Format, glob_match};
@@ -171,12 +171,18 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::parse(&text)
+        Config::parse_named(&text, Some(path))
     }
 
     /// Validates configuration text; every problem found is reported.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse_unscrubbed(text).map_err(|e| match e {
+        Config::parse_named(text, None)
+    }
+
+    /// `file`, when known, names where a TOML syntax error is, so an editor can
+    /// jump there (`FILE:LINE:COLUMN`).
+    fn parse_named(text: &str, file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::parse_unscrubbed(text, file).map_err(|e| match e {
             ConfigError::Invalid(mut problems) => {
                 for p in &mut problems {
                     p.path = scrub_secrets(&p.path);
@@ -188,12 +194,12 @@ impl Config {
         })
     }
 
-    fn parse_unscrubbed(text: &str) -> Result<Config, ConfigError> {
+    fn parse_unscrubbed(text: &str, file: Option<&Path>) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             ConfigError::Invalid(vec![Problem {
                 path: String::new(),
-                message: format!("invalid TOML: {}", e.message()),
+                message: syntax_error(text, file, &e),
             }])
         })?;
         // serde stops at the first value of the wrong type: report it, drop that
@@ -244,6 +250,23 @@ impl Config {
     }
 }
 
+/// "invalid TOML at FILE:3:7: …": toml's message names no place, its span does.
+/// The message is kept on one line, as every problem is.
+fn syntax_error(text: &str, file: Option<&Path>, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', "; ");
+    let Some(start) = e.span().map(|s| s.start.min(text.len())) else {
+        return format!("invalid TOML: {message}");
+    };
+    let before = text.get(..start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    match file {
+        Some(f) => format!("invalid TOML at {}:{line}:{column}: {message}", f.display()),
+        None => format!("invalid TOML at line {line}, column {column}: {message}"),
+    }
+}
+
 /// Cuts what follows `whsec_` from a problem's text: a signing secret typed under
 /// the wrong key (or as a key) would otherwise be quoted back into a log.
 fn scrub_secrets(text: &str) -> String {
@@ -283,12 +306,12 @@ struct RawSip {
     tcp: Option<Vec<String>>,
     max_message_bytes: Option<String>,
     udp_receive_buffer: Option<String>,
-    tcp_idle_timeout: Option<String>,
+    tcp_idle_timeout: Option<DurationText>,
     max_tcp_connections: Option<i64>,
     max_connections_per_source: Option<i64>,
-    invite_timeout: Option<String>,
-    max_call_duration: Option<String>,
-    challenge_window: Option<String>,
+    invite_timeout: Option<DurationText>,
+    max_call_duration: Option<DurationText>,
+    challenge_window: Option<DurationText>,
     max_active_calls: Option<i64>,
     reorder_window: Option<String>,
     correlation_headers: Option<Vec<String>>,
@@ -484,8 +507,39 @@ mod tests {
             got.iter().any(|p| p == "sip.colour: unknown key"),
             "{got:?}"
         );
+        let got = problems("[sip]\nchallenge_window = 32\n");
+        assert_eq!(
+            got,
+            [
+                "sip.challenge_window: wrong type: expected a duration string with a unit, such as \"32s\" or \"250ms\""
+            ]
+        );
         let got = problems("[sip\n");
-        assert!(got[0].starts_with("invalid TOML"), "{got:?}");
+        assert!(
+            got[0].starts_with("invalid TOML at line 1, column"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_file_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("siphook.toml");
+        std::fs::write(
+            &path,
+            "[sip]\nudp = [\"127.0.0.1:5060\"]\ntcp = [\"x\" \"y\"]\n",
+        )
+        .unwrap();
+        let got = Config::load(&path).unwrap_err().to_string();
+        let at = format!("invalid TOML at {}:3:", path.display());
+        assert!(got.starts_with(&at), "{got}");
+        assert!(!got.contains('\n'), "{got}");
+        // A multi-byte character before the error counts as one column.
+        let got = problems("[sip]\nudp = \"é\" x\n");
+        assert!(
+            got[0].starts_with("invalid TOML at line 2, column 11"),
+            "{got:?}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::Checker;
+use super::checker::DurationText;
 
 /// `[outbox]`: the segment log every event is committed to before delivery.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,7 +41,7 @@ impl Default for OutboxConfig {
 #[serde(default)]
 pub(super) struct RawOutbox {
     path: Option<String>,
-    commit_interval: Option<String>,
+    commit_interval: Option<DurationText>,
     max_bytes: Option<String>,
     compact_above: Option<String>,
     compact_check_interval: Option<String>,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::Checker;
-use super::checker::read_secret_file;
+use super::checker::{DurationText, read_secret_file};
 use crate::vocab::Redacted;
 
 /// Shortest admin token accepted: anything shorter can be guessed over HTTP.
@@ -80,7 +80,7 @@ pub(super) struct RawLog {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub(super) struct RawService {
-    shutdown_grace: Option<String>,
+    shutdown_grace: Option<DurationText>,
 }
 
 impl RawAdmin {

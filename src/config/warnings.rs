@@ -4,7 +4,12 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use super::Config;
+use super::{Config, glob_match};
+use crate::vocab::EVENT_TYPES;
+
+/// The signing secret of config/siphook.toml's endpoint examples: it is public, so
+/// an endpoint still signing with it can be sent forged webhooks.
+const EXAMPLE_SECRET: &str = "whsec_ZXhhbXBsZS1vbmx5LXNlY3JldC1yZXBsYWNlLW1lISE=";
 
 impl Config {
     /// What an operator should change, for this configuration read from `path`
@@ -16,6 +21,32 @@ impl Config {
                 "{key} is no longer used: the outbox's segment log keeps its disk bounded \
                  without compaction; remove it"
             ));
+        }
+        // A glob that matches no type is a typo (`call.complete`): valid, but the
+        // endpoint would silently never receive what the operator meant.
+        for (i, e) in self.endpoints.iter().enumerate() {
+            for (j, glob) in e.events.iter().enumerate() {
+                if !EVENT_TYPES.iter().any(|t| glob_match(glob, t)) {
+                    out.push(format!(
+                        "endpoints[{i}].events[{j}] \"{glob}\" matches no event type, so \
+                         endpoint {} receives nothing for it (the types: {}; globs like \
+                         \"call.*\" work)",
+                        e.name,
+                        EVENT_TYPES.join(", ")
+                    ));
+                }
+            }
+        }
+        let example = crate::vocab::Secret::parse(EXAMPLE_SECRET).ok();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if example.as_ref().is_some_and(|x| e.secrets.contains(x)) {
+                out.push(format!(
+                    "endpoints[{i}] ({}) signs with the example secret from the shipped \
+                     config, which anyone can read and forge webhooks with: make your own \
+                     (the comment above the example says how)",
+                    e.name
+                ));
+            }
         }
         if let Some(a) = self.admin.listen.filter(|a| !a.ip().is_loopback()) {
             out.push(format!(
@@ -100,6 +131,24 @@ mod tests {
             Config::load(&path).unwrap().warnings(&path),
             Vec::<String>::new()
         );
+    }
+
+    #[test]
+    fn an_events_glob_that_matches_no_type_is_named() {
+        let text = format!(
+            "[[endpoints]]\nname = \"crm\"\nurl = \"https://crm.example/hook\"\n\
+             secrets = [\"{SECRET}\"]\nevents = [\"call.completed\", \"call.complete\", \"call.*\"]\n"
+        );
+        let (_d, path) = file(&text, 0o600);
+        let w = Config::load(&path).unwrap().warnings(&path);
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(
+            w[0].starts_with(
+                "endpoints[0].events[1] \"call.complete\" matches no event type, so endpoint crm"
+            ),
+            "{w:#?}"
+        );
+        assert!(w[0].contains("call.initiated, call.ringing"), "{w:#?}");
     }
 
     #[test]

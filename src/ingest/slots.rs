@@ -217,6 +217,16 @@ mod tests {
     }
 
     #[test]
+    fn refusals_are_reasons_metrics_exports_at_zero() {
+        for r in [REFUSED_PER_SOURCE, REFUSED_FULL] {
+            assert!(
+                crate::metrics::labels::TCP_CLOSE_REASONS.contains(&r),
+                "{r}"
+            );
+        }
+    }
+
+    #[test]
     fn per_source_cap_eviction_of_the_largest_and_trusted_slots() {
         let slots = Slots::new(4, 3, Arc::from([ip("10.0.0.9")]));
         let a: Vec<Slot> = (0..3)

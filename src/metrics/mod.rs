@@ -4,6 +4,7 @@
 //! Labels are bounded sets (transports, methods, reasons): never Call-IDs,
 //! numbers or addresses.
 
+pub mod labels;
 mod ratelog;
 
 pub use ratelog::RateLog;
@@ -381,6 +382,7 @@ impl Metrics {
         for result in ["success", "failure"] {
             m.config_reloads.with_label_values(&[result]);
         }
+        m.zero_known_series();
         #[cfg(target_os = "linux")]
         if let Err(e) = m.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -388,6 +390,45 @@ impl Metrics {
             unreachable!("process metrics registered twice: {e}");
         }
         m
+    }
+
+    /// Creates every known label set of the labelled counters, at 0 (see
+    /// [`labels`]). Per-endpoint series are created by each endpoint's
+    /// dispatcher when it starts, since only it knows the names.
+    fn zero_known_series(&self) {
+        use labels::*;
+        let zero = |c: &IntCounterVec, values: &[&str]| {
+            c.with_label_values(values);
+        };
+        for t in PARSE_TRANSPORTS {
+            for r in PARSE_REASONS {
+                zero(&self.sip_parse_errors, &[t, r]);
+            }
+        }
+        for r in FRAME_REASONS {
+            zero(&self.sip_parse_errors, &["tcp", r]);
+        }
+        for t in HEP_TRANSPORTS {
+            for r in HEP_DECODE_REASONS.iter().chain(HEP_DROP_REASONS) {
+                zero(&self.hep_dropped, &[t, r]);
+            }
+        }
+        for r in TCP_CLOSE_REASONS
+            .iter()
+            .chain(FRAME_REASONS)
+            .chain(HEP_DECODE_REASONS)
+        {
+            zero(&self.tcp_closed, &[r]);
+        }
+        for r in CALL_DROP_REASONS {
+            zero(&self.calls_dropped, &[r]);
+        }
+        for r in REFUSE_REASONS {
+            zero(&self.events_refused, &[r]);
+        }
+        for s in CLOCK_SKEW_SOURCES {
+            zero(&self.capture_clock_skew, &[s]);
+        }
     }
 
     /// Prometheus text exposition of every metric.
@@ -402,5 +443,42 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn a_fresh_registry_exports_every_known_series_at_zero() {
+        let text = Metrics::new().render();
+        for series in [
+            r#"siphook_events_refused_total{reason="outbox_full"} 0"#,
+            r#"siphook_events_refused_total{reason="storage_error"} 0"#,
+            r#"siphook_sip_parse_errors_total{reason="malformed",transport="udp"} 0"#,
+            r#"siphook_sip_parse_errors_total{reason="missing_content_length",transport="tcp"} 0"#,
+            r#"siphook_sip_parse_errors_total{reason="not_utf8",transport="hep"} 0"#,
+            r#"siphook_calls_dropped_total{reason="table_full"} 0"#,
+            r#"siphook_tcp_connections_closed_total{reason="idle_timeout"} 0"#,
+            r#"siphook_tcp_connections_closed_total{reason="refused_per_source"} 0"#,
+            r#"siphook_tcp_connections_closed_total{reason="too_large"} 0"#,
+            r#"siphook_hep_packets_dropped_total{reason="auth_failed",transport="udp"} 0"#,
+            r#"siphook_hep_packets_dropped_total{reason="hep_bad_magic",transport="tcp"} 0"#,
+            r#"siphook_capture_clock_skew_total{source="hep"} 0"#,
+            r#"siphook_capture_clock_skew_total{source="siptrace"} 0"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == series),
+                "{series} missing:\n{text}"
+            );
+        }
+        // No sample is anything but 0 in a fresh registry's counters.
+        for l in text
+            .lines()
+            .filter(|l| l.starts_with("siphook_") && l.contains("_total{"))
+        {
+            assert!(l.ends_with(" 0"), "{l}");
+        }
     }
 }

@@ -300,6 +300,15 @@ async fn run_tracker(
             .calls_active
             .set(i64::try_from(tracker.active_calls()).unwrap_or(i64::MAX));
         for event in out.drain(..) {
+            // What `[log] level = "debug"` shows of a call: ids only, never numbers
+            // (the call id is a hash; the event itself is in the outbox).
+            tracing::debug!(
+                event_id = %event.id,
+                event_type = event.event_type.as_str(),
+                call = %event.call.id,
+                sequence = event.sequence,
+                "call event emitted"
+            );
             metrics
                 .events_total
                 .with_label_values(&[event.event_type.as_str()])

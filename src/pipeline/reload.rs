@@ -70,11 +70,19 @@ pub(super) async fn reload(
         );
     }
     metrics.config_reloads.with_label_values(&["success"]).inc();
+    // Whether, never what: the operator who rotated the token sees it took.
+    let admin_token = match (&current.admin.token, &new.admin.token) {
+        (a, b) if a == b => "unchanged",
+        (None, Some(_)) => "set",
+        (Some(_), None) => "removed",
+        _ => "changed",
+    };
     tracing::info!(
         added = ?summary.added,
         removed = ?summary.removed,
         changed = ?summary.changed,
         log_level = %new.log.level,
+        admin_token,
         "configuration reloaded"
     );
     // What needs a restart keeps its running value, so the next reload still

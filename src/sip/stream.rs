@@ -81,3 +81,50 @@ impl StreamFramer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::metrics::labels;
+    use crate::sip::hep::HepError;
+    use crate::sip::normalize::NormalizeError;
+    use crate::sip::{FrameError, ParseError};
+
+    /// metrics exports every reason at 0 from the start, from its own lists: a
+    /// reason added here must be added there, or its series appears late.
+    #[test]
+    fn every_reason_counted_is_one_metrics_exports_at_zero() {
+        let parse = [
+            ParseError::Normalize(NormalizeError::NotUtf8),
+            ParseError::Normalize(NormalizeError::BadHeaderLine),
+            ParseError::Normalize(NormalizeError::Empty),
+            ParseError::Malformed,
+            ParseError::MissingHeader("Call-ID"),
+            ParseError::MissingHeader("From"),
+            ParseError::MissingHeader("To"),
+            ParseError::MissingHeader("CSeq"),
+            ParseError::MissingHeader("Via"),
+            ParseError::TooLarge,
+            ParseError::TooLong("Call-ID"),
+        ];
+        for e in &parse {
+            assert!(labels::PARSE_REASONS.contains(&e.reason()), "{e:?}");
+        }
+        for e in [
+            FrameError::TooLarge,
+            FrameError::MissingContentLength,
+            FrameError::BadContentLength,
+            FrameError::BadHeaders,
+        ] {
+            assert!(labels::FRAME_REASONS.contains(&e.reason()), "{e:?}");
+        }
+        for e in [
+            HepError::Truncated,
+            HepError::BadMagic,
+            HepError::BadLength,
+            HepError::BadChunk,
+            HepError::NoPayload,
+        ] {
+            assert!(labels::HEP_DECODE_REASONS.contains(&e.reason()), "{e:?}");
+        }
+    }
+}

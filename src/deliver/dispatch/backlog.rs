@@ -14,7 +14,7 @@ impl Dispatcher {
         self.dead = self.outbox.dead_count(&self.ep.name);
         self.paused = self.outbox.is_paused(&self.ep.name);
         if self.paused {
-            tracing::warn!(endpoint = %self.ep.name, "endpoint paused after 410 Gone; resume it with `siphook endpoints resume`");
+            tracing::warn!(endpoint = %self.ep.name, "endpoint paused after 410 Gone; resume it while siphook runs with the admin API's POST /v1/endpoints/{}/resume (`siphook endpoints resume` works only while siphook is stopped: the outbox is locked)", self.ep.name);
         }
         // Only what is committed: later events reach this dispatcher from the
         // writer, after their commit.
