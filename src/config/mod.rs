@@ -313,7 +313,7 @@ struct RawSip {
     max_call_duration: Option<DurationText>,
     challenge_window: Option<DurationText>,
     max_active_calls: Option<i64>,
-    reorder_window: Option<String>,
+    reorder_window: Option<DurationText>,
     correlation_headers: Option<Vec<String>>,
     queue_capacity: Option<i64>,
     siptrace_from: Option<Vec<String>>,
