@@ -473,6 +473,17 @@ async fn dead_letters_listed_and_replayed_over_http_are_delivered() {
     assert_eq!(endpoints["items"][0]["dead_letters"], 3);
     assert_eq!(endpoints["items"][0]["last_error"]["status"], 422);
 
+    let typo = post(
+        s.admin(),
+        "/v1/deadletters/replay",
+        TOKEN,
+        json!({"endpoint": "nope"}),
+    )
+    .await;
+    assert_eq!(
+        assert_problem(&typo, 404)["detail"],
+        "no such endpoint: nope"
+    );
     let bad = post(s.admin(), "/v1/deadletters/replay", TOKEN, json!({})).await;
     assert_problem(&bad, 400);
     status.store(200, Ordering::SeqCst);

@@ -336,6 +336,18 @@ async fn replay(state: &AdminState, req: Request<Incoming>) -> Reply {
             );
         }
     };
+    // A name neither configured nor holding dead letters (a typo) is not an
+    // empty success: nothing could ever be replayed for it.
+    if let Some(name) = &r.endpoint
+        && dead.is_empty()
+        && !state.endpoints.borrow().contains_key(name)
+    {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "Not Found",
+            &format!("no such endpoint: {name}"),
+        );
+    }
     let wanted: HashSet<u64> = r.ids.iter().copied().collect();
     let mut found: HashSet<u64> = HashSet::new();
     let configured = state.endpoints.borrow().clone();

@@ -523,7 +523,7 @@ impl Dispatcher {
                 state.last_error = Some("HTTP 410 Gone".into());
                 self.note_error(Some(410), "HTTP 410 Gone");
                 state.attempts -= 1; // the event itself was not refused
-                tracing::error!(endpoint = %name, "endpoint answered 410 Gone: paused until resumed; events keep queuing");
+                tracing::error!(endpoint = %name, "endpoint answered 410 Gone: paused until resumed (POST /v1/endpoints/{{name}}/resume, or siphook endpoints resume while siphook is stopped); events keep queuing");
                 self.paused = true;
                 if let Err(e) = self.outbox.set_paused(&name, true) {
                     tracing::error!(endpoint = %name, error = %e, "cannot record the pause; it ends with this process");
