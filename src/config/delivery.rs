@@ -126,28 +126,23 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
-/// A URL as a problem may quote it: userinfo and query may carry credentials
-/// (`https://user:pw@h/?token=…`), so both are cut to `…`. Works on text that does
-/// not parse as a URL, which is when it is quoted.
+/// A URL as a problem may quote it: only its scheme and host. Userinfo, path and
+/// query may all carry credentials (`https://user:pw@h/`, a token in a Slack-style
+/// path, `?token=…`), so each is cut to `…`. Works on text that does not parse as
+/// a URL, which is when it is quoted: a badly escaped password may hold `/`, `?`
+/// or `#`, so the host is taken after the last `@`.
 fn redact_url(url: &str) -> String {
     let (scheme, rest) = match url.find("://") {
         Some(i) => url.split_at(i + 3),
         None => ("", url),
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rfind('@') {
-        Some(i) => format!("…@{}", &authority[i + 1..]),
-        None => authority.to_owned(),
+    let (user, after) = match rest.rfind('@') {
+        Some(i) => ("…@", &rest[i + 1..]),
+        None => ("", rest),
     };
-    let tail = match tail.find('?') {
-        Some(q) => {
-            let fragment = tail[q..].find('#').map_or("", |f| &tail[q + f..]);
-            format!("{}?…{fragment}", &tail[..q])
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}{authority}{tail}")
+    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let tail = if end < after.len() { "/…" } else { "" };
+    format!("{scheme}{user}{}{tail}", &after[..end])
 }
 
 #[derive(Deserialize, Default)]
@@ -530,11 +525,11 @@ mod tests {
         assert_eq!(got.len(), 2, "{got:#?}");
         assert!(
             got[0].starts_with(
-                "endpoints[0].url: invalid URL \"https://…@crm example/hook?…#top\": "
+                "endpoints[0].url: invalid URL \"https://…@crm example/…\": "
             ),
             "{got:#?}"
         );
-        let reason = got[0].split("#top\": ").nth(1).unwrap_or_default();
+        let reason = got[0].split("/…\": ").nth(1).unwrap_or_default();
         assert!(!reason.is_empty(), "no reason given: {got:#?}");
         assert!(!got.concat().contains("hunter2") && !got.concat().contains("s3cret"));
         // The bad secret is reported once, not also as a missing one.
@@ -542,8 +537,16 @@ mod tests {
             got[1],
             "endpoints[0].secrets[0]: secret is not valid base64 after \"whsec_\""
         );
-        assert_eq!(redact_url("crm.example/x?a=1"), "crm.example/x?…");
-        assert_eq!(redact_url("https://h:8443/p"), "https://h:8443/p");
+        assert_eq!(redact_url("crm.example/x?a=1"), "crm.example/…");
+        assert_eq!(redact_url("https://h:8443"), "https://h:8443");
+        // A password with a slash, a hash or a path token never shows.
+        for (url, shown) in [
+            ("https://bob:hun/ter2@crm.example/hook", "https://…@crm.example/…"),
+            ("https://bob:pa#ss@h/", "https://…@h/…"),
+            ("https://hooks.example/services/T000/B000/XXXX", "https://hooks.example/…"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
     }
 
     #[test]
