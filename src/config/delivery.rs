@@ -524,9 +524,7 @@ mod tests {
         let got: Vec<String> = p.iter().map(ToString::to_string).collect();
         assert_eq!(got.len(), 2, "{got:#?}");
         assert!(
-            got[0].starts_with(
-                "endpoints[0].url: invalid URL \"https://…@crm example/…\": "
-            ),
+            got[0].starts_with("endpoints[0].url: invalid URL \"https://…@crm example/…\": "),
             "{got:#?}"
         );
         let reason = got[0].split("/…\": ").nth(1).unwrap_or_default();
@@ -541,9 +539,15 @@ mod tests {
         assert_eq!(redact_url("https://h:8443"), "https://h:8443");
         // A password with a slash, a hash or a path token never shows.
         for (url, shown) in [
-            ("https://bob:hun/ter2@crm.example/hook", "https://…@crm.example/…"),
+            (
+                "https://bob:hun/ter2@crm.example/hook",
+                "https://…@crm.example/…",
+            ),
             ("https://bob:pa#ss@h/", "https://…@h/…"),
-            ("https://hooks.example/services/T000/B000/XXXX", "https://hooks.example/…"),
+            (
+                "https://hooks.example/services/T000/B000/XXXX",
+                "https://hooks.example/…",
+            ),
         ] {
             assert_eq!(redact_url(url), shown);
         }

@@ -58,30 +58,44 @@ impl Shared {
         // Under the lock only memory changes (and carry's reads, bounded by its
         // budget): the renames, removals and directory syncs of retiring run
         // after it, so appends on the async workers never wait for the disk.
-        let held = std::time::Instant::now();
-        let (retired, spare) = {
+        // What an earlier retirement left goes first; until it has gone, nothing
+        // newer is retired.
+        let behind = match lock(&self.unretired).take() {
+            Some(left) => left.apply().err(),
+            None => None,
+        };
+        let (retired, spare, held) = {
             let mut i = self.inner();
+            let held = std::time::Instant::now();
             i.log.landed();
-            let retired = if i.log.oldest() < keep {
+            let retired = if behind.is_none() && i.log.oldest() < keep {
                 i.log.plan_retire(keep)
             } else {
                 log::Retired::default()
             };
             let carried = carry(&mut i);
             self.carried.fetch_add(carried, Ordering::Relaxed);
-            (retired, i.log.spare_due().then(|| i.log.spare_maker()))
+            let spare = i.log.spare_due().then(|| i.log.spare_maker());
+            (retired, spare, held.elapsed())
         };
-        let held = held.elapsed();
-        if held > SLOW_HOLD {
+        if held > SLOW_HOLD
+            && let Some(suppressed) = lock(&self.slow_log).allow()
+        {
             tracing::warn!(
                 ms = held.as_millis() as u64,
+                suppressed,
                 "the outbox's bookkeeping after a commit held its lock long; appends waited"
             );
         }
-        if let Err(e) = retired.apply() {
-            // What was committed stands. The file stays on disk until the next
-            // open, which reads it back and retires it again.
+        let failed = match behind {
+            Some(f) => Some(f),
+            None => retired.apply().err(),
+        };
+        if let Some((e, left)) = failed {
+            // What was committed stands; the segments left are tried again at
+            // the next commit, before any newer one.
             tracing::warn!(error = %e, "cannot retire an old outbox segment");
+            *lock(&self.unretired) = Some(left);
         }
         if let Some(maker) = spare
             && maker.needed()

@@ -149,6 +149,11 @@ struct Shared {
     failed: Mutex<Option<String>>,
     /// A spare segment is being zero-filled.
     making_spare: AtomicBool,
+    /// Retired segments a failed removal left on disk: applied before any newer
+    /// one is retired, so the segments on disk never skip one.
+    unretired: Mutex<Option<log::Retired>>,
+    /// One slow-hold warning in ten seconds.
+    slow_log: Mutex<crate::metrics::RateLog>,
     /// Bytes carried forward out of sparse old segments, in all.
     carried: AtomicU64,
     fsync: AtomicBool,
@@ -241,6 +246,10 @@ impl Outbox {
             durable_below: AtomicU64::new(next),
             failed: Mutex::new(None),
             making_spare: AtomicBool::new(false),
+            unretired: Mutex::new(None),
+            slow_log: Mutex::new(crate::metrics::RateLog::new(
+                std::time::Duration::from_secs(10),
+            )),
             carried: AtomicU64::new(0),
             fsync: AtomicBool::new(true),
         });

@@ -20,21 +20,23 @@
 //! nothing after it was acknowledged); in an older, unsealed one it is damage,
 //! reported with the bytes it costs.
 //!
-//! Appending only fills memory, but for starting a segment (a rename and two
-//! syncs, once a segment); [`Log::take`] hands the bytes over as a [`Batch`]
+//! Appending only fills memory, but for starting a segment (a rename and a
+//! header write, once a segment; its syncs go with the next batch); [`Log::take`] hands the bytes over as a [`Batch`]
 //! that is written and synced without the log (and whoever guards it) being
 //! held, so readers and appenders do not wait for a batch's flush.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod open;
+mod spare;
 
 pub use open::Recovery;
+pub use spare::{Retired, SpareMaker};
+use spare::{SPARE_TMP, needs_spare, prepare_spare, spare_fits};
 
 /// Why the log could not do what was asked. Names files, never record contents.
 #[derive(Debug, thiserror::Error)]
@@ -235,47 +237,6 @@ pub struct Log {
     /// Segments started since the last take, not yet synced: the next batch
     /// syncs them before its records.
     started: Vec<(u64, Arc<File>)>,
-}
-
-/// Old segments [`Log::plan_retire`] took off the log, to be renamed into the
-/// spare or removed by [`Retired::apply`] without the log being held.
-#[derive(Default)]
-#[must_use = "the segments stay on disk until applied"]
-pub struct Retired {
-    dir: PathBuf,
-    /// `(path, whether it may become the spare)`, oldest first.
-    files: Vec<(PathBuf, bool)>,
-}
-
-impl Retired {
-    /// Segments taken off.
-    pub fn len(&self) -> usize {
-        self.files.len()
-    }
-
-    /// Whether none were.
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
-
-    /// Renames the first reusable segment into the spare when there is none
-    /// (never over one: a spare zero-filled meanwhile stays), removes the rest,
-    /// then syncs the directory. The log no longer names these files, so this
-    /// may run on any thread at any time; a crash before it leaves segments
-    /// whose records later ones supersede.
-    pub fn apply(self) -> Result<usize, LogError> {
-        if self.files.is_empty() {
-            return Ok(0);
-        }
-        let spare = self.dir.join(SPARE);
-        for (path, reusable) in &self.files {
-            if !(*reusable && place_spare(path, &spare)?) {
-                std::fs::remove_file(path).map_err(io(path))?;
-            }
-        }
-        sync_dir(&self.dir)?;
-        Ok(self.files.len())
-    }
 }
 
 impl Log {
@@ -507,7 +468,7 @@ impl Log {
     /// [`Log::plan_retire`] and [`Retired::apply`] at once: for a caller that
     /// holds the log alone (tools, tests, the benchmark).
     pub fn retire_below(&mut self, keep_from: u64) -> Result<usize, LogError> {
-        self.plan_retire(keep_from).apply()
+        self.plan_retire(keep_from).apply().map_err(|(e, _)| e)
     }
 
     /// Whether the next rotation would find no spare.
@@ -553,108 +514,6 @@ impl Log {
         let segments: u64 = self.files.values().map(|s| s.bytes).sum();
         let spare = std::fs::metadata(self.dir.join(SPARE)).map_or(0, |m| m.len());
         segments + spare
-    }
-}
-
-/// Makes the log's spare without the log: checked and made off its lock.
-pub struct SpareMaker {
-    dir: PathBuf,
-    segment_bytes: u64,
-}
-
-impl SpareMaker {
-    /// Whether there is no spare and room for one ([`Log::spare_fits`]): two
-    /// cheap reads of the file system.
-    pub fn needed(&self) -> bool {
-        needs_spare(&self.dir) && spare_fits(&self.dir, self.segment_bytes)
-    }
-
-    /// Zero-fills a spare if one is still missing. Slow: a segment's worth of
-    /// zeros and a sync.
-    pub fn make(self) -> Result<(), LogError> {
-        if !needs_spare(&self.dir) {
-            return Ok(());
-        }
-        prepare_spare(&self.dir, self.segment_bytes)
-    }
-}
-
-/// Names of spares being made: each maker writes its own file, so two (a store
-/// closed and reopened in one process, its old maker still running) never write
-/// one file between them.
-static SPARE_MAKERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-const SPARE_TMP: &str = "spare.tmp";
-
-fn prepare_spare(dir: &Path, segment_bytes: u64) -> Result<(), LogError> {
-    let n = SPARE_MAKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!("{SPARE_TMP}.{}.{n}", std::process::id()));
-    let zeroed = (|| {
-        let mut file = File::create(&tmp)?;
-        let zeros = vec![0u8; 1 << 20];
-        let mut left = segment_bytes;
-        while left > 0 {
-            let n = left.min(zeros.len() as u64) as usize;
-            file.write_all(&zeros[..n])?;
-            left -= n as u64;
-        }
-        file.sync_all()
-    })();
-    if let Err(e) = zeroed {
-        // A half-made spare must not keep the blocks it took (a full disk).
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(&tmp)(e));
-    }
-    // A segment retired meanwhile may have become the spare: it stays, and the
-    // zeros go (replacing it would free its blocks for nothing, and the next
-    // rotation would zero-fill again).
-    match place_spare(&tmp, &dir.join(SPARE)) {
-        Ok(true) => sync_dir(dir),
-        Ok(false) => std::fs::remove_file(&tmp).map_err(io(&tmp)),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
-}
-
-fn needs_spare(dir: &Path) -> bool {
-    !dir.join(SPARE).exists()
-}
-
-fn spare_fits(dir: &Path, segment_bytes: u64) -> bool {
-    match rustix::fs::statvfs(dir) {
-        Ok(v) => {
-            let free = v.f_bavail.saturating_mul(v.f_frsize);
-            free >= segment_bytes.saturating_mul(2)
-        }
-        Err(_) => false,
-    }
-}
-
-/// Renames `from` to `spare` unless a spare is there already: whether it was
-/// placed. Never replaces one, so two placers (the spare maker, a retirement)
-/// racing keep one spare and leave the other file to its caller.
-fn place_spare(from: &Path, spare: &Path) -> Result<bool, LogError> {
-    let placed = rustix::fs::renameat_with(
-        rustix::fs::CWD,
-        from,
-        rustix::fs::CWD,
-        spare,
-        rustix::fs::RenameFlags::NOREPLACE,
-    );
-    match placed {
-        Ok(()) => Ok(true),
-        Err(rustix::io::Errno::EXIST) => Ok(false),
-        // A file system or kernel without RENAME_NOREPLACE: a plain rename,
-        // checked first (the check and the rename are not one step there).
-        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
-            if spare.exists() {
-                return Ok(false);
-            }
-            std::fs::rename(from, spare).map_err(io(spare))?;
-            Ok(true)
-        }
-        Err(e) => Err(io(spare)(e.into())),
     }
 }
 

@@ -246,6 +246,12 @@ fn a_segment_started_and_never_committed_is_gone_at_the_next_open() {
     }
     let started = dir.path().join(segment_name(2));
     assert!(started.exists(), "the rotation named it");
+    // Its syncs travel with the batch, first: taken, never written (the crash).
+    let batch = log.take();
+    let carried: Vec<u64> = batch.started.iter().map(|(n, _)| *n).collect();
+    assert_eq!(carried, vec![2]);
+    assert!(!batch.is_empty());
+    drop(batch);
     drop(log);
     let (log, rec, seen) = reopen(dir.path());
     assert_eq!(seen.len(), 5, "only what was committed");
