@@ -14,3 +14,4 @@ mod ui;
 
 pub use server::{bind, serve};
 pub use state::AdminState;
+pub use stream::stream_slots;

@@ -40,7 +40,6 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves admin requests until `shutdown`.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
-    stream::init_metrics(&state);
     let conns = Conns::new(MAX_CONNECTIONS, MAX_PER_SOURCE);
     let closed = |reason: &str| {
         state

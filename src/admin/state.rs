@@ -24,6 +24,8 @@ pub struct AdminState {
     pub tracker: mpsc::Sender<TrackerQuery>,
     /// The recent-history index and live event stream.
     pub history: History,
+    /// One permit per event-stream client allowed at once.
+    pub stream_slots: Arc<tokio::sync::Semaphore>,
     /// The endpoint dispatchers in force.
     pub endpoints: watch::Receiver<Endpoints>,
     /// The bearer token `/v1` wants; replaced on reload.

@@ -68,14 +68,9 @@ impl Ended {
     }
 }
 
-/// Every reason at 0 from the start, so an alert on its increase sees the first.
-pub fn init_metrics(state: &AdminState) {
-    for e in [Ended::Closed, Ended::Slow, Ended::Shutdown] {
-        state
-            .metrics
-            .admin_stream_disconnects
-            .with_label_values(&[e.label()]);
-    }
+/// The permits [`AdminState::stream_slots`] starts with.
+pub fn stream_slots() -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS))
 }
 
 /// Which types a client asked for: `types=call.*,registration.*`; none means all.
@@ -129,14 +124,13 @@ pub async fn serve(
             }
         },
     };
-    let clients = &state.metrics.admin_stream_clients;
-    if clients.get() >= MAX_CLIENTS as i64 {
+    let Ok(permit) = state.stream_slots.clone().try_acquire_owned() else {
         return Err(problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "Service Unavailable",
             &format!("{MAX_CLIENTS} stream clients are connected already"),
         ));
-    }
+    };
     let Some(sub) = state.history.subscribe(after).await else {
         return Err(problem(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -146,9 +140,10 @@ pub async fn serve(
     };
     let types = wanted(query);
     let (tx, rx) = mpsc::channel(FRAMES);
-    clients.inc();
     let state = state.clone();
+    let counted = Counted::new(&state);
     tokio::spawn(async move {
+        let _slot = (permit, counted);
         let ended = pump(&state.stopping, sub, &types, &tx).await;
         let why = match ended {
             Ended::Closed => None,
@@ -161,7 +156,6 @@ pub async fn serve(
             // Bounded: a client that stopped reading does not hold the task.
             let _ = tokio::time::timeout(KEEP_ALIVE, tx.send(Bytes::from(why))).await;
         }
-        state.metrics.admin_stream_clients.dec();
         state
             .metrics
             .admin_stream_disconnects
@@ -175,6 +169,34 @@ pub async fn serve(
     // Proxies (nginx) must pass each event on as it comes.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(r)
+}
+
+/// A connected client in `siphook_admin_stream_clients`, taken out however its
+/// task ends.
+struct Counted(prometheus::IntGauge);
+
+impl Counted {
+    fn new(state: &AdminState) -> Counted {
+        state.metrics.admin_stream_clients.inc();
+        Counted(state.metrics.admin_stream_clients.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Sends a frame, or says the client is too slow: one that does not take a
+/// frame within a keep-alive interval (stopped reading) is cut off like one
+/// that fell a buffer behind, so it never holds its task.
+async fn send(tx: &mpsc::Sender<Bytes>, frame: Bytes) -> Result<(), Ended> {
+    match tokio::time::timeout(KEEP_ALIVE, tx.send(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Ended::Closed),
+        Err(_) => Err(Ended::Slow),
+    }
 }
 
 async fn pump(
@@ -192,12 +214,12 @@ async fn pump(
     } else {
         ": connected\n\n"
     };
-    if tx.send(Bytes::from_static(hello.as_bytes())).await.is_err() {
-        return Ended::Closed;
+    if let Err(e) = send(tx, Bytes::from_static(hello.as_bytes())).await {
+        return e;
     }
     for item in sub.missed.iter().filter(|i| wants(i)) {
-        if tx.send(frame(item)).await.is_err() {
-            return Ended::Closed;
+        if let Err(e) = send(tx, frame(item)).await {
+            return e;
         }
     }
     let mut live = sub.live;
@@ -206,16 +228,16 @@ async fn pump(
     loop {
         let sent = tokio::select! {
             _ = stopping.cancelled() => return Ended::Shutdown,
-            _ = keep_alive.tick() => tx.send(Bytes::from_static(b": keep-alive\n\n")).await,
+            _ = keep_alive.tick() => send(tx, Bytes::from_static(b": keep-alive\n\n")).await,
             item = live.recv() => match item {
-                Ok(item) if wants(&item) => tx.send(frame(&item)).await,
+                Ok(item) if wants(&item) => send(tx, frame(&item)).await,
                 Ok(_) => Ok(()),
                 Err(broadcast::error::RecvError::Lagged(_)) => return Ended::Slow,
                 Err(broadcast::error::RecvError::Closed) => return Ended::Shutdown,
             },
         };
-        if sent.is_err() {
-            return Ended::Closed;
+        if let Err(e) = sent {
+            return e;
         }
     }
 }

@@ -95,8 +95,6 @@ pub struct Tracker {
     ended_dialogs: EndedDialogs,
     /// Messages that came before their INVITE, waiting for it.
     early: Reorder,
-    /// Applying held messages: one that still finds no dialog is not held again.
-    applying_held: bool,
 }
 
 impl Tracker {
@@ -110,7 +108,6 @@ impl Tracker {
             ended: 0,
             ended_dialogs: EndedDialogs::new(cfg.max_active_calls),
             early: Reorder::new(cfg.reorder_window),
-            applying_held: false,
             cfg,
         }
     }
@@ -212,19 +209,18 @@ impl Tracker {
         out: &mut Vec<Event>,
     ) -> Result<(), Ignored> {
         let result = self.dispatch(msg, meta, out);
-        if is_initial_invite(msg) && !self.applying_held {
-            let early = self.early.take(&msg.call_id, meta.received_at);
-            self.applying_held = true;
-            for (m, meta) in early {
+        if is_initial_invite(msg) {
+            // Applied through `dispatch`, not here: one that still finds no
+            // dialog is dropped, never held again.
+            for (m, meta) in self.early.take(&msg.call_id, meta.received_at) {
                 // What it changes nothing for is not the INVITE's answer.
                 let r = self.dispatch(&m, &meta, out);
                 self.early.note(!matches!(r, Err(Ignored::UnknownDialog)));
             }
-            self.applying_held = false;
         }
         match result {
             Err(Ignored::UnknownDialog)
-                if !self.applying_held && !is_initial_invite(msg) && self.early.hold(msg, meta) =>
+                if !is_initial_invite(msg) && self.early.hold(msg, meta) =>
             {
                 Ok(())
             }

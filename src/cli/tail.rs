@@ -18,6 +18,12 @@ use siphook::config::Config;
 /// (about a minute) is stopped, not restarting.
 const RECONNECTS: u32 = 30;
 const RECONNECT_AFTER: Duration = Duration::from_secs(2);
+/// siphook sends a keep-alive every 15 s: a stream silent for this long is a
+/// connection that died without a close.
+const SILENT: Duration = Duration::from_secs(45);
+/// Largest SSE block taken (an event is a few KiB): a URL that points at some
+/// other service must not fill memory.
+const MAX_BLOCK: usize = 1 << 20;
 
 /// `siphook tail`'s options.
 #[derive(clap::Args)]
@@ -91,7 +97,14 @@ async fn follow(args: Args) -> anyhow::Result<()> {
     loop {
         match stream_once(&client, &url, &token, &mut last_id, args.json).await {
             Ok(Ended::Refused(why)) => bail!("{why}"),
-            Ok(Ended::Dropped) => failures = 0,
+            // Only a stream that carried something counts as a success: a
+            // server that answers and closes at once is retried a bounded number
+            // of times like one that refuses.
+            Ok(Ended::Dropped { streamed: true }) => failures = 0,
+            Ok(Ended::Dropped { streamed: false }) if failures < RECONNECTS => failures += 1,
+            Ok(Ended::Dropped { streamed: false }) => {
+                bail!("{} keeps closing the stream", shown(&url))
+            }
             Err(e) if failures < RECONNECTS => {
                 if failures == 0 {
                     eprintln!("siphook tail: {e:#}; retrying");
@@ -106,8 +119,8 @@ async fn follow(args: Args) -> anyhow::Result<()> {
 
 enum Ended {
     /// The stream ended (siphook stopping, or this client cut off as slow):
-    /// worth resuming.
-    Dropped,
+    /// worth resuming. `streamed`: it carried at least one frame first.
+    Dropped { streamed: bool },
     /// The admin API said no (wrong token, a bad filter): not worth retrying.
     Refused(String),
 }
@@ -127,7 +140,7 @@ async fn stream_once(
     let resp = client
         .request(req)
         .await
-        .with_context(|| format!("connecting to {url}"))?;
+        .with_context(|| format!("connecting to {}", shown(url)))?;
     let status = resp.status();
     let mut body = resp.into_body();
     if !status.is_success() {
@@ -140,45 +153,84 @@ async fn stream_once(
             .ok()
             .and_then(|v| v["detail"].as_str().map(str::to_owned))
             .unwrap_or_default();
-        let why = format!("{url} answered {status}: {detail}");
+        let why = format!("{} answered {status}: {detail}", shown(url));
         if status.is_server_error() {
             bail!(why);
         }
         return Ok(Ended::Refused(why));
     }
     let mut buf: Vec<u8> = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.context("reading the stream")?.into_data() else {
+    let mut streamed = false;
+    loop {
+        let frame = match tokio::time::timeout(SILENT, body.frame()).await {
+            Ok(Some(frame)) => frame.context("reading the stream")?,
+            Ok(None) => break,
+            Err(_) => {
+                eprintln!("siphook tail: the stream went silent; reconnecting");
+                break;
+            }
+        };
+        let Ok(data) = frame.into_data() else {
             continue;
         };
+        streamed = true;
+        // Searched from where the last search stopped (less a byte of "\n\n").
+        let mut from = buf.len().saturating_sub(1);
         buf.extend_from_slice(&data);
-        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+        while let Some(at) = buf[from..].windows(2).position(|w| w == b"\n\n") {
+            let end = from + at;
             let block: Vec<u8> = buf.drain(..end + 2).collect();
-            let block = String::from_utf8_lossy(&block);
-            let (mut id, mut data) = (None, String::new());
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id: ") {
-                    id = Some(v.to_owned());
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    data.push_str(v);
-                } else if let Some(c) = line.strip_prefix(": disconnected: ") {
-                    eprintln!("siphook tail: {c}");
-                }
-            }
-            if id.is_some() {
-                *last_id = id;
-            }
-            if data.is_empty() {
-                continue;
-            }
-            if json {
-                println!("{data}");
-            } else if let Ok(v) = serde_json::from_str::<Value>(&data) {
-                println!("{}", line(&v));
+            from = 0;
+            show(&String::from_utf8_lossy(&block), last_id, json);
+        }
+        if buf.len() > MAX_BLOCK {
+            bail!(
+                "{} sends blocks of over 1 MiB: not a siphook event stream",
+                shown(url)
+            );
+        }
+    }
+    Ok(Ended::Dropped { streamed })
+}
+
+/// Prints one SSE block: an event's line (or JSON), or what a comment says
+/// about the stream (missed events, a disconnect).
+fn show(block: &str, last_id: &mut Option<String>, json: bool) {
+    let (mut id, mut data) = (None, Vec::new());
+    for line in block.lines() {
+        if let Some(v) = line.strip_prefix("id: ") {
+            id = Some(v.to_owned());
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            data.push(v);
+        } else if let Some(c) = line.strip_prefix(": ") {
+            if c != "keep-alive" && c != "connected" {
+                eprintln!(
+                    "siphook tail: {}",
+                    safe(c.trim_start_matches("disconnected: "))
+                );
             }
         }
     }
-    Ok(Ended::Dropped)
+    if id.is_some() {
+        *last_id = id;
+    }
+    if data.is_empty() {
+        return;
+    }
+    let data = data.join("\n");
+    if json {
+        println!("{data}");
+    } else if let Ok(v) = serde_json::from_str::<Value>(&data) {
+        println!("{}", line(&v));
+    }
+}
+
+/// A URL as an error may show it: without userinfo (`user:password@`).
+fn shown(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}…@{}", &url[..s + 3], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
 }
 
 /// `time type ani → dnis [disposition] call id`, every caller-chosen field

@@ -91,6 +91,9 @@ pub struct SipConfig {
     pub siptrace_from: Vec<std::net::IpAddr>,
 }
 
+/// Longest `sip.reorder_window` accepted.
+const MAX_REORDER_WINDOW: Duration = Duration::from_secs(5);
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -397,6 +400,17 @@ impl RawConfig {
                 (16, 1 << 24),
             ),
         };
+        // Reordered copies are milliseconds apart; a longer window only fills
+        // the held bound with orphans and sheds the early copies it is for.
+        if sip.reorder_window > MAX_REORDER_WINDOW {
+            c.problem(
+                "sip.reorder_window",
+                format!(
+                    "at most {} (mirrored copies overtake each other by milliseconds)",
+                    humantime::format_duration(MAX_REORDER_WINDOW)
+                ),
+            );
+        }
         for (i, h) in sip.correlation_headers.iter().enumerate() {
             if h.is_empty()
                 || !h

@@ -134,7 +134,7 @@ impl Delivery {
         metrics: Metrics,
     ) -> Result<Delivery, DeliveryError> {
         warn_unconfigured(&outbox, config);
-        let history = history::History::start(&metrics);
+        let history = history::History::start(&metrics, outbox.durable_below());
         // Every backlog's extent (what was committed) is fixed before the writer
         // runs: a scan racing the writer could see unflushed events. Its pages are
         // read later, up to that extent only.

@@ -73,3 +73,9 @@ pub const REFUSE_REASONS: &[&str] = &["outbox_full", "storage_error"];
 
 /// `siphook_capture_clock_skew_total{source}`: whose capture time was off.
 pub const CLOCK_SKEW_SOURCES: &[&str] = &["hep", "siptrace"];
+
+/// `siphook_sip_messages_held_total{outcome}`: messages held for their INVITE.
+pub const HELD_OUTCOMES: &[&str] = &["applied", "expired", "shed"];
+
+/// `siphook_admin_stream_disconnects_total{reason}`.
+pub const STREAM_DISCONNECT_REASONS: &[&str] = &["closed", "slow", "shutdown"];

@@ -429,6 +429,12 @@ impl Metrics {
         for s in CLOCK_SKEW_SOURCES {
             zero(&self.capture_clock_skew, &[s]);
         }
+        for o in HELD_OUTCOMES {
+            zero(&self.sip_held, &[o]);
+        }
+        for r in STREAM_DISCONNECT_REASONS {
+            zero(&self.admin_stream_disconnects, &[r]);
+        }
     }
 
     /// Prometheus text exposition of every metric.

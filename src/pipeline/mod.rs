@@ -159,6 +159,7 @@ pub async fn serve(
             tracker: gateway.queries.clone(),
             endpoints: delivery.endpoints(),
             history: delivery.history(),
+            stream_slots: crate::admin::stream_slots(),
             token: token_rx,
             stopping: stopping.clone(),
         });

@@ -7,6 +7,9 @@
 const TOKEN_KEY = "siphook.token";
 const calls = new Map(); // call id -> row data, fed by /v1/calls then the stream
 let streamAbort = null;
+let poller = null;
+// Bumped at every open and logout: a loop of an earlier session stops.
+let session = 0;
 
 function $(sel) { return document.querySelector(sel); }
 
@@ -83,9 +86,14 @@ function onEvent(type, event) {
 
 // The stream is read with fetch, not EventSource, so the token travels in a
 // header rather than in the URL.
-async function follow() {
+async function follow(mine) {
   let lastId = null;
-  for (let attempt = 0; attempt < 1000; attempt++) {
+  for (let attempt = 0; attempt < 1000 && mine === session; attempt++) {
+    if (attempt > 0) {
+      // What a gap or a dropped event left out (a completed call still shown)
+      // is put right from the tracker's own table.
+      await loadCalls().catch((e) => say(e.message));
+    }
     streamAbort = new AbortController();
     try {
       const headers = { Authorization: "Bearer " + token() };
@@ -119,8 +127,9 @@ async function follow() {
         }
       }
     } catch (e) {
-      if (streamAbort.signal.aborted) return;
+      if (streamAbort.signal.aborted || mine !== session) return;
     }
+    if (mine !== session) return;
     setStatus("reconnecting", "bad");
     await new Promise((resolve) => setTimeout(resolve, 2000));
   }
@@ -219,8 +228,11 @@ async function act_(action, done) {
 // Session ------------------------------------------------------------------
 
 function logout(why) {
+  session++;
   sessionStorage.removeItem(TOKEN_KEY);
   if (streamAbort) streamAbort.abort();
+  if (poller) clearInterval(poller);
+  poller = null;
   $("#console").hidden = true;
   $("#logout").hidden = true;
   $("#login-panel").hidden = false;
@@ -229,6 +241,7 @@ function logout(why) {
 }
 
 async function open_() {
+  const mine = ++session;
   $("#login-panel").hidden = true;
   $("#console").hidden = false;
   $("#logout").hidden = false;
@@ -239,8 +252,9 @@ async function open_() {
     say(e.message);
     return;
   }
-  follow();
-  setInterval(() => { Promise.all([loadEndpoints(), loadDeadLetters()]).catch((e) => say(e.message)); }, 5000);
+  if (mine !== session) return;
+  follow(mine);
+  poller = setInterval(() => { Promise.all([loadEndpoints(), loadDeadLetters()]).catch((e) => say(e.message)); }, 5000);
 }
 
 document.addEventListener("DOMContentLoaded", () => {

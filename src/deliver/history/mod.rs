@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -28,7 +29,8 @@ pub const HISTORY_BYTES: usize = 32 << 20;
 /// ring, shared by every client, so the bound per client costs nothing per client.
 pub const STREAM_BUFFER: usize = 4096;
 /// Notes waiting for the history task. Past it notes are dropped and counted.
-const NOTES: usize = 65_536;
+/// Each may hold an event's body (shared with the writer, so a few MiB at most).
+const NOTES: usize = 8192;
 /// Questions waiting (the admin listener's, a handful at a time).
 const QUERIES: usize = 64;
 
@@ -194,25 +196,42 @@ pub struct History {
     notes: mpsc::Sender<Note>,
     queries: mpsc::Sender<Query>,
     dropped: prometheus::IntCounter,
+    /// One past the newest offset whose note was dropped (0: none): a stream
+    /// client asking from before it is told it missed events.
+    dropped_below: Arc<AtomicU64>,
 }
 
 impl History {
     /// Starts the history task on the current runtime; it ends when every handle
     /// is gone.
-    pub fn start(metrics: &Metrics) -> History {
+    /// `next_offset` is the outbox's at the start: everything before it is
+    /// from an earlier run, which this index never held.
+    pub fn start(metrics: &Metrics, next_offset: u64) -> History {
         let (notes, notes_rx) = mpsc::channel(NOTES);
         let (queries, queries_rx) = mpsc::channel(QUERIES);
-        tokio::spawn(ring::run(notes_rx, queries_rx));
+        let dropped_below = Arc::new(AtomicU64::new(0));
+        tokio::spawn(ring::run(
+            notes_rx,
+            queries_rx,
+            next_offset.checked_sub(1),
+            dropped_below.clone(),
+        ));
         History {
             notes,
             queries,
             dropped: metrics.history_dropped.clone(),
+            dropped_below,
         }
     }
 
     fn note(&self, note: Note) {
-        if self.notes.try_send(note).is_err() {
+        if let Err(e) = self.notes.try_send(note) {
             self.dropped.inc();
+            if let Note::Committed { item, .. } = e.into_inner()
+                && let Some(o) = item.offset
+            {
+                self.dropped_below.fetch_max(o + 1, Ordering::Relaxed);
+            }
         }
     }
 

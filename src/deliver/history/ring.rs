@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
@@ -102,7 +103,7 @@ pub(super) struct Ring {
     bytes: usize,
     /// Offset of the newest event that left the ring: a subscriber asking from
     /// before it has missed something.
-    forgotten_through: Option<u64>,
+    pub(super) forgotten_through: Option<u64>,
     live: broadcast::Sender<Arc<StreamItem>>,
 }
 
@@ -175,7 +176,10 @@ impl Ring {
                     return;
                 };
                 match outcome {
-                    Outcome::Delivered => p.delivered_ms = Some(at_ms),
+                    Outcome::Delivered => {
+                        p.delivered_ms = Some(at_ms);
+                        p.dead = false;
+                    }
                     Outcome::Retrying {
                         attempts,
                         status,
@@ -184,6 +188,8 @@ impl Ring {
                     } => {
                         (p.attempts, p.status, p.error) = (attempts, status, error);
                         p.next_at_ms = Some(next_at_ms);
+                        // A replayed dead letter that fails again is retrying.
+                        p.dead = false;
                     }
                     Outcome::Dead {
                         attempts,
@@ -198,7 +204,8 @@ impl Ring {
         }
     }
 
-    pub(super) fn subscribe(&self, after: Option<u64>) -> Subscription {
+    /// `dropped_below`: one past the newest offset the index missed (0: none).
+    pub(super) fn subscribe(&self, after: Option<u64>, dropped_below: u64) -> Subscription {
         let live = self.live.subscribe();
         let Some(after) = after else {
             return Subscription {
@@ -215,7 +222,8 @@ impl Ring {
             .collect();
         Subscription {
             missed,
-            gap: self.forgotten_through.is_some_and(|f| f > after),
+            gap: self.forgotten_through.is_some_and(|f| f > after)
+                || dropped_below.checked_sub(1).is_some_and(|d| d > after),
             live,
         }
     }
@@ -239,8 +247,14 @@ impl Ring {
     }
 }
 
-pub(super) async fn run(mut notes: mpsc::Receiver<Note>, mut queries: mpsc::Receiver<Query>) {
+pub(super) async fn run(
+    mut notes: mpsc::Receiver<Note>,
+    mut queries: mpsc::Receiver<Query>,
+    forgotten_through: Option<u64>,
+    dropped_below: Arc<AtomicU64>,
+) {
     let mut ring = Ring::new();
+    ring.forgotten_through = forgotten_through;
     loop {
         tokio::select! {
             n = notes.recv() => match n {
@@ -267,7 +281,8 @@ pub(super) async fn run(mut notes: mpsc::Receiver<Note>, mut queries: mpsc::Rece
                 }
                 match q {
                 Some(Query::Subscribe { after, reply }) => {
-                    let _ = reply.send(ring.subscribe(after));
+                    let dropped = dropped_below.load(Ordering::Relaxed);
+                    let _ = reply.send(ring.subscribe(after, dropped));
                 }
                 Some(Query::Find { search, limit, reply }) => {
                     let _ = reply.send(ring.find(&search, limit));

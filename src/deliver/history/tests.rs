@@ -35,12 +35,15 @@ fn the_ring_forgets_its_oldest_and_a_subscriber_from_before_is_told() {
     assert_eq!(r.entries.len(), HISTORY_EVENTS);
     let oldest = r.entries.iter().find_map(|e| e.item.offset).unwrap();
     let last = HISTORY_EVENTS as u64 + 9;
-    let sub = r.subscribe(Some(oldest));
+    let sub = r.subscribe(Some(oldest), 0);
     assert!(!sub.gap, "everything after {oldest} is held");
     assert_eq!(sub.missed.len() as u64, last - oldest);
-    let sub = r.subscribe(Some(2));
+    let sub = r.subscribe(Some(2), 0);
     assert!(sub.gap);
     assert_eq!(sub.missed.first().and_then(|i| i.offset), Some(oldest));
+    // A note dropped on a full queue after `last - 1` is a gap too.
+    assert!(!r.subscribe(Some(last - 1), 0).gap);
+    assert!(r.subscribe(Some(last - 1), last + 1).gap);
     // An outcome for a forgotten event changes nothing; one for a held event
     // is recorded against its endpoint only.
     let endpoint: Arc<str> = "crm".into();
