@@ -202,13 +202,14 @@ fn show(block: &str, last_id: &mut Option<String>, json: bool) {
             id = Some(v.to_owned());
         } else if let Some(v) = line.strip_prefix("data: ") {
             data.push(v);
-        } else if let Some(c) = line.strip_prefix(": ") {
-            if c != "keep-alive" && c != "connected" {
-                eprintln!(
-                    "siphook tail: {}",
-                    safe(c.trim_start_matches("disconnected: "))
-                );
-            }
+        } else if let Some(c) = line.strip_prefix(": ")
+            && c != "keep-alive"
+            && c != "connected"
+        {
+            eprintln!(
+                "siphook tail: {}",
+                safe(c.trim_start_matches("disconnected: "))
+            );
         }
     }
     if id.is_some() {
