@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::FOUR;
+
 use common::timeline::{feed_until, tracker};
 use common::{CallSpec, Harness, types};
 use serde_json::Value;
@@ -40,13 +42,6 @@ fn ids(events: &[Value]) -> (Vec<&str>, Vec<&str>) {
         events.iter().map(|e| e["id"].as_str().unwrap()).collect(),
     )
 }
-
-const FOUR: [&str; 4] = [
-    "call.initiated",
-    "call.ringing",
-    "call.answered",
-    "call.completed",
-];
 
 #[test]
 fn a_call_reusing_an_ended_dialog_gets_ids_of_its_own() {

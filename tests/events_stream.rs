@@ -5,19 +5,14 @@
 
 mod common;
 
+use common::FOUR;
+
 use common::CallSpec;
 use common::admin::{Sse, TOKEN, get, parse_metrics, request, start, sum, wait_metric};
 use common::receiver::{Receiver, Reply};
 use serde_json::Value;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const FOUR: [&str; 4] = [
-    "call.initiated",
-    "call.ringing",
-    "call.answered",
-    "call.completed",
-];
-
 fn endpoint(rx: &Receiver, name: &str, schedule: &str) -> String {
     format!(
         "[[endpoints]]\nname = \"{name}\"\nurl = \"{}\"\nallow_http = true\nsecrets = [\"{SECRET}\"]\ntimeout = \"2s\"\nretry_schedule = {schedule}\n",

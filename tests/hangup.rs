@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::FOUR;
+
 use common::timeline::{feed_until, tracker};
 use common::{CallSpec, Harness, types};
 use serde_json::Value;
@@ -30,14 +32,6 @@ fn answered(call: &CallSpec) -> Vec<(i64, String)> {
 fn tagless_bye(call: &CallSpec, cseq: u32) -> String {
     call.request("BYE", cseq, "BYE", None, "stray", &[], "")
 }
-
-/// A whole answered call's events.
-const FOUR: [&str; 4] = [
-    "call.initiated",
-    "call.ringing",
-    "call.answered",
-    "call.completed",
-];
 
 fn completed(events: &[Value]) -> &Value {
     let c = events.last().expect("events");

@@ -6,18 +6,13 @@
 
 mod common;
 
+use common::FOUR;
+
 use std::time::Duration;
 
 use common::timeline::{T0, feed_until, tracker};
 use common::{CallSpec, Harness, ms, types};
 use siphook::call::{HeldCounts, Tracker, TrackerConfig};
-
-const FOUR: [&str; 4] = [
-    "call.initiated",
-    "call.ringing",
-    "call.answered",
-    "call.completed",
-];
 
 #[test]
 fn a_ringing_that_overtook_its_invite_is_applied_right_after_it() {

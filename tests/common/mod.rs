@@ -24,6 +24,14 @@ use tokio::net::{TcpStream, UdpSocket};
 /// Longest any single wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// A whole answered call's events, in order.
+pub const FOUR: [&str; 4] = [
+    "call.initiated",
+    "call.ringing",
+    "call.answered",
+    "call.completed",
+];
+
 fn schema() -> &'static jsonschema::Validator {
     static SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
     SCHEMA.get_or_init(|| {
