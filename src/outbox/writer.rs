@@ -40,7 +40,6 @@ pub struct Committed {
 pub struct Fresh {
     /// The event id (`webhook-id`).
     pub id: String,
-
     /// The bytes the store holds for it.
     pub body: bytes::Bytes,
 }
