@@ -87,7 +87,10 @@ fn the_shipped_endpoint_examples_pass_check_config_once_uncommented() {
     }
     let minimal = Config::parse(&uncommented_example(1)).unwrap();
     let e = &minimal.endpoints[0];
-    assert_eq!(e.url.to_string(), "http://127.0.0.1:8080/hook");
+    let siphook::config::Target::Http(url) = &e.target else {
+        panic!("the minimal example is a webhook: {:?}", e.target)
+    };
+    assert_eq!(url.to_string(), "http://127.0.0.1:8080/hook");
     assert!(e.match_dnis.is_empty() && e.redact.is_none());
     assert!(e.wants("call.completed", None, None));
 }

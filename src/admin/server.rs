@@ -170,14 +170,45 @@ fn readyz(state: &AdminState) -> Reply {
     } else if state.metrics.outbox_accepting.get() != 1 {
         reasons.push("outbox_full");
     }
+    let misconfigured = misconfigured_endpoints(state);
+    if !misconfigured.is_empty() {
+        reasons.push("endpoint_misconfigured");
+    }
     if reasons.is_empty() {
         json_reply(StatusCode::OK, &json!({"status": "ready"}))
     } else {
-        json_reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"status": "unready", "reasons": reasons}),
-        )
+        let mut body = json!({"status": "unready", "reasons": reasons});
+        if !misconfigured.is_empty() {
+            body["misconfigured_endpoints"] = json!(misconfigured);
+        }
+        json_reply(StatusCode::SERVICE_UNAVAILABLE, &body)
     }
+}
+
+/// Endpoints whose broker refuses them until an operator acts (credentials, a
+/// missing stream): their events are kept but go nowhere, which a readiness
+/// check should not call ready. Read from `siphook_endpoint_state`, which each
+/// dispatcher keeps current.
+fn misconfigured_endpoints(state: &AdminState) -> Vec<String> {
+    use prometheus::core::Collector;
+    let mut names = Vec::new();
+    for family in state.metrics.endpoint_state.collect() {
+        for m in family.get_metric() {
+            let label = |n: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == n)
+                    .map(|l| l.value().to_owned())
+            };
+            if m.get_gauge().get_value() == 1.0
+                && label("state").as_deref() == Some("misconfigured")
+            {
+                names.extend(label("endpoint"));
+            }
+        }
+    }
+    names.sort();
+    names
 }
 
 /// Bearer token check (constant time, see [`same_secret`]).

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::Checker;
 use super::checker::{DurationText, read_secret_file};
 use super::redact::{Redaction, validate_redact};
+use super::target::{self, RawAuth, Target, http_url, split_auth};
 use crate::vocab::{Redacted, Secret};
 
 /// How siphook authenticates to an endpoint, besides the signature.
@@ -47,8 +48,9 @@ pub enum Format {
 pub struct EndpointConfig {
     /// Unique name: metrics label, dead-letter key, admin API path segment.
     pub name: String,
-    /// Target URL (https, or http with `allow_http`).
-    pub url: hyper::Uri,
+    /// Where events go: a webhook URL (https, or http with `allow_http`) or a
+    /// NATS JetStream subject.
+    pub target: Target,
     /// Event type globs this endpoint receives.
     pub events: Vec<String>,
     /// DNIS globs; empty means any.
@@ -57,7 +59,7 @@ pub struct EndpointConfig {
     pub match_ani: Vec<String>,
     /// Signing secrets; several during rotation.
     pub secrets: Vec<Secret>,
-    /// Extra authentication.
+    /// Extra authentication of a webhook (a NATS endpoint's is in its target).
     pub auth: Option<Auth>,
     /// Extra static headers (values may be API keys: never printed).
     pub headers: Vec<(String, Redacted)>,
@@ -126,30 +128,12 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
-/// A URL as a problem may quote it: only its scheme and host. Userinfo, path and
-/// query may all carry credentials (`https://user:pw@h/`, a token in a Slack-style
-/// path, `?token=…`), so each is cut to `…`. Works on text that does not parse as
-/// a URL, which is when it is quoted: a badly escaped password may hold `/`, `?`
-/// or `#`, so the host is taken after the last `@`.
-fn redact_url(url: &str) -> String {
-    let (scheme, rest) = match url.find("://") {
-        Some(i) => url.split_at(i + 3),
-        None => ("", url),
-    };
-    let (user, after) = match rest.rfind('@') {
-        Some(i) => ("…@", &rest[i + 1..]),
-        None => ("", rest),
-    };
-    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
-    let tail = if end < after.len() { "/…" } else { "" };
-    format!("{scheme}{user}{}{tail}", &after[..end])
-}
-
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub(super) struct RawEndpoint {
     name: Option<String>,
     url: Option<String>,
+    subject: Option<String>,
     events: Option<Vec<String>>,
     #[serde(rename = "match")]
     match_: RawMatch,
@@ -178,16 +162,6 @@ pub(super) struct RawEndpoint {
 struct RawMatch {
     dnis: Vec<String>,
     ani: Vec<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct RawAuth {
-    bearer_token: Option<String>,
-    bearer_token_file: Option<String>,
-    basic_user: Option<String>,
-    basic_password: Option<String>,
-    basic_password_file: Option<String>,
 }
 
 /// The Svix / Standard Webhooks schedule: 8 attempts over about 28 hours.
@@ -241,38 +215,27 @@ pub(super) fn validate_endpoints(
         if out.iter().any(|e| e.name == name) {
             c.problem(at("name"), format!("duplicate endpoint name \"{name}\""));
         }
-        let url = match r.url.as_deref().map(str::parse::<hyper::Uri>) {
+        let (auth_raw, nats_auth) = split_auth(r.auth);
+        let target = match r.url.as_deref() {
             None => {
                 c.problem(at("url"), "missing".into());
                 None
             }
-            Some(Err(e)) => {
-                let shown = redact_url(r.url.as_deref().unwrap_or_default());
-                c.problem(at("url"), format!("invalid URL \"{shown}\": {e}"));
-                None
-            }
-            Some(Ok(u)) if u.authority().is_some_and(|a| a.as_str().contains('@')) => {
-                c.problem(
-                    at("url"),
-                    "credentials in the URL are not allowed; use auth".into(),
-                );
-                None
-            }
-            Some(Ok(u)) => match (u.scheme_str(), u.host()) {
-                (Some("https"), Some(_)) => Some(u),
-                (Some("http"), Some(_)) if r.allow_http => Some(u),
-                (Some("http"), Some(host)) => {
-                    c.problem(
-                        at("url"),
-                        format!("plain http URL (http://{host}/…) refused: use https, or set allow_http = true"),
-                    );
-                    None
+            Some(u) if u.starts_with("nats://") => {
+                if auth_raw.is_some() {
+                    c.problem(at("auth"), target::foreign_keys("nats").into());
                 }
-                _ => {
-                    c.problem(at("url"), "URL must be absolute: https://host/…".into());
-                    None
+                target::nats_target(c, &at, u, r.subject, nats_auth).map(Target::Nats)
+            }
+            Some(u) => {
+                if !nats_auth.is_empty() {
+                    c.problem(at("auth"), target::foreign_keys("http").into());
                 }
-            },
+                if r.subject.is_some() {
+                    c.problem(at("subject"), target::foreign_keys("http").into());
+                }
+                http_url(c, &at, u, r.allow_http).map(Target::Http)
+            }
         };
         let events = r.events.unwrap_or_else(|| vec!["call.*".into()]);
         if events.is_empty() {
@@ -303,7 +266,7 @@ pub(super) fn validate_endpoints(
             );
         }
         let mut inline_secrets = !r.secrets.is_empty() || !r.headers.is_empty();
-        let auth = r.auth.and_then(|a| {
+        let auth = auth_raw.and_then(|a| {
             inline_secrets |= a.bearer_token.is_some() || a.basic_password.is_some();
             let token = match (a.bearer_token, a.bearer_token_file) {
                 (Some(t), None) => Some(t),
@@ -430,17 +393,23 @@ pub(super) fn validate_endpoints(
             Duration::from_millis(10),
         );
         let max_in_flight = c.count(&at("max_in_flight"), r.max_in_flight, 64, (1, 4096));
+        // A broker that is down costs nothing to probe (the client knows it is
+        // not connected) and its events should flow the moment it is back.
+        let probe_default = match target {
+            Some(Target::Nats(_)) => Duration::from_secs(1),
+            _ => Duration::from_secs(30),
+        };
         let circuit_probe_interval = c.duration(
             &at("circuit_probe_interval"),
             r.circuit_probe_interval,
-            Duration::from_secs(30),
+            probe_default,
             Duration::from_millis(10),
         );
         let redact = validate_redact(c, i, r.redact, r.redact_mode, r.redact_key_file);
-        let Some(url) = url else { continue };
+        let Some(target) = target else { continue };
         out.push(EndpointConfig {
             name,
-            url,
+            target,
             events,
             match_dnis: r.match_.dnis,
             match_ani: r.match_.ani,
@@ -467,6 +436,7 @@ pub(super) fn validate_endpoints(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::target::redact_url;
     use crate::config::{Config, ConfigError};
 
     #[test]

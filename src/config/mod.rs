@@ -18,6 +18,7 @@ mod outbox;
 mod problems;
 pub mod redact;
 mod service;
+mod target;
 mod warnings;
 
 pub use checker::parse_size;
@@ -29,6 +30,7 @@ pub use hep::HepConfig;
 pub use outbox::OutboxConfig;
 pub use redact::Redaction;
 pub use service::{AdminConfig, LogConfig, ServiceConfig};
+pub use target::{DEFAULT_SUBJECT, NatsAuth, NatsTarget, Target};
 
 /// The validated configuration the process runs on.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::client::Outcome;
+use super::transport::Outcome;
 use crate::vocab::Timestamp;
 
 /// A request to one endpoint's dispatcher; each carries its reply channel.
@@ -45,7 +45,7 @@ pub struct LastError {
 pub struct EndpointStatus {
     /// Configured name.
     pub name: String,
-    /// `healthy`, `circuit_open` or `paused`.
+    /// `healthy`, `circuit_open`, `misconfigured` or `paused`.
     pub state: &'static str,
     /// Deliveries waiting (including those in flight).
     pub pending: usize,
@@ -68,7 +68,7 @@ pub struct TestResult {
     pub endpoint: String,
     /// The test event's id (`webhook-id`).
     pub event_id: String,
-    /// `delivered`, `retry`, `gone` or `rejected`, as for a real event.
+    /// `delivered`, `retry`, `unavailable`, `gone` or `rejected`, as for a real event.
     pub outcome: &'static str,
     /// HTTP status, if the endpoint answered.
     pub status: Option<u16>,
@@ -84,6 +84,7 @@ impl TestResult {
         let (status, error) = match outcome {
             Outcome::Delivered { status } => (Some(*status), None),
             Outcome::Retry { status, error, .. } => (*status, Some(error.clone())),
+            Outcome::Unavailable { error, .. } => (None, Some(error.clone())),
             Outcome::Gone => (Some(410), Some("HTTP 410 Gone".into())),
             Outcome::Rejected { status, error } => {
                 ((*status > 0).then_some(*status), Some(error.clone()))

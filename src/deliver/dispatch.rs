@@ -13,9 +13,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{self, HttpClient, Outcome};
 use super::control::{EndpointCommand, LastError};
 use super::history::EndpointNotes;
+use super::transport::{Outcome, Transport, Unavailable};
 use crate::config::EndpointConfig;
 use crate::metrics::Metrics;
 use crate::outbox::writer::{Committed, Fresh};
@@ -39,6 +39,9 @@ pub enum EndpointState {
     Healthy,
     /// Too many consecutive failures: probing once per interval.
     CircuitOpen,
+    /// The broker refuses for a reason only an operator can fix (credentials,
+    /// no stream for the subject): events wait, and `/readyz` says so.
+    Misconfigured,
     /// A 410 Gone: nothing is sent until an operator resumes the endpoint.
     Paused,
 }
@@ -49,6 +52,7 @@ impl EndpointState {
         match self {
             EndpointState::Healthy => "healthy",
             EndpointState::CircuitOpen => "circuit_open",
+            EndpointState::Misconfigured => "misconfigured",
             EndpointState::Paused => "paused",
         }
     }
@@ -65,7 +69,9 @@ struct Attempted {
 mod backlog;
 mod gauges;
 mod operator;
+mod outcome;
 
+pub use gauges::STATE_LABELS;
 use gauges::{Gauges, STATES};
 
 /// A dispatcher with its pending deliveries loaded. Load every endpoint before the
@@ -73,7 +79,7 @@ use gauges::{Gauges, STATES};
 /// events.
 pub fn prepare(
     ep: EndpointConfig,
-    client: HttpClient,
+    client: Transport,
     outbox: Arc<Outbox>,
     metrics: Metrics,
     notes: EndpointNotes,
@@ -158,7 +164,7 @@ pub async fn run(
 /// One endpoint's delivery state (see the module docs).
 pub struct Dispatcher {
     ep: Arc<EndpointConfig>,
-    client: HttpClient,
+    client: Transport,
     outbox: Arc<Outbox>,
     metrics: Metrics,
     /// Per call, its pending offsets in order; the head is the only one that may run.
@@ -199,6 +205,12 @@ pub struct Dispatcher {
     consecutive_failures: u32,
     next_probe: Option<Instant>,
     paused: bool,
+    /// Set by a broker's refusal only an operator can fix; cleared by the next
+    /// delivery.
+    misconfigured: Option<Unavailable>,
+    /// Heads waiting only because the broker was unavailable, with when they
+    /// were due: the first delivery after it returns makes them due at once.
+    parked: HashMap<u64, (i64, u64)>,
     rng: u64,
     /// Outcomes for the recent-history index.
     notes: EndpointNotes,
@@ -211,7 +223,7 @@ fn now_ms() -> i64 {
 impl Dispatcher {
     fn new(
         ep: Arc<EndpointConfig>,
-        client: HttpClient,
+        client: Transport,
         outbox: Arc<Outbox>,
         metrics: Metrics,
         notes: EndpointNotes,
@@ -243,6 +255,8 @@ impl Dispatcher {
             consecutive_failures: 0,
             next_probe: None,
             paused: false,
+            misconfigured: None,
+            parked: HashMap::new(),
             rng: seed | 1,
             notes,
         };
@@ -305,11 +319,18 @@ impl Dispatcher {
     fn state(&self) -> EndpointState {
         if self.paused {
             EndpointState::Paused
-        } else if self.consecutive_failures >= BREAKER_THRESHOLD {
+        } else if self.misconfigured.is_some() {
+            EndpointState::Misconfigured
+        } else if self.breaker_open() {
             EndpointState::CircuitOpen
         } else {
             EndpointState::Healthy
         }
+    }
+
+    /// Too many failures in a row: one probe at a time, once per interval.
+    fn breaker_open(&self) -> bool {
+        self.consecutive_failures >= BREAKER_THRESHOLD
     }
 
     fn publish_state(&mut self) {
@@ -351,7 +372,7 @@ impl Dispatcher {
             if at > now {
                 return;
             }
-            if self.state() == EndpointState::CircuitOpen {
+            if self.breaker_open() {
                 // One probe at a time, once per interval.
                 let due = self.next_probe.is_none_or(|t| Instant::now() >= t);
                 if !due || !self.in_flight.is_empty() {
@@ -395,8 +416,7 @@ impl Dispatcher {
         let (ep, client) = (self.ep.clone(), self.client.clone());
         let task = self.in_flight.spawn(async move {
             let unix = Timestamp::now().millis() / 1000;
-            let (outcome, elapsed) =
-                client::attempt(&client, &ep, &event.id, &event.body, unix).await;
+            let (outcome, elapsed) = client.attempt(&ep, &event.id, &event.body, unix).await;
             Attempted {
                 offset,
                 call_key,
@@ -442,116 +462,17 @@ impl Dispatcher {
         if self.paused || self.in_flight.len() >= self.ep.max_in_flight {
             return None;
         }
-        if self.state() == EndpointState::CircuitOpen && !self.in_flight.is_empty() {
+        if self.breaker_open() && !self.in_flight.is_empty() {
             return None; // the probe's answer, not a timer, decides what happens next
         }
         let &(at, _, _) = self.ready.first()?;
         let mut wait = Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0));
-        if self.state() == EndpointState::CircuitOpen
+        if self.breaker_open()
             && let Some(t) = self.next_probe
         {
             wait = wait.max(t.saturating_duration_since(Instant::now()));
         }
         Some(wait)
-    }
-
-    fn finish(&mut self, done: Attempted) {
-        let name = self.ep.name.clone();
-        let Attempted {
-            offset,
-            call_key,
-            received_ms,
-            outcome,
-            elapsed,
-        } = done;
-        match &outcome {
-            Outcome::Delivered { status: 200 } => self.gauges.delivered_200.inc(),
-            _ => self
-                .metrics
-                .deliveries
-                .with_label_values(&[name.as_str(), outcome.label(), &outcome.code()])
-                .inc(),
-        }
-        self.gauges.attempt_duration.observe(elapsed.as_secs_f64());
-        let mut state = self.heads.remove(&offset).unwrap_or_default();
-        state.attempts += 1;
-        match outcome {
-            Outcome::Delivered { .. } => {
-                let latency = (now_ms() - received_ms).max(0) as f64 / 1000.0;
-                self.gauges.latency.observe(latency);
-                self.consecutive_failures = 0;
-                self.next_probe = None;
-                self.delivered.push(offset);
-                self.notes.delivered(offset);
-                self.advance(call_key, offset);
-            }
-            Outcome::Retry {
-                status,
-                error,
-                retry_after,
-            } => {
-                self.consecutive_failures += 1;
-                if self.consecutive_failures == BREAKER_THRESHOLD {
-                    // Open: the first probe waits an interval too.
-                    self.next_probe = Some(Instant::now() + self.ep.circuit_probe_interval);
-                }
-                self.note_error(status, &error);
-                if let Some(suppressed) = self.log_limit.allow() {
-                    tracing::warn!(endpoint = %name, offset, attempts = state.attempts, ?status, %error, suppressed, "delivery attempt failed; retrying on schedule");
-                }
-                state.last_status = status;
-                state.last_error = Some(error);
-                match self.ep.retry_schedule.get(state.attempts as usize).copied() {
-                    Some(delay) => {
-                        let delay = self
-                            .jitter(delay)
-                            .max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER));
-                        state.next_at_ms =
-                            now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
-                        self.notes.retrying(offset, &state);
-                        if let Err(e) = self.outbox.record_attempt(&name, offset, &state) {
-                            tracing::error!(endpoint = %name, offset, error = %e, "cannot record attempt");
-                        }
-                        self.ready.insert((state.next_at_ms, offset, call_key));
-                        self.heads.insert(offset, state);
-                    }
-                    None => self.give_up(offset, call_key, state, "retry schedule exhausted"),
-                }
-            }
-            Outcome::Gone => {
-                state.last_status = Some(410);
-                state.last_error = Some("HTTP 410 Gone".into());
-                self.note_error(Some(410), "HTTP 410 Gone");
-                state.attempts -= 1; // the event itself was not refused
-                tracing::error!(endpoint = %name, "endpoint answered 410 Gone: paused until resumed (POST /v1/endpoints/{{name}}/resume, or siphook endpoints resume while siphook is stopped); events keep queuing");
-                self.paused = true;
-                if let Err(e) = self.outbox.set_paused(&name, true) {
-                    tracing::error!(endpoint = %name, error = %e, "cannot record the pause; it ends with this process");
-                }
-                self.ready.insert((now_ms(), offset, call_key));
-                self.heads.insert(offset, state);
-            }
-            Outcome::Rejected { status, error } => {
-                state.last_status = (status > 0).then_some(status);
-                self.note_error(state.last_status, &error);
-                state.last_error = Some(error);
-                self.give_up(offset, call_key, state, "rejected by the endpoint");
-            }
-        }
-        self.publish_state();
-        self.publish_counts();
-    }
-
-    fn give_up(&mut self, offset: u64, call_key: u64, state: DeliveryState, why: &str) {
-        if let Some(suppressed) = self.log_limit.allow() {
-            tracing::warn!(endpoint = %self.ep.name, offset, attempts = state.attempts, last_status = ?state.last_status, last_error = ?state.last_error, suppressed, "dead letter: {why}");
-        }
-        self.notes.dead(offset, &state);
-        if let Err(e) = self.outbox.dead_letter(&self.ep.name, offset, &state) {
-            tracing::error!(endpoint = %self.ep.name, offset, error = %e, "cannot record dead letter");
-        }
-        self.dead += 1;
-        self.advance(call_key, offset);
     }
 
     /// Records every delivery finished since the last call, in one transaction.
@@ -567,17 +488,10 @@ impl Dispatcher {
         self.delivered.clear();
     }
 
-    fn note_error(&mut self, status: Option<u16>, error: &str) {
-        self.last_error = Some(LastError {
-            at: Timestamp::now(),
-            status,
-            error: error.to_owned(),
-        });
-    }
-
     /// The head is done (delivered or dead): the call's next event may go.
     fn advance(&mut self, call_key: u64, offset: u64) {
         self.pending.remove(&offset);
+        self.parked.remove(&offset);
         if let Some(f) = self.fresh.remove(&offset) {
             self.fresh_bytes -= f.body.len();
         }

@@ -1,13 +1,15 @@
-//! Delivery to webhook endpoints: signing, the HTTP attempt, and the per-endpoint
-//! dispatcher with its retry policy, ordering and dead letters.
+//! Delivery to endpoints: signing, the transports (webhook, NATS JetStream), and
+//! the per-endpoint dispatcher with its retry policy, ordering and dead letters,
+//! shared by every transport.
 
-pub mod client;
 pub mod control;
 pub mod dispatch;
+pub mod encode;
 pub mod format;
 pub mod history;
 pub mod redact;
 pub mod sign;
+pub mod transport;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -35,9 +37,9 @@ pub enum DeliveryError {
         /// The storage error.
         source: OutboxError,
     },
-    /// An endpoint's TLS material is unusable.
+    /// An endpoint's TLS material or broker settings are unusable.
     #[error(transparent)]
-    Client(#[from] client::ClientError),
+    Transport(#[from] transport::TransportError),
     /// The outbox writer is gone (the process is stopping).
     #[error("delivery is stopping")]
     Stopped,
@@ -140,7 +142,7 @@ impl Delivery {
         // read later, up to that extent only.
         let mut prepared = Vec::new();
         for ep in &config.endpoints {
-            let client = client::HttpClient::new(ep)?;
+            let client = transport::Transport::new(ep)?;
             let d = prepare(config, ep, client, &outbox, &metrics, &history)?;
             prepared.push((ep.clone(), d));
         }
@@ -236,8 +238,8 @@ impl Delivery {
                 Some(_) => summary.changed.push(ep.name.clone()),
                 None => summary.added.push(ep.name.clone()),
             }
-            let client = client::HttpClient::new(ep)
-                .map_err(|e| ReloadError::Rejected(DeliveryError::Client(e)))?;
+            let client = transport::Transport::new(ep)
+                .map_err(|e| ReloadError::Rejected(DeliveryError::Transport(e)))?;
             fresh.push((ep.clone(), client));
         }
         summary.removed = self
@@ -321,7 +323,7 @@ impl Delivery {
         let _ = m.outbox_pending.remove_label_values(&[name]);
         let _ = m.outbox_oldest_pending_seconds.remove_label_values(&[name]);
         let _ = m.deadletters.remove_label_values(&[name]);
-        for s in ["healthy", "circuit_open", "paused"] {
+        for s in dispatch::STATE_LABELS {
             let _ = m.endpoint_state.remove_label_values(&[name, s]);
         }
     }
@@ -384,7 +386,7 @@ fn warn_unconfigured(outbox: &Outbox, config: &Config) {
 fn prepare(
     config: &Config,
     ep: &EndpointConfig,
-    client: client::HttpClient,
+    client: transport::Transport,
     outbox: &Arc<Outbox>,
     metrics: &Metrics,
     history: &history::History,

@@ -236,6 +236,8 @@ pub struct Running {
     pub signals: mpsc::Sender<Signal>,
     pub task: tokio::task::JoinHandle<Result<(), siphook::pipeline::ServeError>>,
     pub sip: UdpSocket,
+    /// The configuration it was started with, to reload it (changed or not).
+    pub text: String,
     _dir: tempfile::TempDir,
 }
 
@@ -296,6 +298,7 @@ pub async fn start(extra: &str, token: bool) -> Running {
         signals,
         task,
         sip: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        text,
         _dir: dir,
     }
 }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod nats;
 pub mod process;
 pub mod receiver;
 pub mod stage;

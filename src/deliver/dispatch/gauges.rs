@@ -1,14 +1,19 @@
 //! An endpoint's metric series, resolved once per dispatcher.
 
 use super::EndpointState;
-use crate::deliver::client::Outcome;
+use crate::deliver::transport::Outcome;
 use crate::metrics::Metrics;
 
-pub(super) const STATES: [EndpointState; 3] = [
+pub(super) const STATES: [EndpointState; 4] = [
     EndpointState::Healthy,
     EndpointState::CircuitOpen,
+    EndpointState::Misconfigured,
     EndpointState::Paused,
 ];
+
+/// Every `state` label of `siphook_endpoint_state`, for clearing a removed
+/// endpoint's series.
+pub const STATE_LABELS: [&str; 4] = ["healthy", "circuit_open", "misconfigured", "paused"];
 
 /// This endpoint's series, resolved once: a label lookup hashes the name and
 /// takes the family's lock, which per event adds up.

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use super::{Dispatcher, now_ms};
-use crate::deliver::client;
 use crate::deliver::control::{self, EndpointCommand, EndpointStatus, TestResult};
 use crate::outbox::DeliveryState;
 use crate::vocab::Timestamp;
@@ -50,8 +49,9 @@ impl Dispatcher {
                 tokio::spawn(async move {
                     let now = Timestamp::now();
                     let (id, body) = control::test_event(&ep.name, now);
-                    let (outcome, elapsed) =
-                        client::attempt(&client, &ep, &id, &body.into(), now.millis() / 1000).await;
+                    let (outcome, elapsed) = client
+                        .attempt(&ep, &id, &body.into(), now.millis() / 1000)
+                        .await;
                     let _ = reply.send(TestResult::new(&ep.name, id, &outcome, elapsed));
                 });
             }

@@ -1,0 +1,393 @@
+//! An endpoint's URL scheme picks its transport: `https://` and `http://` are
+//! webhooks, `nats://` publishes to NATS JetStream. This file reads what the
+//! broker transports add to an `[[endpoints]]` entry (servers, subject, auth), so
+//! `delivery.rs` keeps the settings every transport shares.
+
+use serde::Deserialize;
+
+use super::Checker;
+use super::checker::read_secret_file;
+use crate::vocab::Redacted;
+
+/// Where an endpoint's events go, and over what.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// A webhook: a signed HTTP POST to this URL.
+    Http(hyper::Uri),
+    /// A JetStream publish, acknowledged by the stream that stores it.
+    Nats(NatsTarget),
+}
+
+impl Target {
+    /// The transport's name, for logs and the admin API.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::Http(_) => "http",
+            Target::Nats(_) => "nats",
+        }
+    }
+}
+
+/// `url = "nats://host:port[,host:port…]"` with its subject and credentials.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NatsTarget {
+    /// `nats://host:port`, one per server of the cluster, in the order given.
+    pub servers: Vec<String>,
+    /// The subject, with `{type}` standing for the event type.
+    pub subject: String,
+    /// How siphook proves who it is; `None` for a server without auth.
+    pub auth: Option<NatsAuth>,
+}
+
+impl NatsTarget {
+    /// The subject an event of this type is published on.
+    pub fn subject_for(&self, event_type: &str) -> String {
+        self.subject.replace("{type}", event_type)
+    }
+}
+
+/// NATS credentials, each read from a file so none sits in `siphook.toml`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NatsAuth {
+    /// `auth = { token_file = … }`.
+    Token(Redacted),
+    /// `auth = { user = …, password_file = … }`.
+    UserPassword {
+        /// User name (not secret).
+        user: String,
+        /// Password.
+        password: Redacted,
+    },
+    /// `auth = { nkey_seed_file = … }`: an nkey seed (`SU…`).
+    NkeySeed(Redacted),
+    /// `auth = { creds_file = … }`: a decentralised-auth `.creds` file (JWT and
+    /// seed), kept as its text.
+    Creds(Redacted),
+}
+
+/// The `auth` table as written: webhook keys and NATS keys side by side.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct RawAuth {
+    pub(super) bearer_token: Option<String>,
+    pub(super) bearer_token_file: Option<String>,
+    pub(super) basic_user: Option<String>,
+    pub(super) basic_password: Option<String>,
+    pub(super) basic_password_file: Option<String>,
+    pub(super) token_file: Option<String>,
+    pub(super) user: Option<String>,
+    pub(super) password_file: Option<String>,
+    pub(super) nkey_seed_file: Option<String>,
+    pub(super) creds_file: Option<String>,
+}
+
+/// The `auth` table's NATS keys (webhook keys are read by `delivery.rs`).
+#[derive(Deserialize, Default, Debug)]
+#[serde(default)]
+pub(super) struct RawNatsAuth {
+    pub(super) token_file: Option<String>,
+    pub(super) user: Option<String>,
+    pub(super) password_file: Option<String>,
+    pub(super) nkey_seed_file: Option<String>,
+    pub(super) creds_file: Option<String>,
+}
+
+impl RawNatsAuth {
+    pub(super) fn is_empty(&self) -> bool {
+        self.token_file.is_none()
+            && self.user.is_none()
+            && self.password_file.is_none()
+            && self.nkey_seed_file.is_none()
+            && self.creds_file.is_none()
+    }
+}
+
+/// The subject siphook publishes on when the endpoint names none.
+pub const DEFAULT_SUBJECT: &str = "siphook.{type}";
+
+/// Reads a `nats://` URL and its subject and auth; `None` (with problems noted)
+/// when any of them is unusable.
+pub(super) fn nats_target(
+    c: &mut Checker<'_>,
+    at: &dyn Fn(&str) -> String,
+    url: &str,
+    subject: Option<String>,
+    auth: RawNatsAuth,
+) -> Option<NatsTarget> {
+    let servers = nats_servers(url);
+    if servers.is_err() {
+        c.problem(
+            at("url"),
+            format!(
+                "invalid NATS URL \"{}\": use nats://host:port[,host:port…] (credentials go in auth, not the URL)",
+                redact_url(url)
+            ),
+        );
+    }
+    let subject = subject.unwrap_or_else(|| DEFAULT_SUBJECT.to_owned());
+    let subject_ok = valid_subject(&subject.replace("{type}", "call.answered"));
+    if !subject_ok {
+        c.problem(
+            at("subject"),
+            format!(
+                "\"{subject}\" is not a NATS subject to publish on: dot-separated tokens, no spaces, no wildcards (* >); {{type}} stands for the event type"
+            ),
+        );
+    }
+    let auth = nats_auth(c, at, auth);
+    let servers = servers.ok()?;
+    (subject_ok && auth.is_ok()).then_some(NatsTarget {
+        servers,
+        subject,
+        auth: auth.ok()?,
+    })
+}
+
+/// `nats://a:4222,b:4222` (the scheme once, or on every server) into one
+/// `nats://host:port` per server; the port defaults to 4222.
+fn nats_servers(url: &str) -> Result<Vec<String>, ()> {
+    let rest = url.strip_prefix("nats://").ok_or(())?;
+    let mut out = Vec::new();
+    for part in rest.split(',') {
+        let part = part.trim();
+        let part = part.strip_prefix("nats://").unwrap_or(part);
+        let part = part.strip_suffix('/').unwrap_or(part);
+        if part.is_empty() || part.contains(['@', '/', '?', '#', ' ']) {
+            return Err(());
+        }
+        let (host, port) = match part.rsplit_once(':') {
+            // A bracketed IPv6 address without a port has a colon inside.
+            Some((h, p)) if !p.contains(']') => (h, p.parse::<u16>().map_err(|_| ())?),
+            _ => (part, 4222),
+        };
+        if host.is_empty() || port == 0 {
+            return Err(());
+        }
+        out.push(format!("nats://{host}:{port}"));
+    }
+    Ok(out)
+}
+
+/// A subject one may publish on: non-empty dot-separated tokens, no whitespace
+/// and no wildcard (a publish to `*` or `>` is refused by the server).
+fn valid_subject(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.')
+            .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.chars().any(|c| c.is_whitespace()))
+        && !s.contains(['{', '}'])
+}
+
+fn nats_auth(
+    c: &mut Checker<'_>,
+    at: &dyn Fn(&str) -> String,
+    a: RawNatsAuth,
+) -> Result<Option<NatsAuth>, ()> {
+    let read = |c: &mut Checker<'_>, path: &str, key: &str| {
+        read_secret_file(c, path, &at(&format!("auth.{key}"))).map(Redacted)
+    };
+    let given = [
+        a.token_file.is_some(),
+        a.user.is_some() || a.password_file.is_some(),
+        a.nkey_seed_file.is_some(),
+        a.creds_file.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        c.problem(
+            at("auth"),
+            "use one of token_file, user with password_file, nkey_seed_file or creds_file".into(),
+        );
+        return Err(());
+    }
+    let auth = match a {
+        RawNatsAuth {
+            token_file: Some(f),
+            ..
+        } => read(c, &f, "token_file").map(NatsAuth::Token),
+        RawNatsAuth {
+            user: Some(user),
+            password_file: Some(f),
+            ..
+        } => read(c, &f, "password_file").map(|password| NatsAuth::UserPassword { user, password }),
+        RawNatsAuth {
+            user: Some(_),
+            password_file: None,
+            ..
+        }
+        | RawNatsAuth {
+            user: None,
+            password_file: Some(_),
+            ..
+        } => {
+            c.problem(at("auth"), "user and password_file go together".into());
+            return Err(());
+        }
+        RawNatsAuth {
+            nkey_seed_file: Some(f),
+            ..
+        } => {
+            let seed = read(c, &f, "nkey_seed_file");
+            if let Some(s) = &seed
+                && !s.0.starts_with("SU")
+            {
+                c.problem(
+                    at("auth.nkey_seed_file"),
+                    format!("\"{f}\" does not hold a user nkey seed (one starting with SU)"),
+                );
+                return Err(());
+            }
+            seed.map(NatsAuth::NkeySeed)
+        }
+        RawNatsAuth {
+            creds_file: Some(f),
+            ..
+        } => {
+            let creds = read(c, &f, "creds_file");
+            if let Some(s) = &creds
+                && !(s.0.contains("BEGIN NATS USER JWT") && s.0.contains("BEGIN USER NKEY SEED"))
+            {
+                c.problem(
+                    at("auth.creds_file"),
+                    format!("\"{f}\" is not a NATS .creds file (a user JWT and its nkey seed)"),
+                );
+                return Err(());
+            }
+            creds.map(NatsAuth::Creds)
+        }
+        _ => return Ok(None),
+    };
+    auth.map(Some).ok_or(())
+}
+
+/// Why a key given to an endpoint of the other transport does not apply there.
+pub(super) fn foreign_keys(kind: &str) -> &'static str {
+    match kind {
+        "nats" => {
+            "is for webhooks (http/https); a NATS endpoint takes auth = { token_file | user + password_file | nkey_seed_file | creds_file }"
+        }
+        _ => "is for NATS endpoints (nats://) only",
+    }
+}
+
+/// A URL as a problem may quote it: only its scheme and host. Userinfo, path and
+/// query may all carry credentials (`https://user:pw@h/`, a token in a Slack-style
+/// path, `?token=…`), so each is cut to `…`. Works on text that does not parse as
+/// a URL, which is when it is quoted: a badly escaped password may hold `/`, `?`
+/// or `#`, so the host is taken after the last `@`.
+pub(super) fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let (user, after) = match rest.rfind('@') {
+        Some(i) => ("…@", &rest[i + 1..]),
+        None => ("", rest),
+    };
+    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let tail = if end < after.len() { "/…" } else { "" };
+    format!("{scheme}{user}{}{tail}", &after[..end])
+}
+
+/// The `auth` table split by transport: the webhook keys (`None` when none is
+/// given) and the NATS keys.
+pub(super) fn split_auth(a: Option<RawAuth>) -> (Option<RawAuth>, RawNatsAuth) {
+    let Some(mut a) = a else {
+        return (None, RawNatsAuth::default());
+    };
+    let nats = RawNatsAuth {
+        token_file: a.token_file.take(),
+        user: a.user.take(),
+        password_file: a.password_file.take(),
+        nkey_seed_file: a.nkey_seed_file.take(),
+        creds_file: a.creds_file.take(),
+    };
+    let webhook = a.bearer_token.is_some()
+        || a.bearer_token_file.is_some()
+        || a.basic_user.is_some()
+        || a.basic_password.is_some()
+        || a.basic_password_file.is_some();
+    (webhook.then_some(a), nats)
+}
+
+/// A webhook URL: absolute, https (or http when allowed), no credentials in it.
+pub(super) fn http_url(
+    c: &mut Checker<'_>,
+    at: &dyn Fn(&str) -> String,
+    url: &str,
+    allow_http: bool,
+) -> Option<hyper::Uri> {
+    match url.parse::<hyper::Uri>() {
+        Err(e) => {
+            let shown = redact_url(url);
+            c.problem(at("url"), format!("invalid URL \"{shown}\": {e}"));
+            None
+        }
+        Ok(u) if u.authority().is_some_and(|a| a.as_str().contains('@')) => {
+            c.problem(
+                at("url"),
+                "credentials in the URL are not allowed; use auth".into(),
+            );
+            None
+        }
+        Ok(u) => match (u.scheme_str(), u.host()) {
+            (Some("https"), Some(_)) => Some(u),
+            (Some("http"), Some(_)) if allow_http => Some(u),
+            (Some("http"), Some(host)) => {
+                c.problem(
+                    at("url"),
+                    format!("plain http URL (http://{host}/…) refused: use https, or set allow_http = true"),
+                );
+                None
+            }
+            _ => {
+                c.problem(
+                    at("url"),
+                    "URL must be absolute: https://host/… (or nats://host:port)".into(),
+                );
+                None
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_take_one_scheme_or_many_and_default_the_port() {
+        assert_eq!(
+            nats_servers("nats://127.0.0.1:4222,10.0.0.2,nats://h3:4333/"),
+            Ok(vec![
+                "nats://127.0.0.1:4222".to_owned(),
+                "nats://10.0.0.2:4222".to_owned(),
+                "nats://h3:4333".to_owned(),
+            ])
+        );
+        for bad in [
+            "nats://",
+            "nats://u:p@h:4222",
+            "nats://h:notaport",
+            "nats://h:0",
+            "nats://h:4222/path",
+            "tls://h:4222",
+            "nats://a,,b",
+        ] {
+            assert_eq!(nats_servers(bad), Err(()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn subjects_to_publish_on() {
+        assert!(valid_subject("siphook.call.answered"));
+        assert!(valid_subject("calls"));
+        for bad in ["", "a..b", "a.*", "a.>", "a b", ".a", "a.", "x.{typo}"] {
+            assert!(!valid_subject(bad), "{bad}");
+        }
+        let t = NatsTarget {
+            servers: vec![],
+            subject: DEFAULT_SUBJECT.into(),
+            auth: None,
+        };
+        assert_eq!(t.subject_for("call.answered"), "siphook.call.answered");
+    }
+}
