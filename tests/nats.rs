@@ -334,3 +334,81 @@ async fn refused_credentials_are_a_clear_error_and_lose_nothing() {
     wait_state(&s, "healthy", 0).await;
     s.stop().await;
 }
+
+/// Two siphooks fed the same mirror publish to one stream: JetStream's duplicate
+/// window (by `Nats-Msg-Id`, the event id both compute alike) leaves each event
+/// once, in per-call order, and when one instance dies mid-run the other still
+/// brings every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_active_pair_publishes_each_event_once_and_survives_losing_one() {
+    use common::binary_config;
+    use common::process::Siphook;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(nats) = NatsServer::start(dir.path(), &[]).await else {
+        return;
+    };
+    let js = nats.jetstream(None).await;
+    create_stream(&js, "CALLS", &["siphook.>"]).await;
+    let extra =
+        "subject = \"siphook.{type}\"\ntimeout = \"2s\"\ncircuit_probe_interval = \"200ms\"";
+    let mut pair = Vec::new();
+    let mut admin_b = None;
+    for name in ["a", "b"] {
+        let home = dir.path().join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let (config, sip) = binary_config(&home, &nats.url(), extra);
+        admin_b = Some(common::admin_addr(&config));
+        pair.push((Siphook::spawn(&config), sip));
+    }
+    let admin_b = admin_b.unwrap();
+    let mirror = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for (s, sip) in &mut pair {
+        s.wait_ready(&mirror, sip, "pair-probe").await;
+    }
+    // The SBC mirrors every message to both.
+    let send = |calls: std::ops::Range<u32>, to: Vec<String>| {
+        let mirror = &mirror;
+        async move {
+            for i in calls {
+                for m in CallSpec::new(&format!("pair-{i}")).answered_flow() {
+                    for sip in &to {
+                        mirror.send_to(m.as_bytes(), sip).await.unwrap();
+                    }
+                }
+            }
+        }
+    };
+    let both: Vec<String> = pair.iter().map(|(_, sip)| sip.clone()).collect();
+    send(0..5, both.clone()).await;
+    wait_messages(&js, "CALLS", 1 + 5 * 4).await;
+    // Mid-run: calls still arriving at both when one dies.
+    send(5..8, both.clone()).await;
+    pair[0].0.kill9().await;
+    send(8..10, vec![both[1].clone()]).await;
+
+    let all: Vec<Seen> = wait_messages(&js, "CALLS", 1 + 10 * 4)
+        .await
+        .iter()
+        .map(seen)
+        .collect();
+    // The survivor has nothing left for the stream: 41 is all there is.
+    let started = tokio::time::Instant::now();
+    while common::admin::endpoint(admin_b, "crm").await["pending"] != 0 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the survivor keeps events pending"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(messages(&js, "CALLS").await.len(), 41);
+    assert_once_each(&all);
+    let calls = by_call(&all);
+    assert_eq!(calls.len(), 11);
+    for (call, kinds) in &calls {
+        if kinds.len() == 1 {
+            assert_eq!(kinds, &["call.initiated"], "the probe {call}");
+        } else {
+            assert_eq!(kinds, &FOUR, "call {call} out of order");
+        }
+    }
+}

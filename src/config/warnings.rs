@@ -48,6 +48,22 @@ impl Config {
                 ));
             }
         }
+        // async-nats upgrades to TLS only when the server asks: an operator who set
+        // no TLS of their own should know that events may cross the network in clear.
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let super::Target::Nats(t) = &e.target else {
+                continue;
+            };
+            let own_tls = e.ca_file.is_some() || e.client_cert_file.is_some() || e.native_roots;
+            let remote = t.servers.iter().find(|s| !loopback_server(s));
+            if let (false, Some(server)) = (own_tls, remote) {
+                out.push(format!(
+                    "endpoints[{i}] ({}) publishes to {server} without TLS settings of its own:                      events{} go in clear unless that server requires TLS; set ca_file (or                      tls_roots = \"native\") to insist on it",
+                    e.name,
+                    if t.auth.is_some() { " and credentials" } else { "" }
+                ));
+            }
+        }
         if let Some(a) = self.admin.listen.filter(|a| !a.ip().is_loopback()) {
             out.push(format!(
                 "admin.listen {a} is not loopback: /metrics and the bearer-token API /v1 \
@@ -95,6 +111,20 @@ impl Config {
         }
         out
     }
+}
+
+/// Whether `nats://host:port` names this machine.
+fn loopback_server(server: &str) -> bool {
+    let host = server
+        .trim_start_matches("nats://")
+        .rsplit_once(':')
+        .map_or(server, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(unix)]
@@ -149,6 +179,27 @@ mod tests {
             "{w:#?}"
         );
         assert!(w[0].contains("call.initiated, call.ringing"), "{w:#?}");
+    }
+
+    #[test]
+    fn nats_without_tls_to_another_host_is_named() {
+        let text = format!(
+            "[[endpoints]]\nname = \"bus\"\nurl = \"nats://127.0.0.1:4222,10.0.0.7:4222\"\n\
+             secrets = [\"{SECRET}\"]\n"
+        );
+        let (_d, path) = file(&text, 0o600);
+        let w = Config::load(&path).unwrap().warnings(&path);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("endpoints[0] (bus) publishes to nats://10.0.0.7:4222 without TLS"),
+            "{w:?}"
+        );
+        let local = text.replace(",10.0.0.7:4222", ",[::1]:4222");
+        let (_d, path) = file(&local, 0o600);
+        assert_eq!(
+            Config::load(&path).unwrap().warnings(&path),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
