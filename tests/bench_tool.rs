@@ -1,6 +1,8 @@
 //! `siphook bench` over real loopback: the library entry point against a spawned
 //! siphook (and the null relay), a receiver that cannot verify, and the binary.
 
+mod common;
+
 use std::time::Duration;
 
 use siphook::bench::{BenchOptions, PhaseResult, Profile, Report, Transport};
@@ -233,4 +235,39 @@ fn the_binary_refuses_a_target_off_loopback_and_a_target_without_its_secret() {
     assert!(!no_secret.status.success());
     let neither = bench(&["--calls", "1"]);
     assert!(!neither.status.success());
+}
+
+/// `--nats`: the spawned siphook publishes to JetStream and the bench consumes
+/// the stream it made for the run: every event once, in order, signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_answered_calls_through_jetstream_every_event_once_in_order_and_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(nats) = common::nats::NatsServer::start(dir.path(), &[]).await else {
+        return;
+    };
+    let mut opts = BenchOptions::spawn(100.0, 50);
+    opts.nats = Some(nats.url());
+    let report = run(opts).await;
+    let s = &report.siphook;
+    assert_eq!((s.expected, s.received), (200, 200));
+    assert_eq!((s.lost, s.duplicates), (0, 0));
+    assert_eq!(s.out_of_order, Some(0));
+    assert_eq!(s.bad_signatures, Some(0));
+    assert_eq!(s.latency_ms.as_ref().map(|q| q.samples), Some(200));
+    assert_quantiles(s);
+    assert_eq!(report.config.sink, "nats");
+    assert!(report.passed(), "{}", report.table());
+    assert!(
+        report.table().contains("delivering to JetStream"),
+        "{}",
+        report.table()
+    );
+    // The run's stream is gone afterwards.
+    let js = nats.jetstream(None).await;
+    let mut names = js.stream_names();
+    use futures_util::StreamExt;
+    assert!(
+        names.next().await.is_none(),
+        "the bench left its stream behind"
+    );
 }

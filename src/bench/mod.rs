@@ -11,6 +11,7 @@
 mod cpu;
 mod flow;
 mod generator;
+mod jetstream;
 mod output;
 mod plot;
 mod receiver;
@@ -127,6 +128,9 @@ pub struct BenchOptions {
     /// The receiver answers every Nth webhook 503 (0: none): a flaky endpoint, for
     /// soaking the retry path.
     pub fail_every: u64,
+    /// Publish to JetStream at this `nats://` URL instead of posting webhooks;
+    /// the bench consumes the stream (with `Spawn`).
+    pub nats: Option<String>,
 }
 
 impl BenchOptions {
@@ -145,6 +149,7 @@ impl BenchOptions {
             invite_timeout: Duration::from_secs(2),
             no_fsync: false,
             fail_every: 0,
+            nats: None,
         }
     }
 
@@ -180,6 +185,37 @@ impl BenchOptions {
         }
         if self.no_fsync && self.target != Target::Spawn {
             return bad("--no-fsync needs --spawn: it cannot change a running siphook".into());
+        }
+        if let Some(url) = &self.nats {
+            if self.target != Target::Spawn {
+                return bad(
+                    "--nats needs --spawn: the bench points the siphook it starts at its stream"
+                        .into(),
+                );
+            }
+            if self.fail_every > 0 {
+                return bad(
+                    "--fail-every refuses webhooks; a stream consumer cannot refuse".into(),
+                );
+            }
+            let host = url
+                .strip_prefix("nats://")
+                .and_then(|r| r.rsplit_once(':'))
+                .and_then(|(h, p)| {
+                    Some((
+                        h.parse::<std::net::Ipv4Addr>().ok()?,
+                        p.parse::<u16>().ok()?,
+                    ))
+                });
+            match host {
+                Some((ip, port)) if ip.is_loopback() => {
+                    let _ = port;
+                }
+                Some((ip, port)) => {
+                    return Err(BenchError::NotLoopback(SocketAddr::from((ip, port))));
+                }
+                None => return bad(format!("--nats {url}: use nats://127.0.0.1:PORT")),
+            }
         }
         if let Target::External { sip, receiver } = &self.target {
             for a in [sip, receiver] {
@@ -326,7 +362,30 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
         opts.fail_every,
     )
     .await?;
-    let result = phases(opts, calls, &receiver, &event_prefix, &relay_prefix, base).await;
+    let consumer = match &opts.nats {
+        Some(url) => Some(jetstream::Consumer::start(url, &id, receiver.recorder()).await?),
+        None => None,
+    };
+    let sink = match (&opts.nats, &consumer) {
+        (Some(url), Some(c)) => Sink::Nats {
+            url: url.clone(),
+            subject: c.subject.clone(),
+        },
+        _ => Sink::Webhook,
+    };
+    let result = phases(
+        opts,
+        calls,
+        &receiver,
+        &sink,
+        &event_prefix,
+        &relay_prefix,
+        base,
+    )
+    .await;
+    if let Some(c) = consumer {
+        c.stop().await;
+    }
     receiver.stop().await;
     let (siphook, baseline) = result?;
     let ratios = baseline.as_ref().and_then(|b| {
@@ -354,6 +413,10 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
             drain_s: opts.drain.as_secs_f64(),
             cpus: std::thread::available_parallelism().map_or(1, usize::from),
             no_fsync: opts.no_fsync,
+            sink: match &sink {
+                Sink::Webhook => "webhook".into(),
+                Sink::Nats { .. } => "nats".into(),
+            },
         },
         siphook,
         baseline,
@@ -365,10 +428,24 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
     Ok(report)
 }
 
+/// Where the spawned siphook's endpoint sends.
+enum Sink {
+    /// To the bench's webhook receiver.
+    Webhook,
+    /// To the run's JetStream stream.
+    Nats {
+        /// The server.
+        url: String,
+        /// The endpoint's subject, with `{type}`.
+        subject: String,
+    },
+}
+
 async fn phases(
     opts: &BenchOptions,
     calls: usize,
     receiver: &receiver::Receiver,
+    sink: &Sink,
     event_prefix: &str,
     relay_prefix: &str,
     base: Instant,
@@ -393,10 +470,14 @@ async fn phases(
     // siphook.
     let (target, spawned) = match opts.target {
         Target::Spawn => {
-            let url = format!("http://{}/hook", receiver.addr);
+            let (url, subject) = match sink {
+                Sink::Webhook => (format!("http://{}/hook", receiver.addr), None),
+                Sink::Nats { url, subject } => (url.clone(), Some(subject.as_str())),
+            };
             let s = spawn::Spawned::start(
                 opts.transport,
                 &url,
+                subject,
                 BENCH_SECRET,
                 opts.invite_timeout,
                 opts.no_fsync,

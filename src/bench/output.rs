@@ -30,6 +30,9 @@ pub struct RunConfig {
     pub cpus: usize,
     /// The spawned siphook committed without fsync (`--no-fsync`).
     pub no_fsync: bool,
+    /// What siphook delivered to: `webhook` (the bench's receiver) or `nats` (a
+    /// JetStream stream the bench consumed).
+    pub sink: String,
 }
 
 /// The result of a run.
@@ -122,8 +125,13 @@ impl Report {
         };
         let _ = writeln!(
             out,
-            "siphook bench: target {}, {}, {} profile, {} calls/s for {limit}, hold {}s{}",
+            "siphook bench: target {} delivering to {}, {}, {} profile, {} calls/s for {limit}, hold {}s{}",
             c.target,
+            if c.sink == "nats" {
+                "JetStream (a consumer of the stream)"
+            } else {
+                "webhooks"
+            },
             c.transport,
             c.profile,
             c.rate,

@@ -223,6 +223,11 @@ impl Receiver {
 
     /// Distinct webhook ids of this run's calls received so far (whether they
     /// verified or not).
+    /// A handle that records into this receiver's tally.
+    pub(crate) fn recorder(&self) -> Recorder {
+        Recorder(self.state.clone())
+    }
+
     pub(crate) fn distinct_events(&self) -> usize {
         self.state.distinct.load(Ordering::Relaxed)
     }
@@ -313,19 +318,31 @@ fn webhook(
     at: u64,
 ) -> Response<Full<Bytes>> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    status(record(state, get, body, at, true))
+}
+
+/// Records one signed event, however it came (a webhook, a stream message);
+/// `may_refuse` lets `--fail-every` answer it 503 (a stream consumer cannot).
+fn record<'a>(
+    state: &State,
+    get: impl Fn(&str) -> Option<&'a str>,
+    body: &[u8],
+    at: u64,
+    may_refuse: bool,
+) -> StatusCode {
     let (Some(id), Some(ts), Some(sig)) = (
         get("webhook-id"),
         get("webhook-timestamp"),
         get("webhook-signature"),
     ) else {
         lock(state).seen.malformed += 1;
-        return status(StatusCode::BAD_REQUEST);
+        return StatusCode::BAD_REQUEST;
     };
     let n = state.posts.fetch_add(1, Ordering::Relaxed) + 1;
-    if state.fail_every > 0 && n.is_multiple_of(state.fail_every) {
+    if may_refuse && state.fail_every > 0 && n.is_multiple_of(state.fail_every) {
         // Refused before it is recorded: the retry is what counts as received.
         lock(state).seen.refused += 1;
-        return status(StatusCode::SERVICE_UNAVAILABLE);
+        return StatusCode::SERVICE_UNAVAILABLE;
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -345,15 +362,15 @@ fn webhook(
     } else {
         inner.seen.duplicates += 1;
         // Answered 200 all the same: a receiver deduplicates, it does not refuse.
-        return status(StatusCode::OK);
+        return StatusCode::OK;
     }
     if !verified {
         inner.seen.bad_signatures += 1;
-        return status(StatusCode::UNAUTHORIZED);
+        return StatusCode::UNAUTHORIZED;
     }
     let Some(ev) = parsed else {
         inner.seen.malformed += 1;
-        return status(StatusCode::BAD_REQUEST);
+        return StatusCode::BAD_REQUEST;
     };
     inner.seen.events.push(EventArrival {
         at,
@@ -361,7 +378,20 @@ fn webhook(
         event: EventType::from_name(&ev.kind),
         sequence: ev.sequence,
     });
-    status(StatusCode::OK)
+    StatusCode::OK
+}
+
+/// Records events that arrive other than by POST (a JetStream consumer's
+/// messages), into the same tally as the webhooks.
+#[derive(Clone)]
+pub(crate) struct Recorder(Arc<State>);
+
+impl Recorder {
+    /// One message: its headers by name, its payload, and when it arrived.
+    pub(crate) fn record<'a>(&self, get: impl Fn(&str) -> Option<&'a str>, body: &[u8]) {
+        let at = u64::try_from(self.0.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        record(&self.0, get, body, at, false);
+    }
 }
 
 fn relay_post(state: &State, body: &[u8], at: u64) {

@@ -56,6 +56,7 @@ pub(crate) fn config_text(
     transport: Transport,
     outbox: &std::path::Path,
     receiver_url: &str,
+    subject: Option<&str>,
     secret: &str,
     invite_timeout: Duration,
 ) -> String {
@@ -83,7 +84,7 @@ pub(crate) fn config_text(
          [[endpoints]]\n\
          name = \"bench\"\n\
          url = {url}\n\
-         allow_http = true\n\
+         {reach}\n\
          secrets = [{secret}]\n\
          max_in_flight = {MAX_IN_FLIGHT}\n\
          timeout = \"10s\"\n\
@@ -91,6 +92,12 @@ pub(crate) fn config_text(
         invite_ms = invite_timeout.as_millis(),
         outbox = quote(&outbox.display().to_string()),
         url = quote(receiver_url),
+        // A broker's outage is measured by the probe interval, a webhook's by
+        // the schedule above.
+        reach = match subject {
+            Some(s) => format!("subject = {}\ncircuit_probe_interval = \"200ms\"", quote(s)),
+            None => "allow_http = true".into(),
+        },
         secret = quote(secret),
     )
 }
@@ -100,6 +107,7 @@ impl Spawned {
     pub(crate) async fn start(
         transport: Transport,
         receiver_url: &str,
+        subject: Option<&str>,
         secret: &str,
         invite_timeout: Duration,
         no_fsync: bool,
@@ -109,6 +117,7 @@ impl Spawned {
             transport,
             &dir.0.join("outbox"),
             receiver_url,
+            subject,
             secret,
             invite_timeout,
         );

@@ -70,6 +70,11 @@ pub struct Args {
     /// The spawned siphook's sip.invite_timeout (unanswered calls of --profile mixed).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     invite_timeout: Duration,
+    /// Publish to NATS JetStream at this URL (nats://127.0.0.1:PORT, a server
+    /// with -js) instead of webhooks: the bench creates a stream for the run,
+    /// consumes it, and deletes it afterwards.
+    #[arg(long, requires = "spawn")]
+    nats: Option<String>,
 }
 
 /// Runs the load and prints the report: exit status 1 when events were lost or
@@ -97,6 +102,7 @@ pub fn main(args: Args) -> ExitCode {
         invite_timeout: args.invite_timeout,
         no_fsync: args.no_fsync,
         fail_every: args.fail_every,
+        nats: args.nats,
     };
     let ran = tokio::runtime::Runtime::new()
         .context("starting the async runtime")
