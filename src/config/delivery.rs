@@ -134,6 +134,7 @@ pub(super) struct RawEndpoint {
     name: Option<String>,
     url: Option<String>,
     subject: Option<String>,
+    topic: Option<String>,
     events: Option<Vec<String>>,
     #[serde(rename = "match")]
     match_: RawMatch,
@@ -225,7 +226,26 @@ pub(super) fn validate_endpoints(
                 if auth_raw.is_some() {
                     c.problem(at("auth"), target::foreign_keys("nats").into());
                 }
+                if r.topic.is_some() {
+                    c.problem(at("topic"), target::foreign_keys("nats").into());
+                }
                 target::nats_target(c, &at, u, r.subject, nats_auth).map(Target::Nats)
+            }
+            Some(u) if u.starts_with("kafka://") => {
+                let tls = r.ca_file.is_some()
+                    || r.client_cert_file.is_some()
+                    || r.client_key_file.is_some()
+                    || r.tls_roots.is_some();
+                for (given, key) in [
+                    (auth_raw.is_some() || !nats_auth.is_empty(), "auth"),
+                    (r.subject.is_some(), "subject"),
+                    (tls, "ca_file"),
+                ] {
+                    if given {
+                        c.problem(at(key), target::foreign_keys("kafka").into());
+                    }
+                }
+                target::kafka_target(c, &at, u, r.topic.clone()).map(Target::Kafka)
             }
             Some(u) => {
                 if !nats_auth.is_empty() {
@@ -233,6 +253,9 @@ pub(super) fn validate_endpoints(
                 }
                 if r.subject.is_some() {
                     c.problem(at("subject"), target::foreign_keys("http").into());
+                }
+                if r.topic.is_some() {
+                    c.problem(at("topic"), "is for Kafka endpoints (kafka://) only".into());
                 }
                 http_url(c, &at, u, r.allow_http).map(Target::Http)
             }
@@ -396,7 +419,7 @@ pub(super) fn validate_endpoints(
         // A broker that is down costs nothing to probe (the client knows it is
         // not connected) and its events should flow the moment it is back.
         let probe_default = match target {
-            Some(Target::Nats(_)) => Duration::from_secs(1),
+            Some(Target::Nats(_) | Target::Kafka(_)) => Duration::from_secs(1),
             _ => Duration::from_secs(30),
         };
         let circuit_probe_interval = c.duration(

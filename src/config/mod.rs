@@ -30,7 +30,7 @@ pub use hep::HepConfig;
 pub use outbox::OutboxConfig;
 pub use redact::Redaction;
 pub use service::{AdminConfig, LogConfig, ServiceConfig};
-pub use target::{DEFAULT_SUBJECT, NatsAuth, NatsTarget, Target};
+pub use target::{DEFAULT_SUBJECT, DEFAULT_TOPIC, KafkaTarget, NatsAuth, NatsTarget, Target};
 
 /// The validated configuration the process runs on.
 #[derive(Debug, Clone, PartialEq)]

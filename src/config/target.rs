@@ -1,7 +1,8 @@
 //! An endpoint's URL scheme picks its transport: `https://` and `http://` are
-//! webhooks, `nats://` publishes to NATS JetStream. This file reads what the
-//! broker transports add to an `[[endpoints]]` entry (servers, subject, auth), so
-//! `delivery.rs` keeps the settings every transport shares.
+//! webhooks, `nats://` publishes to NATS JetStream, `kafka://` produces to a
+//! Kafka topic. This file reads what the broker transports add to an
+//! `[[endpoints]]` entry (servers, subject or topic, auth), so `delivery.rs`
+//! keeps the settings every transport shares.
 
 use serde::Deserialize;
 
@@ -16,6 +17,8 @@ pub enum Target {
     Http(hyper::Uri),
     /// A JetStream publish, acknowledged by the stream that stores it.
     Nats(NatsTarget),
+    /// A Kafka record, acknowledged by every in-sync replica (`acks=all`).
+    Kafka(KafkaTarget),
 }
 
 impl Target {
@@ -24,6 +27,7 @@ impl Target {
         match self {
             Target::Http(_) => "http",
             Target::Nats(_) => "nats",
+            Target::Kafka(_) => "kafka",
         }
     }
 }
@@ -45,6 +49,18 @@ impl NatsTarget {
         self.subject.replace("{type}", event_type)
     }
 }
+
+/// `url = "kafka://host:port[,host:port…]"` with its topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaTarget {
+    /// `host:port` of each bootstrap broker, in the order given.
+    pub brokers: Vec<String>,
+    /// The topic every event goes to, keyed by its call's id.
+    pub topic: String,
+}
+
+/// The topic siphook produces to when the endpoint names none.
+pub const DEFAULT_TOPIC: &str = "siphook-calls";
 
 /// NATS credentials, each read from a file so none sits in `siphook.toml`.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,7 +130,8 @@ pub(super) fn nats_target(
     subject: Option<String>,
     auth: RawNatsAuth,
 ) -> Option<NatsTarget> {
-    let servers = nats_servers(url);
+    let servers = servers(url, "nats", 4222)
+        .map(|s| s.into_iter().map(|hp| format!("nats://{hp}")).collect());
     if servers.is_err() {
         c.problem(
             at("url"),
@@ -143,14 +160,53 @@ pub(super) fn nats_target(
     })
 }
 
-/// `nats://a:4222,b:4222` (the scheme once, or on every server) into one
-/// `nats://host:port` per server; the port defaults to 4222.
-fn nats_servers(url: &str) -> Result<Vec<String>, ()> {
-    let rest = url.strip_prefix("nats://").ok_or(())?;
+/// Reads a `kafka://` URL and its topic; `None` (with problems noted) when
+/// unusable. Kafka's TLS and SASL are not supported yet: their settings are
+/// refused rather than ignored, so nothing goes out in clear by surprise.
+pub(super) fn kafka_target(
+    c: &mut Checker<'_>,
+    at: &dyn Fn(&str) -> String,
+    url: &str,
+    topic: Option<String>,
+) -> Option<KafkaTarget> {
+    let brokers = servers(url, "kafka", 9092);
+    if brokers.is_err() {
+        c.problem(
+            at("url"),
+            format!(
+                "invalid Kafka URL \"{}\": use kafka://host:port[,host:port…]",
+                redact_url(url)
+            ),
+        );
+    }
+    let topic = topic.unwrap_or_else(|| DEFAULT_TOPIC.to_owned());
+    // Kafka's own rule for a topic name.
+    let topic_ok = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !topic_ok {
+        c.problem(
+            at("topic"),
+            format!("\"{topic}\" is not a Kafka topic name (1-249 of A-Z a-z 0-9 . _ -)"),
+        );
+    }
+    let brokers = brokers.ok()?;
+    topic_ok.then_some(KafkaTarget { brokers, topic })
+}
+
+/// `scheme://a:1,b:2` (the scheme once, or on every server) into one `host:port`
+/// per server; the port defaults to `default_port`.
+fn servers(url: &str, scheme: &str, default_port: u16) -> Result<Vec<String>, ()> {
+    let prefix = format!("{scheme}://");
+    let rest = url.strip_prefix(prefix.as_str()).ok_or(())?;
     let mut out = Vec::new();
     for part in rest.split(',') {
         let part = part.trim();
-        let part = part.strip_prefix("nats://").unwrap_or(part);
+        let part = part.strip_prefix(prefix.as_str()).unwrap_or(part);
         let part = part.strip_suffix('/').unwrap_or(part);
         if part.is_empty() || part.contains(['@', '/', '?', '#', ' ']) {
             return Err(());
@@ -158,12 +214,12 @@ fn nats_servers(url: &str) -> Result<Vec<String>, ()> {
         let (host, port) = match part.rsplit_once(':') {
             // A bracketed IPv6 address without a port has a colon inside.
             Some((h, p)) if !p.contains(']') => (h, p.parse::<u16>().map_err(|_| ())?),
-            _ => (part, 4222),
+            _ => (part, default_port),
         };
         if host.is_empty() || port == 0 {
             return Err(());
         }
-        out.push(format!("nats://{host}:{port}"));
+        out.push(format!("{host}:{port}"));
     }
     Ok(out)
 }
@@ -264,6 +320,9 @@ pub(super) fn foreign_keys(kind: &str) -> &'static str {
         "nats" => {
             "is for webhooks (http/https); a NATS endpoint takes auth = { token_file | user + password_file | nkey_seed_file | creds_file }"
         }
+        "kafka" => {
+            "is not supported for Kafka endpoints yet (plaintext only: no TLS or SASL settings)"
+        }
         _ => "is for NATS endpoints (nats://) only",
     }
 }
@@ -356,12 +415,20 @@ mod tests {
     #[test]
     fn servers_take_one_scheme_or_many_and_default_the_port() {
         assert_eq!(
-            nats_servers("nats://127.0.0.1:4222,10.0.0.2,nats://h3:4333/"),
+            servers(
+                "nats://127.0.0.1:4222,10.0.0.2,nats://h3:4333/",
+                "nats",
+                4222
+            ),
             Ok(vec![
-                "nats://127.0.0.1:4222".to_owned(),
-                "nats://10.0.0.2:4222".to_owned(),
-                "nats://h3:4333".to_owned(),
+                "127.0.0.1:4222".to_owned(),
+                "10.0.0.2:4222".to_owned(),
+                "h3:4333".to_owned(),
             ])
+        );
+        assert_eq!(
+            servers("kafka://k1,k2:9093", "kafka", 9092),
+            Ok(vec!["k1:9092".to_owned(), "k2:9093".to_owned()])
         );
         for bad in [
             "nats://",
@@ -372,7 +439,7 @@ mod tests {
             "tls://h:4222",
             "nats://a,,b",
         ] {
-            assert_eq!(nats_servers(bad), Err(()), "{bad}");
+            assert_eq!(servers(bad, "nats", 4222), Err(()), "{bad}");
         }
     }
 

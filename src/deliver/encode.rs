@@ -44,6 +44,17 @@ pub fn encode(
     })
 }
 
+/// The headers a broker message carries besides its payload, as a webhook does:
+/// `webhook-id`, `webhook-timestamp`, `webhook-signature` and `content-type`.
+pub fn webhook_headers(e: &Encoded) -> [(&'static str, String); 4] {
+    [
+        ("webhook-id", e.id.clone()),
+        ("webhook-timestamp", e.timestamp.to_string()),
+        ("webhook-signature", e.signature.clone()),
+        ("content-type", e.content_type.to_owned()),
+    ]
+}
+
 /// What a broker routes by, read from the stored event: its type (a NATS
 /// subject's `{type}`) and its call's id (a Kafka record key). Neither is
 /// personal data, and redaction never touches them.

@@ -1,10 +1,11 @@
-//! The transports an endpoint's URL scheme picks: a webhook (`http`), or a
-//! JetStream publish (`nats`). Each makes one attempt at one event and says what
+//! The transports an endpoint's URL scheme picks: a webhook (`http`), a
+//! JetStream publish (`nats`), or a Kafka record (`kafka`). Each makes one attempt at one event and says what
 //! it came to as an [`Outcome`]; everything around the attempt (per-call order,
 //! the retry schedule, the breaker, dead letters) is the dispatcher's policy, the
 //! same for every transport.
 
 pub mod http;
+pub mod kafka;
 pub mod nats;
 mod tls;
 
@@ -37,9 +38,10 @@ pub enum TransportError {
         /// The rustls error.
         source: rustls::Error,
     },
-    /// The NATS client refused its settings (a bad seed or `.creds` file).
-    #[error("endpoint {endpoint}: NATS settings: {reason}")]
-    Nats {
+    /// The broker client refused its settings (a bad seed or `.creds` file, a
+    /// Kafka property librdkafka rejects).
+    #[error("endpoint {endpoint}: broker settings: {reason}")]
+    Broker {
         /// Endpoint name.
         endpoint: String,
         /// What is wrong, without the credential.
@@ -55,6 +57,8 @@ pub enum Transport {
     Http(std::sync::Arc<http::HttpClient>),
     /// One NATS connection, reconnecting on its own.
     Nats(nats::Publisher),
+    /// One idempotent Kafka producer.
+    Kafka(kafka::Producer),
 }
 
 impl Transport {
@@ -65,6 +69,7 @@ impl Transport {
         Ok(match &ep.target {
             Target::Http(_) => Transport::Http(std::sync::Arc::new(http::HttpClient::new(ep)?)),
             Target::Nats(t) => Transport::Nats(nats::Publisher::new(ep, t)?),
+            Target::Kafka(t) => Transport::Kafka(kafka::Producer::new(ep, t)?),
         })
     }
 
@@ -79,6 +84,7 @@ impl Transport {
         match self {
             Transport::Http(c) => http::attempt(c, ep, event_id, event_json, now_unix).await,
             Transport::Nats(p) => p.attempt(ep, event_id, event_json, now_unix).await,
+            Transport::Kafka(p) => p.attempt(ep, event_id, event_json, now_unix).await,
         }
     }
 }

@@ -8,7 +8,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 
 use crate::config::{EndpointConfig, NatsTarget};
-use crate::deliver::encode::{encode, routing};
+use crate::deliver::encode::{encode, routing, webhook_headers};
 
 /// One publish.
 pub(super) struct Message {
@@ -37,10 +37,9 @@ pub(super) fn message(
         headers.insert(k.as_str(), v.0.as_str());
     }
     headers.insert(async_nats::header::NATS_MESSAGE_ID, e.id.as_str());
-    headers.insert("webhook-id", e.id.as_str());
-    headers.insert("webhook-timestamp", e.timestamp.to_string().as_str());
-    headers.insert("webhook-signature", e.signature.as_str());
-    headers.insert("content-type", e.content_type);
+    for (k, v) in webhook_headers(&e) {
+        headers.insert(k, v.as_str());
+    }
     Ok(Message {
         subject: target.subject_for(&route.event_type),
         headers,

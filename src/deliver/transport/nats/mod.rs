@@ -69,7 +69,7 @@ impl Publisher {
     /// `.creds` file) are an error now; an unreachable server or refused
     /// credentials are reported by each attempt while the client keeps retrying.
     pub fn new(ep: &EndpointConfig, target: &NatsTarget) -> Result<Publisher, TransportError> {
-        let nats_err = |reason: String| TransportError::Nats {
+        let nats_err = |reason: String| TransportError::Broker {
             endpoint: ep.name.clone(),
             reason,
         };

@@ -1,0 +1,216 @@
+//! Kafka: one idempotent producer per endpoint (librdkafka, `acks=all`), one
+//! record per attempt, counted as delivered when the delivery report says every
+//! in-sync replica has it. The record key is the call's id, so one call's events
+//! share a partition and keep their order there; the dispatcher sends a call's
+//! next event only after the report for the one before. siphook creates no
+//! topic: a missing one is reported like a missing JetStream stream.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+
+use super::{Outcome, TransportError, Unavailable};
+use crate::config::{EndpointConfig, KafkaTarget, Target};
+use crate::deliver::encode::{encode, routing, webhook_headers};
+
+/// One endpoint's producer, shared by its attempts.
+#[derive(Clone)]
+pub struct Producer {
+    producer: FutureProducer,
+}
+
+impl Producer {
+    /// Builds the producer; librdkafka connects to the brokers in its own
+    /// threads, so a cluster that is down never stops siphook from starting.
+    pub fn new(ep: &EndpointConfig, target: &KafkaTarget) -> Result<Producer, TransportError> {
+        let ms = |d: Duration| d.as_millis().clamp(1, i32::MAX as u128).to_string();
+        // A request that times out is retried by librdkafka within the attempt
+        // (the idempotent producer makes that safe), so it gets half of it.
+        let (timeout_ms, request_ms) = (
+            ms(ep.timeout),
+            ms((ep.timeout / 2).max(Duration::from_millis(500))),
+        );
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", target.brokers.join(","))
+            .set("client.id", format!("siphook/{}", ep.name))
+            // Retries inside librdkafka never duplicate or reorder a record.
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // The attempt's deadline: the dispatcher decides what happens after.
+            .set("message.timeout.ms", &timeout_ms)
+            .set("request.timeout.ms", &request_ms)
+            // An event goes out at once; batching is the outbox's job.
+            .set("linger.ms", "0")
+            // A missing topic is the operator's to create, and is told within a
+            // second rather than after librdkafka's 30 s default.
+            .set("allow.auto.create.topics", "false")
+            .set("topic.metadata.propagation.max.ms", "1000")
+            .set("log_level", "3")
+            .create::<FutureProducer>()
+            .map_err(|e| TransportError::Broker {
+                endpoint: ep.name.clone(),
+                reason: format!("Kafka producer: {e}"),
+            })?;
+        Ok(Producer { producer })
+    }
+
+    /// Produces one event and waits for its delivery report.
+    pub async fn attempt(
+        &self,
+        ep: &EndpointConfig,
+        event_id: &str,
+        event_json: &Bytes,
+        now_unix: i64,
+    ) -> (Outcome, Duration) {
+        let started = Instant::now();
+        let outcome = self.produce(ep, event_id, event_json, now_unix).await;
+        (outcome, started.elapsed())
+    }
+
+    async fn produce(
+        &self,
+        ep: &EndpointConfig,
+        event_id: &str,
+        event_json: &Bytes,
+        now_unix: i64,
+    ) -> Outcome {
+        let Target::Kafka(target) = &ep.target else {
+            return rejected("not a Kafka endpoint".into());
+        };
+        let prepared =
+            routing(event_json).and_then(|r| Ok((r, encode(ep, event_id, event_json, now_unix)?)));
+        let (route, e) = match prepared {
+            Ok(p) => p,
+            Err(e) => return rejected(e),
+        };
+        let mut headers = OwnedHeaders::new_with_capacity(5 + ep.headers.len());
+        for (k, v) in &ep.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.0.as_bytes()),
+            });
+        }
+        for (k, v) in webhook_headers(&e) {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let record = FutureRecord::to(&target.topic)
+            .key(route.key.as_bytes())
+            .payload(&e.body[..])
+            .headers(headers);
+        // librdkafka's message.timeout.ms bounds the report; this bounds the wait
+        // for room in its queue and anything else.
+        let send = self.producer.send(record, Timeout::After(ep.timeout));
+        match tokio::time::timeout(ep.timeout + Duration::from_secs(1), send).await {
+            Err(_) => timed_out(ep.timeout),
+            Ok(Ok(_delivery)) => Outcome::Delivered { status: 200 },
+            Ok(Err((e, _))) => classify(&e, &target.topic, ep.timeout),
+        }
+    }
+}
+
+/// A producer error in siphook's terms: the cluster's state (wait) or the
+/// record's fault (dead letter).
+fn classify(e: &KafkaError, topic: &str, timeout: Duration) -> Outcome {
+    use RDKafkaErrorCode as C;
+    let unavailable = |reason, error: String| Outcome::Unavailable { reason, error };
+    let Some(code) = e.rdkafka_error_code() else {
+        return Outcome::Retry {
+            status: None,
+            error: format!("Kafka: {e}"),
+            retry_after: None,
+        };
+    };
+    match code {
+        C::MessageTimedOut | C::QueueFull | C::RequestTimedOut => timed_out(timeout),
+        C::UnknownTopicOrPartition | C::UnknownTopic => unavailable(
+            Unavailable::NoStream,
+            format!(
+                "Kafka topic \"{topic}\" does not exist; siphook does not create topics: create it (kafka-topics --create --topic {topic})"
+            ),
+        ),
+        C::TopicAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::SaslAuthenticationFailed
+        | C::Authentication => unavailable(
+            Unavailable::Auth,
+            format!("the Kafka cluster refused siphook: {code}"),
+        ),
+        C::AllBrokersDown | C::BrokerTransportFailure | C::BrokerNotAvailable => unavailable(
+            Unavailable::Disconnected,
+            format!("cannot reach the Kafka cluster: {code}"),
+        ),
+        C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidRecord => {
+            rejected(format!("Kafka refused the record: {code}"))
+        }
+        _ => Outcome::Retry {
+            status: None,
+            error: format!("Kafka: {code}"),
+            retry_after: None,
+        },
+    }
+}
+
+fn timed_out(timeout: Duration) -> Outcome {
+    Outcome::Unavailable {
+        reason: Unavailable::Timeout,
+        error: format!(
+            "no Kafka delivery report within {}: the cluster is unreachable or slow",
+            humantime::format_duration(timeout)
+        ),
+    }
+}
+
+fn rejected(error: String) -> Outcome {
+    Outcome::Rejected { status: 0, error }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_wait_or_dead_letter_by_whose_fault_they_are() {
+        let t = Duration::from_secs(2);
+        let produce = |c| KafkaError::MessageProduction(c);
+        let reason = |o: Outcome| match o {
+            Outcome::Unavailable { reason, .. } => Some(reason),
+            _ => None,
+        };
+        assert_eq!(
+            reason(classify(
+                &produce(RDKafkaErrorCode::MessageTimedOut),
+                "t",
+                t
+            )),
+            Some(Unavailable::Timeout)
+        );
+        assert_eq!(
+            reason(classify(
+                &produce(RDKafkaErrorCode::UnknownTopicOrPartition),
+                "t",
+                t
+            )),
+            Some(Unavailable::NoStream)
+        );
+        assert_eq!(
+            reason(classify(&produce(RDKafkaErrorCode::AllBrokersDown), "t", t)),
+            Some(Unavailable::Disconnected)
+        );
+        assert!(matches!(
+            classify(&produce(RDKafkaErrorCode::MessageSizeTooLarge), "t", t),
+            Outcome::Rejected { .. }
+        ));
+        assert!(matches!(
+            classify(&produce(RDKafkaErrorCode::NotEnoughReplicas), "t", t),
+            Outcome::Retry { .. }
+        ));
+    }
+}
