@@ -271,3 +271,25 @@ async fn fifty_answered_calls_through_jetstream_every_event_once_in_order_and_si
         "the bench left its stream behind"
     );
 }
+
+/// `--kafka mock`: the spawned siphook produces to librdkafka's mock cluster and
+/// the bench consumes the run's topic: every event once, in order, signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_answered_calls_through_kafka_every_event_once_in_order_and_signed() {
+    let mut opts = BenchOptions::spawn(100.0, 50);
+    opts.kafka = Some("mock".into());
+    let report = run(opts).await;
+    let s = &report.siphook;
+    assert_eq!((s.expected, s.received), (200, 200));
+    assert_eq!((s.lost, s.duplicates), (0, 0));
+    assert_eq!(s.out_of_order, Some(0));
+    assert_eq!(s.bad_signatures, Some(0));
+    assert_quantiles(s);
+    assert_eq!(report.config.sink, "kafka");
+    assert!(report.passed(), "{}", report.table());
+    assert!(
+        report.table().contains("delivering to Kafka"),
+        "{}",
+        report.table()
+    );
+}

@@ -12,6 +12,7 @@ mod cpu;
 mod flow;
 mod generator;
 mod jetstream;
+mod kafka;
 mod output;
 mod plot;
 mod receiver;
@@ -131,6 +132,9 @@ pub struct BenchOptions {
     /// Publish to JetStream at this `nats://` URL instead of posting webhooks;
     /// the bench consumes the stream (with `Spawn`).
     pub nats: Option<String>,
+    /// Produce to Kafka instead: `mock` (librdkafka's mock cluster, in this
+    /// process) or a `kafka://` URL; the bench consumes the topic (with `Spawn`).
+    pub kafka: Option<String>,
 }
 
 impl BenchOptions {
@@ -150,6 +154,7 @@ impl BenchOptions {
             no_fsync: false,
             fail_every: 0,
             nats: None,
+            kafka: None,
         }
     }
 
@@ -186,35 +191,25 @@ impl BenchOptions {
         if self.no_fsync && self.target != Target::Spawn {
             return bad("--no-fsync needs --spawn: it cannot change a running siphook".into());
         }
-        if let Some(url) = &self.nats {
+        let broker = match (&self.nats, &self.kafka) {
+            (Some(_), Some(_)) => return bad("--nats and --kafka: one stream at a time".into()),
+            (Some(url), None) => Some(("nats", url)),
+            (None, Some(url)) => Some(("kafka", url)),
+            (None, None) => None,
+        };
+        if let Some((scheme, url)) = broker {
             if self.target != Target::Spawn {
-                return bad(
-                    "--nats needs --spawn: the bench points the siphook it starts at its stream"
-                        .into(),
-                );
+                return bad(format!(
+                    "--{scheme} needs --spawn: the bench points the siphook it starts at its stream"
+                ));
             }
             if self.fail_every > 0 {
                 return bad(
                     "--fail-every refuses webhooks; a stream consumer cannot refuse".into(),
                 );
             }
-            let host = url
-                .strip_prefix("nats://")
-                .and_then(|r| r.rsplit_once(':'))
-                .and_then(|(h, p)| {
-                    Some((
-                        h.parse::<std::net::Ipv4Addr>().ok()?,
-                        p.parse::<u16>().ok()?,
-                    ))
-                });
-            match host {
-                Some((ip, port)) if ip.is_loopback() => {
-                    let _ = port;
-                }
-                Some((ip, port)) => {
-                    return Err(BenchError::NotLoopback(SocketAddr::from((ip, port))));
-                }
-                None => return bad(format!("--nats {url}: use nats://127.0.0.1:PORT")),
+            if !(scheme == "kafka" && url == "mock") {
+                loopback_broker(scheme, url)?;
             }
         }
         if let Target::External { sip, receiver } = &self.target {
@@ -362,16 +357,37 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
         opts.fail_every,
     )
     .await?;
-    let consumer = match &opts.nats {
-        Some(url) => Some(jetstream::Consumer::start(url, &id, receiver.recorder()).await?),
-        None => None,
-    };
-    let sink = match (&opts.nats, &consumer) {
-        (Some(url), Some(c)) => Sink::Nats {
-            url: url.clone(),
-            subject: c.subject.clone(),
-        },
-        _ => Sink::Webhook,
+    let mut js = None;
+    let mut topic = None;
+    let sink = match (&opts.nats, &opts.kafka) {
+        (Some(url), _) => {
+            let c = jetstream::Consumer::start(url, &id, receiver.recorder()).await?;
+            let reach = format!(
+                "subject = {}\ncircuit_probe_interval = \"200ms\"",
+                toml::Value::String(c.subject.clone())
+            );
+            js = Some(c);
+            Sink::Broker {
+                kind: "nats",
+                url: url.clone(),
+                reach,
+            }
+        }
+        (None, Some(spec)) => {
+            let c = kafka::Consumer::start(spec, &id, receiver.recorder())?;
+            let reach = format!(
+                "topic = {}\ncircuit_probe_interval = \"200ms\"",
+                toml::Value::String(c.topic.clone())
+            );
+            let url = c.url.clone();
+            topic = Some(c);
+            Sink::Broker {
+                kind: "kafka",
+                url,
+                reach,
+            }
+        }
+        (None, None) => Sink::Webhook,
     };
     let result = phases(
         opts,
@@ -383,7 +399,10 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
         base,
     )
     .await;
-    if let Some(c) = consumer {
+    if let Some(c) = js {
+        c.stop().await;
+    }
+    if let Some(c) = topic {
         c.stop().await;
     }
     receiver.stop().await;
@@ -415,7 +434,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
             no_fsync: opts.no_fsync,
             sink: match &sink {
                 Sink::Webhook => "webhook".into(),
-                Sink::Nats { .. } => "nats".into(),
+                Sink::Broker { kind, .. } => (*kind).into(),
             },
         },
         siphook,
@@ -432,13 +451,31 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
 enum Sink {
     /// To the bench's webhook receiver.
     Webhook,
-    /// To the run's JetStream stream.
-    Nats {
-        /// The server.
+    /// To the run's JetStream stream or Kafka topic.
+    Broker {
+        /// `nats` or `kafka`.
+        kind: &'static str,
+        /// The endpoint's URL.
         url: String,
-        /// The endpoint's subject, with `{type}`.
-        subject: String,
+        /// The endpoint's other keys: the subject or topic, and a quick probe
+        /// (a broker's outage is measured by the probe interval, a webhook's by
+        /// its schedule).
+        reach: String,
     },
+}
+
+/// A `nats://` or `kafka://` URL the bench may use: 127.0.0.0/8 only.
+fn loopback_broker(scheme: &str, url: &str) -> Result<(), BenchError> {
+    let addr = url
+        .strip_prefix(&format!("{scheme}://"))
+        .and_then(|r| r.parse::<SocketAddr>().ok());
+    match addr {
+        Some(a) if a.ip().is_loopback() && a.is_ipv4() => Ok(()),
+        Some(a) => Err(BenchError::NotLoopback(a)),
+        None => Err(BenchError::Option(format!(
+            "--{scheme} {url}: use {scheme}://127.0.0.1:PORT"
+        ))),
+    }
 }
 
 async fn phases(
@@ -470,14 +507,17 @@ async fn phases(
     // siphook.
     let (target, spawned) = match opts.target {
         Target::Spawn => {
-            let (url, subject) = match sink {
-                Sink::Webhook => (format!("http://{}/hook", receiver.addr), None),
-                Sink::Nats { url, subject } => (url.clone(), Some(subject.as_str())),
+            let (url, reach) = match sink {
+                Sink::Webhook => (
+                    format!("http://{}/hook", receiver.addr),
+                    "allow_http = true",
+                ),
+                Sink::Broker { url, reach, .. } => (url.clone(), reach.as_str()),
             };
             let s = spawn::Spawned::start(
                 opts.transport,
                 &url,
-                subject,
+                reach,
                 BENCH_SECRET,
                 opts.invite_timeout,
                 opts.no_fsync,

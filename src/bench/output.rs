@@ -127,10 +127,10 @@ impl Report {
             out,
             "siphook bench: target {} delivering to {}, {}, {} profile, {} calls/s for {limit}, hold {}s{}",
             c.target,
-            if c.sink == "nats" {
-                "JetStream (a consumer of the stream)"
-            } else {
-                "webhooks"
+            match c.sink.as_str() {
+                "nats" => "JetStream (a consumer of the stream)",
+                "kafka" => "Kafka (a consumer of the topic)",
+                _ => "webhooks",
             },
             c.transport,
             c.profile,

@@ -56,7 +56,7 @@ pub(crate) fn config_text(
     transport: Transport,
     outbox: &std::path::Path,
     receiver_url: &str,
-    subject: Option<&str>,
+    reach: &str,
     secret: &str,
     invite_timeout: Duration,
 ) -> String {
@@ -92,12 +92,6 @@ pub(crate) fn config_text(
         invite_ms = invite_timeout.as_millis(),
         outbox = quote(&outbox.display().to_string()),
         url = quote(receiver_url),
-        // A broker's outage is measured by the probe interval, a webhook's by
-        // the schedule above.
-        reach = match subject {
-            Some(s) => format!("subject = {}\ncircuit_probe_interval = \"200ms\"", quote(s)),
-            None => "allow_http = true".into(),
-        },
         secret = quote(secret),
     )
 }
@@ -107,7 +101,7 @@ impl Spawned {
     pub(crate) async fn start(
         transport: Transport,
         receiver_url: &str,
-        subject: Option<&str>,
+        reach: &str,
         secret: &str,
         invite_timeout: Duration,
         no_fsync: bool,
@@ -117,7 +111,7 @@ impl Spawned {
             transport,
             &dir.0.join("outbox"),
             receiver_url,
-            subject,
+            reach,
             secret,
             invite_timeout,
         );

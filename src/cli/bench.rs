@@ -73,8 +73,13 @@ pub struct Args {
     /// Publish to NATS JetStream at this URL (nats://127.0.0.1:PORT, a server
     /// with -js) instead of webhooks: the bench creates a stream for the run,
     /// consumes it, and deletes it afterwards.
-    #[arg(long, requires = "spawn")]
+    #[arg(long, requires = "spawn", conflicts_with = "kafka")]
     nats: Option<String>,
+    /// Produce to Kafka instead of webhooks: "mock" starts librdkafka's mock
+    /// cluster in this process and consumes the run's topic from it; a
+    /// kafka://127.0.0.1:PORT cluster needs a topic siphook-bench (4 partitions).
+    #[arg(long, requires = "spawn")]
+    kafka: Option<String>,
 }
 
 /// Runs the load and prints the report: exit status 1 when events were lost or
@@ -103,6 +108,7 @@ pub fn main(args: Args) -> ExitCode {
         no_fsync: args.no_fsync,
         fail_every: args.fail_every,
         nats: args.nats,
+        kafka: args.kafka,
     };
     let ran = tokio::runtime::Runtime::new()
         .context("starting the async runtime")
