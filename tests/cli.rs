@@ -73,7 +73,7 @@ fn uncommented_example(n: usize) -> String {
 
 #[test]
 fn the_shipped_endpoint_examples_pass_check_config_once_uncommented() {
-    for n in [1, 2, 3] {
+    for n in [1, 2, 3, 4] {
         let text = uncommented_example(n);
         assert!(text.contains("\n[[endpoints]]\n"), "{text}");
         let (code, out, err, _) = check(&text);

@@ -444,6 +444,64 @@ mod tests {
     }
 
     #[test]
+    fn broker_endpoints_refuse_what_their_transport_cannot_honour() {
+        use crate::config::{Config, ConfigError};
+        let text = r#"
+            [[endpoints]]
+            name = "bus"
+            url = "kafka://127.0.0.1:9092"
+            topic = "bad topic"
+            auth = { token_file = "/nonexistent" }
+            ca_file = "/nonexistent"
+            secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+            [[endpoints]]
+            name = "crm"
+            url = "https://crm.example/hook"
+            topic = "calls"
+            subject = "calls"
+            secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+            [[endpoints]]
+            name = "stream"
+            url = "nats://127.0.0.1:4222"
+            subject = "calls.>"
+            auth = { bearer_token = "t" }
+            secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+        "#;
+        let Err(ConfigError::Invalid(p)) = Config::parse(text) else {
+            panic!("must fail")
+        };
+        let keys: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+        let starts = |k: &str| keys.iter().any(|p| p.starts_with(k));
+        for k in [
+            "endpoints[0].auth: is not supported for Kafka endpoints yet",
+            "endpoints[0].ca_file: is not supported for Kafka endpoints yet",
+            "endpoints[0].topic: \"bad topic\" is not a Kafka topic name",
+            "endpoints[1].subject: is for NATS endpoints",
+            "endpoints[1].topic: is for Kafka endpoints",
+            "endpoints[2].auth: is for webhooks",
+            "endpoints[2].subject: \"calls.>\" is not a NATS subject",
+        ] {
+            assert!(starts(k), "no {k:?} in {keys:#?}");
+        }
+        let ok = Config::parse(
+            "[[endpoints]]\nname = \"bus\"\nurl = \"kafka://k1,k2:9093\"\n\
+             secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.endpoints[0].target,
+            Target::Kafka(KafkaTarget {
+                brokers: vec!["k1:9092".into(), "k2:9093".into()],
+                topic: DEFAULT_TOPIC.into(),
+            })
+        );
+        assert_eq!(
+            ok.endpoints[0].circuit_probe_interval,
+            std::time::Duration::from_secs(1)
+        );
+    }
+
+    #[test]
     fn subjects_to_publish_on() {
         assert!(valid_subject("siphook.call.answered"));
         assert!(valid_subject("calls"));
