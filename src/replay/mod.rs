@@ -4,7 +4,11 @@
 //! they see what siphook would have sent.
 
 pub mod capture;
+pub mod encap;
 pub mod packet;
+pub mod reassembly;
+pub mod sctp;
+pub mod skip;
 pub mod tcp;
 
 use std::collections::BTreeMap;
@@ -253,9 +257,19 @@ impl<'o> Replayer<'o> {
         };
         self.last = at;
         match self.decoder.decode(frame) {
+            // Counted at the end, and only if its datagram never completed.
+            Err(skip::Skip::Fragment) => {}
             Err(skip) => *self.summary.skipped.entry(skip.as_str()).or_default() += 1,
             Ok(packet::Segment::Udp { src, dst, payload }) => {
                 self.payload(&payload, Transport::Udp, src, dst, at, emit)
+            }
+            // SIP over SCTP is message-framed like UDP but reliable like TCP;
+            // the event contract names two transports, and a Via of `SCTP` is
+            // read as `tcp` too (sip/message.rs).
+            Ok(packet::Segment::Sctp { src, dst, messages }) => {
+                for m in messages {
+                    self.payload(&m, Transport::Tcp, src, dst, at, emit);
+                }
             }
             Ok(seg @ packet::Segment::Tcp { src, dst, .. }) => {
                 let mut units = std::mem::take(&mut self.units);
@@ -384,6 +398,12 @@ impl<'o> Replayer<'o> {
                 tcp::Unit::Hep(p) => self.hep(&p, src, dst, at, emit),
             }
         }
+        let (fragments, chunks) = self.decoder.finish();
+        for (why, n) in [(INCOMPLETE_FRAGMENTS, fragments), (INCOMPLETE_SCTP, chunks)] {
+            if n > 0 {
+                *self.summary.skipped.entry(why).or_default() += n;
+            }
+        }
         // What fell due by the last packet's time, as a live run would have seen.
         self.tracker.on_time(self.last, &mut self.out);
         self.flush(emit);
@@ -407,6 +427,11 @@ impl<'o> Replayer<'o> {
         self.summary
     }
 }
+
+/// Summary label of IP fragments whose datagram never completed.
+pub const INCOMPLETE_FRAGMENTS: &str = "IP fragment whose datagram never completed";
+/// Summary label of SCTP chunks of a split message that never completed.
+pub const INCOMPLETE_SCTP: &str = "SCTP chunk of a message that never completed";
 
 /// A frame further ahead of the previous one than this is a corrupt timestamp.
 const MAX_FRAME_JUMP_MS: i64 = 24 * 3600 * 1000;

@@ -1,14 +1,18 @@
-//! From a captured frame to a UDP datagram or TCP segment: link layers
-//! (Ethernet with VLAN tags, Linux cooked SLL and SLL2, raw IP, loopback), IPv4
-//! and IPv6, fragments reassembled, IP-in-IP tunnels unwrapped.
+//! From a captured frame to a UDP datagram, TCP segment or SCTP messages: the
+//! link layer and tunnels peeled by `encap`, IPv4 and IPv6 read by etherparse,
+//! fragments joined by `reassembly`, and every IP-in-something tunnel (IP-in-IP,
+//! GRE, GTP-U, VXLAN) followed back down to the IP packet it carries.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
-use etherparse::defrag::IpDefragPool;
-use etherparse::{EtherType, IpNumber, NetSlice, SlicedPacket, TcpSlice, UdpSlice};
-use pcap_file::DataLink;
+use etherparse::{IpNumber, NetSlice, SlicedPacket, TcpSlice, UdpSlice};
 
 use super::capture::Frame;
+use super::encap::{self, Inner};
+use super::reassembly::Fragments;
+use super::sctp::Sctp;
+use super::skip::Skip;
 
 /// What a frame carried, as far as replay cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,99 +41,60 @@ pub enum Segment {
         /// Its payload.
         payload: Vec<u8>,
     },
+    /// The SCTP user messages a packet completed (none for control chunks).
+    Sctp {
+        /// Sender.
+        src: SocketAddr,
+        /// Receiver.
+        dst: SocketAddr,
+        /// Each a whole message, in chunk order.
+        messages: Vec<Vec<u8>>,
+    },
 }
 
-/// Why a frame yields no segment; each is a summary counter, none an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Skip {
-    /// A link type replay does not read.
-    LinkType,
-    /// Not IP (ARP, LLDP …), or IP that did not parse.
-    NotIp,
-    /// Neither UDP nor TCP (ICMP, SCTP …).
-    NotUdpOrTcp,
-    /// A fragment kept until the rest of its datagram arrives.
-    Fragment,
-    /// Cut short by the snap length, or otherwise malformed.
-    Truncated,
-}
-
-impl Skip {
-    /// Summary label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Skip::LinkType => "unsupported link type",
-            Skip::NotIp => "not IP",
-            Skip::NotUdpOrTcp => "neither UDP nor TCP",
-            Skip::Fragment => "IP fragment (held for reassembly)",
-            Skip::Truncated => "truncated or malformed",
-        }
-    }
-}
-
-/// Deepest IP-in-IP nesting unwrapped.
-const MAX_TUNNEL_DEPTH: usize = 4;
-/// Fragments older than this (capture time) are given up: their datagram will
-/// not complete, and their buffers must not pile up over a long capture.
-const FRAGMENT_TTL_NS: u128 = 10_000_000_000;
+/// Deepest nesting of tunnels (IP-in-IP, GRE, GTP-U, VXLAN) unwrapped.
+const MAX_TUNNEL_DEPTH: usize = 8;
 /// How often (in frames) stale fragments are dropped.
 const FRAGMENT_SWEEP_EVERY: u64 = 256;
 
-/// Decodes frames, keeping fragments until their datagram is whole.
+/// Decodes frames, keeping fragments and split SCTP messages until whole.
 #[derive(Default)]
 pub struct Decoder {
-    defrag: IpDefragPool<u128, ()>,
+    fragments: Fragments,
+    sctp: Sctp,
     frames: u64,
 }
 
 impl Decoder {
-    /// A decoder with no fragments held.
+    /// A decoder with nothing held.
     pub fn new() -> Decoder {
         Decoder::default()
     }
 
-    /// The UDP datagram or TCP segment a frame carries.
+    /// The UDP datagram, TCP segment or SCTP messages a frame carries.
     pub fn decode(&mut self, frame: &Frame) -> Result<Segment, Skip> {
         self.frames += 1;
         if self.frames.is_multiple_of(FRAGMENT_SWEEP_EVERY) {
-            let now = frame.ts_ns;
-            self.defrag.retain(|t| t.abs_diff(now) < FRAGMENT_TTL_NS);
+            self.fragments.sweep(frame.ts_ns);
         }
-        let d = frame.data.as_slice();
-        let sliced = if frame.link == DataLink::ETHERNET {
-            SlicedPacket::from_ethernet(d)
-        } else if frame.link == DataLink::LINUX_SLL {
-            SlicedPacket::from_linux_sll(d)
-        } else if frame.link == DataLink::LINUX_SLL2 {
-            // SLL2: protocol (2), reserved (2), ifindex (4), hatype (2), pkttype
-            // (1), addr len (1), addr (8).
-            let proto = d.get(..2).ok_or(Skip::Truncated)?;
-            let payload = d.get(20..).ok_or(Skip::Truncated)?;
-            SlicedPacket::from_ether_type(
-                EtherType(u16::from_be_bytes([proto[0], proto[1]])),
-                payload,
-            )
-        } else if frame.link == DataLink::RAW
-            || frame.link == DataLink::IPV4
-            || frame.link == DataLink::IPV6
-        {
-            SlicedPacket::from_ip(d)
-        } else if frame.link == DataLink::NULL || frame.link == DataLink::LOOP {
-            // A 4-byte address family (host or network order), then IP.
-            SlicedPacket::from_ip(d.get(4..).ok_or(Skip::Truncated)?)
-        } else {
-            return Err(Skip::LinkType);
-        };
-        let sliced = sliced.map_err(|_| Skip::Truncated)?;
-        self.ip_payload(&sliced, frame.ts_ns, 0)
+        let ip = encap::link(frame.link, &frame.data)?;
+        self.ip(ip, frame.ts_ns, 0)
     }
 
-    fn ip_payload(
-        &mut self,
-        sliced: &SlicedPacket<'_>,
-        ts: u128,
-        depth: usize,
-    ) -> Result<Segment, Skip> {
+    /// At the end of the capture: what was held and never completed, as
+    /// (IP fragments, SCTP chunks).
+    pub fn finish(&mut self) -> (u64, u64) {
+        self.fragments.finish();
+        self.sctp.finish();
+        (self.fragments.incomplete, self.sctp.lost_fragments)
+    }
+
+    fn ip(&mut self, data: &[u8], ts: u128, depth: usize) -> Result<Segment, Skip> {
+        if depth > MAX_TUNNEL_DEPTH {
+            return Err(Skip::TooDeep);
+        }
+        let data = tso_length(data);
+        let sliced = SlicedPacket::from_ip(&data).map_err(|_| Skip::Truncated)?;
         let (src, dst, payload) = match &sliced.net {
             Some(NetSlice::Ipv4(ip)) => (
                 IpAddr::V4(ip.header().source_addr()),
@@ -143,11 +108,10 @@ impl Decoder {
             ),
             _ => return Err(Skip::NotIp),
         };
-        let (ip_number, data): (IpNumber, std::borrow::Cow<'_, [u8]>) = if payload.fragmented {
-            match self.defrag.process_sliced_packet(sliced, ts, ()) {
-                Ok(Some(whole)) => (whole.ip_number, whole.payload.into()),
-                Ok(None) => return Err(Skip::Fragment),
-                Err(_) => return Err(Skip::Truncated),
+        let (ip_number, data): (IpNumber, Cow<'_, [u8]>) = if payload.fragmented {
+            match self.fragments.add(&sliced, ts)? {
+                Some((n, whole)) => (n, whole.into()),
+                None => return Err(Skip::Fragment),
             }
         } else {
             (payload.ip_number, payload.payload.into())
@@ -155,10 +119,21 @@ impl Decoder {
         match ip_number {
             IpNumber::UDP => {
                 let udp = UdpSlice::from_slice_lax(&data).map_err(|_| Skip::Truncated)?;
+                let (sport, dport) = (udp.source_port(), udp.destination_port());
+                let body = udp.payload();
+                if (sport == encap::GTPU_PORT || dport == encap::GTPU_PORT) && encap::is_gtpu(body)
+                {
+                    return self.ip(encap::gtpu(body)?, ts, depth + 1);
+                }
+                if dport == encap::VXLAN_PORT
+                    && let Some(frame) = encap::vxlan(body)
+                {
+                    return self.ip(encap::ether(frame)?, ts, depth + 1);
+                }
                 Ok(Segment::Udp {
-                    src: SocketAddr::new(src, udp.source_port()),
-                    dst: SocketAddr::new(dst, udp.destination_port()),
-                    payload: udp.payload().to_vec(),
+                    src: SocketAddr::new(src, sport),
+                    dst: SocketAddr::new(dst, dport),
+                    payload: body.to_vec(),
                 })
             }
             IpNumber::TCP => {
@@ -172,11 +147,29 @@ impl Decoder {
                     payload: tcp.payload().to_vec(),
                 })
             }
-            IpNumber::IPV4 | IpNumber::IPV6 if depth < MAX_TUNNEL_DEPTH => {
-                let inner = SlicedPacket::from_ip(&data).map_err(|_| Skip::Truncated)?;
-                self.ip_payload(&inner, ts, depth + 1)
+            IpNumber::SCTP => {
+                let (src, dst, messages) = self.sctp.packet(src, dst, &data)?;
+                Ok(Segment::Sctp { src, dst, messages })
             }
+            IpNumber::IPV4 | IpNumber::IPV6 => self.ip(&data, ts, depth + 1),
+            IpNumber::GRE => match encap::gre(&data)? {
+                Inner::Ip(inner) => self.ip(inner, ts, depth + 1),
+                Inner::Ether(frame) => self.ip(encap::ether(frame)?, ts, depth + 1),
+            },
             _ => Err(Skip::NotUdpOrTcp),
         }
     }
+}
+
+/// A sender's capture with segmentation offload writes IPv4 total length 0 for
+/// segments larger than the MTU (Wireshark: "assuming TSO"): the length is the
+/// captured one.
+fn tso_length(d: &[u8]) -> Cow<'_, [u8]> {
+    if d.len() > 20 && d[0] >> 4 == 4 && d[2] == 0 && d[3] == 0 {
+        let mut owned = d.to_vec();
+        let len = u16::try_from(d.len()).unwrap_or(u16::MAX).to_be_bytes();
+        owned[2..4].copy_from_slice(&len);
+        return Cow::Owned(owned);
+    }
+    Cow::Borrowed(d)
 }
