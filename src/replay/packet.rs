@@ -34,6 +34,9 @@ pub enum Segment {
         dst: SocketAddr,
         /// Sequence number of its first byte.
         seq: u32,
+        /// The acknowledgment number, when the ACK flag is set: what the sender
+        /// has received of the reverse direction.
+        ack: Option<u32>,
         /// SYN: the stream starts at `seq + 1`.
         syn: bool,
         /// FIN or RST: the stream ends.
@@ -142,6 +145,7 @@ impl Decoder {
                     src: SocketAddr::new(src, tcp.source_port()),
                     dst: SocketAddr::new(dst, tcp.destination_port()),
                     seq: tcp.sequence_number(),
+                    ack: tcp.ack().then(|| tcp.acknowledgment_number()),
                     syn: tcp.syn(),
                     end: tcp.fin() || tcp.rst(),
                     payload: tcp.payload().to_vec(),
