@@ -236,7 +236,7 @@ fn eth_ip(ip: &[u8]) -> Vec<u8> {
 #[test]
 fn tunnels_and_tag_stacks_carry_the_same_call() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, Wrap); 13] = [
+    let cases: [(&str, Wrap); 17] = [
         ("qinq", |ip| {
             let (t, inner) = wire::vlan(0x8100, 200, wire::ip_ether_type(ip), ip);
             let (t, outer) = wire::vlan(0x88a8, 10, t, &inner);
@@ -300,6 +300,39 @@ fn tunnels_and_tag_stacks_carry_the_same_call() {
             let g = wire::ip_udp(a, b, 2152, 2152, &wire::gtpu(0x1234, Some(9), ip));
             let (t, tagged) = wire::vlan(0x8100, 40, 0x0800, &g);
             (DataLink::ETHERNET, wire::ether(t, &tagged))
+        }),
+        ("mpls", |ip| {
+            // Two labels, the second the bottom of the stack.
+            let mut m = vec![0x00, 0x01, 0x00, 0x40, 0x00, 0x02, 0x01, 0x40];
+            m.extend_from_slice(ip);
+            (DataLink::ETHERNET, wire::ether(0x8847, &m))
+        }),
+        ("ppp-link", |ip| {
+            let mut f = vec![0xff, 0x03];
+            let proto: u16 = if wire::ip_ether_type(ip) == 0x86dd {
+                0x57
+            } else {
+                0x21
+            };
+            f.extend_from_slice(&proto.to_be_bytes());
+            f.extend_from_slice(ip);
+            (DataLink::PPP, f)
+        }),
+        ("pptp-gre", |ip| {
+            // Enhanced GRE (version 1): key (payload length, call id), sequence, ack.
+            let mut g = vec![0x30, 0x81, 0x88, 0x0b];
+            g.extend_from_slice(&((ip.len() + 2) as u16).to_be_bytes());
+            g.extend_from_slice(&[0, 7, 0, 0, 0, 1, 0, 0, 0, 0]);
+            g.extend_from_slice(&[0x00, 0x21]);
+            g.extend_from_slice(ip);
+            (DataLink::ETHERNET, eth_ip(&outer_v4(47, &g)))
+        }),
+        ("tso-zero-length", |ip| {
+            // A sender's capture with segmentation offload: total length 0.
+            let mut ip = ip.to_vec();
+            ip[2] = 0;
+            ip[3] = 0;
+            (DataLink::ETHERNET, eth_ip(&ip))
         }),
         ("vxlan", |ip| {
             let mut v = vec![0x08, 0, 0, 0, 0, 0, 100, 0];
