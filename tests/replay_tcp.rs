@@ -270,3 +270,69 @@ fn a_gap_nobody_acknowledges_is_given_up_after_the_wait_on_capture_time() {
     assert_eq!(common::ms(&events[2]["call"]["answered_at"]), T0_MS + 300);
     assert_eq!(summary.tcp_gaps, 1);
 }
+
+/// A segment lost on the network, not by the capture: the caller's
+/// acknowledgments stop at the gap (it lacks the bytes too), so replay waits
+/// past `GAP_WAIT_MS` for the retransmission, which the capture sees 1.2 s
+/// later. The 180 is read, and it and the 200 held behind it reach the
+/// tracker when the caller could have read them.
+#[test]
+fn a_gap_the_receiver_also_waits_on_is_filled_by_the_retransmission() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = "retransmitted";
+    let msgs = call(id, 0);
+    let mut cap = Capture::new();
+    cap.send(0, true, &msgs[0].2, false);
+    cap.send(20, false, &msgs[1].2, false);
+    let ringing_seq = cap.conn.seq_b;
+    cap.send(200, false, &msgs[2].2, true);
+    cap.send(300, false, &msgs[3].2, false);
+    let (c, p) = (caller(), pcscf());
+    let ack_at = |seq_a: u32, ack: u32| {
+        wire::ip(
+            c.0,
+            p.0,
+            6,
+            &wire::tcp(c.0, p.0, c.1, p.1, seq_a, ack, ACK, &[]),
+        )
+    };
+    // Duplicate acknowledgments: up to the 180, not past it.
+    for ms in [301, 302, 303] {
+        let dup = ack_at(cap.conn.seq_a, ringing_seq);
+        cap.frames
+            .push((T0_US + ms * 1000, wire::ether(0x0800, &dup)));
+    }
+    let again = wire::tcp(
+        p.0,
+        c.0,
+        p.1,
+        c.1,
+        ringing_seq,
+        cap.conn.seq_a,
+        PSH | ACK,
+        &msgs[2].2,
+    );
+    cap.frames.push((
+        T0_US + 1_200_000,
+        wire::ether(0x0800, &wire::ip(p.0, c.0, 6, &again)),
+    ));
+    for (t, a, m) in &msgs[4..] {
+        let t = if *t == 320 { 1_220 } else { *t };
+        cap.send(t, *a, m, false);
+    }
+    let path = dir.path().join("retransmitted.pcap");
+    cap.write(&path);
+    let (events, summary) = run(&path);
+    assert_eq!(types(&events), answered(id), "{summary}");
+    assert_eq!(common::ms(&events[1]["call"]["ringing_at"]), T0_MS + 1_200);
+    assert_eq!(common::ms(&events[2]["call"]["answered_at"]), T0_MS + 1_200);
+    assert_eq!(
+        (
+            summary.tcp_gaps,
+            summary.tcp_skipped_bytes,
+            summary.tcp_retransmissions
+        ),
+        (0, 0, 0),
+        "{summary}"
+    );
+}

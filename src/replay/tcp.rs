@@ -6,7 +6,9 @@
 //! bytes that never come would hold one side of every call to the end, so its
 //! 180 and 200 reach the tracker after the BYE. A gap is given up as soon as the
 //! other side acknowledges bytes past it (the peer got them; the capture did
-//! not), or when it has waited `GAP_WAIT_MS` of capture time, or holds
+//! not), or when it has waited `GAP_WAIT_MS` of capture time (longer, up to
+//! `MAX_GAP_WAIT_MS`, while the other side's acknowledgments stop at the gap:
+//! the loss was on the network and the retransmission is coming), or holds
 //! `MAX_HELD` bytes; the stream then resumes at the next message start
 //! (`resync`), and the bytes missing and skipped are counted.
 
@@ -24,6 +26,10 @@ const MAX_FLOWS: usize = 65_536;
 /// enough for a retransmission after the minimum RTO (200 ms), short against
 /// the seconds between a call's answer and its BYE.
 pub const GAP_WAIT_MS: i64 = 500;
+/// Longest a gap is waited on while the receiver's acknowledgments show it is
+/// waiting for the same bytes (a loss on the network, whose retransmission
+/// the capture will see), RTO backoff included.
+pub const MAX_GAP_WAIT_MS: i64 = 30_000;
 
 pub use crate::sip::stream::Unit;
 
@@ -59,8 +65,11 @@ struct Flow {
     held_bytes: usize,
     /// Since when (capture ms) the flow has waited on a gap.
     gap_since: Option<i64>,
-    /// Highest sequence number the other side acknowledged.
+    /// Since when (capture ms) the first gap still open has been there.
+    gap_opened: Option<i64>,
+    /// Highest sequence number the other side acknowledged, and when.
     acked: Option<u32>,
+    acked_at: i64,
     sync: Resync,
     last_used: u64,
 }
@@ -126,7 +135,7 @@ impl Streams {
         };
         self.clock += 1;
         if let Some(ack) = ack {
-            self.acknowledged((dst, src), ack, out);
+            self.acknowledged((dst, src), ack, at_ms, out);
         }
         let key = (src, dst);
         if !self.flows.contains_key(&key) {
@@ -147,7 +156,9 @@ impl Streams {
             held: BTreeMap::new(),
             held_bytes: 0,
             gap_since: None,
+            gap_opened: None,
             acked: None,
+            acked_at: 0,
             sync: Resync::new(max),
             last_used: 0,
         });
@@ -160,6 +171,7 @@ impl Streams {
             flow.held.clear();
             flow.held_bytes = 0;
             flow.gap_since = None;
+            flow.gap_opened = None;
             // A new connection on the same ports: the old acknowledgments say
             // nothing of its sequence space.
             flow.acked = None;
@@ -201,6 +213,19 @@ impl Streams {
             if flow.gap_since != Some(since) {
                 continue;
             }
+            // The receiver acknowledged since, and not past the gap: it lacks
+            // the bytes too, and their retransmission will be captured.
+            let receiver_waits = flow.acked_at >= since
+                && flow
+                    .acked
+                    .zip(flow.next)
+                    .is_some_and(|(a, n)| !before(n, a));
+            let opened = flow.gap_opened.unwrap_or(since);
+            if receiver_waits && now_ms.saturating_sub(opened) < MAX_GAP_WAIT_MS {
+                flow.gap_since = Some(now_ms);
+                self.waiting.insert((now_ms, key));
+                continue;
+            }
             let mut stats = Stats::default();
             let mut units = Vec::new();
             follow_on(flow, Skip::All, &mut units, &mut stats);
@@ -228,12 +253,13 @@ impl Streams {
     /// The other side acknowledged `ack` on flow `key`: bytes before it that
     /// the capture lacks were delivered and will not be seen, so the gaps
     /// below it are given up now, before the acknowledging segment is read.
-    fn acknowledged(&mut self, key: Key, ack: u32, out: &mut Vec<Released>) {
+    fn acknowledged(&mut self, key: Key, ack: u32, at_ms: i64, out: &mut Vec<Released>) {
         let Some(flow) = self.flows.get_mut(&key) else {
             return;
         };
-        if flow.acked.is_none_or(|a| before(a, ack)) {
+        if flow.acked.is_none_or(|a| !before(ack, a)) {
             flow.acked = Some(ack);
+            flow.acked_at = at_ms;
         }
         if flow.held.is_empty() {
             return;
@@ -332,6 +358,7 @@ fn accept(
             },
         );
         flow.gap_since.get_or_insert(at_ms);
+        flow.gap_opened.get_or_insert(at_ms);
         if flow.held_bytes > MAX_HELD {
             // The missing bytes are not in the capture: go on without them.
             follow_on(flow, Skip::All, out, stats);
@@ -347,13 +374,26 @@ fn accept(
     let skip = next.wrapping_sub(seq) as usize;
     push(flow, &payload[skip..], at_ms, out);
     flow.next = Some(end);
-    follow_on(flow, Skip::None, out, stats);
+    // What waited behind this segment reaches the receiver with it, not before.
+    follow_on_from(flow, Skip::None, Some(at_ms), out, stats);
 }
 
 /// Hands over held segments in order, stopping at a gap `skip` does not allow
 /// giving up; a gap given up is counted, with its size, and the framing
 /// resynchronises after it.
 fn follow_on(flow: &mut Flow, skip: Skip, out: &mut Vec<(i64, Unit)>, stats: &mut Stats) {
+    follow_on_from(flow, skip, None, out, stats);
+}
+
+/// `follow_on`, the held bytes delivered no earlier than `filled_at` when a
+/// segment filling their gap has just arrived.
+fn follow_on_from(
+    flow: &mut Flow,
+    skip: Skip,
+    filled_at: Option<i64>,
+    out: &mut Vec<(i64, Unit)>,
+    stats: &mut Stats,
+) {
     // Each turn pops a held segment or stops.
     for _ in 0..=flow.held.len() {
         let Some((_, first)) = flow.held.first_key_value() else {
@@ -383,7 +423,8 @@ fn follow_on(flow: &mut Flow, skip: Skip, out: &mut Vec<(i64, Unit)>, stats: &mu
         let e = held.seq.wrapping_add(held.data.len() as u32);
         if before(n, e) {
             let from = n.wrapping_sub(held.seq) as usize;
-            push(flow, &held.data[from..], held.at_ms, out);
+            let at = filled_at.map_or(held.at_ms, |f| f.max(held.at_ms));
+            push(flow, &held.data[from..], at, out);
             flow.next = Some(e);
         } else {
             stats.retransmissions += 1;
@@ -391,6 +432,7 @@ fn follow_on(flow: &mut Flow, skip: Skip, out: &mut Vec<(i64, Unit)>, stats: &mu
     }
     if flow.held.is_empty() {
         flow.gap_since = None;
+        flow.gap_opened = None;
     } else if !matches!(skip, Skip::None) {
         // Still waiting, on a later gap: its wait starts now.
         flow.gap_since = flow.held.first_key_value().map(|(_, h)| h.at_ms);
