@@ -4,7 +4,12 @@
 //! they see what siphook would have sent.
 
 pub mod capture;
+pub mod encap;
 pub mod packet;
+pub mod reassembly;
+pub mod resync;
+pub mod sctp;
+pub mod skip;
 pub mod tcp;
 
 use std::collections::BTreeMap;
@@ -61,10 +66,17 @@ pub struct Summary {
     pub hep_dropped: u64,
     /// TCP: segments dropped as retransmissions, resynchronisations, gaps.
     pub tcp_retransmissions: u64,
-    /// TCP streams that had to be resynchronised (started mid-message).
+    /// TCP bytes that looked like a message start and did not frame (each
+    /// followed by a hunt for the next start).
     pub tcp_framing_errors: u64,
-    /// TCP bytes missing from the capture.
+    /// TCP gaps given up on: bytes the capture never had.
     pub tcp_gaps: u64,
+    /// How many bytes those gaps were missing (sequence space).
+    pub tcp_gap_bytes: u64,
+    /// Captured TCP bytes skipped to resynchronise on the next message start:
+    /// the rest of a message cut by a gap, a capture starting mid-message,
+    /// bytes that did not frame.
+    pub tcp_skipped_bytes: u64,
     /// Calls started.
     pub calls: u64,
     /// Events by type.
@@ -104,11 +116,20 @@ impl fmt::Display for Summary {
                 self.hep_packets, self.hep_dropped
             )?;
         }
-        if self.tcp_retransmissions + self.tcp_framing_errors + self.tcp_gaps > 0 {
+        if self.tcp_retransmissions
+            + self.tcp_framing_errors
+            + self.tcp_gaps
+            + self.tcp_skipped_bytes
+            > 0
+        {
             writeln!(
                 f,
-                "TCP: {} retransmissions dropped, {} resynchronisations, {} gaps",
-                self.tcp_retransmissions, self.tcp_framing_errors, self.tcp_gaps
+                "TCP: {} retransmissions dropped, {} gaps ({} bytes not captured), {} bytes skipped to resynchronise on a message start, {} framing errors",
+                self.tcp_retransmissions,
+                self.tcp_gaps,
+                self.tcp_gap_bytes,
+                self.tcp_skipped_bytes,
+                self.tcp_framing_errors
             )?;
         }
         writeln!(f, "calls: {}", self.calls)?;
@@ -218,7 +239,7 @@ struct Replayer<'o> {
     streams: tcp::Streams,
     tracker: Tracker,
     out: Vec<Event>,
-    units: Vec<tcp::Unit>,
+    units: Vec<tcp::Released>,
     last: Timestamp,
     summary: Summary,
 }
@@ -252,21 +273,49 @@ impl<'o> Replayer<'o> {
             at
         };
         self.last = at;
+        // Gaps that waited long enough are given up before this frame is read,
+        // so what they held reaches the tracker before what comes after.
+        let mut units = std::mem::take(&mut self.units);
+        self.streams.tick(at.millis(), &mut units);
+        self.released(&mut units, at, emit);
+        self.units = units;
         match self.decoder.decode(frame) {
+            // Counted at the end, and only if its datagram never completed.
+            Err(skip::Skip::Fragment) => {}
             Err(skip) => *self.summary.skipped.entry(skip.as_str()).or_default() += 1,
             Ok(packet::Segment::Udp { src, dst, payload }) => {
                 self.payload(&payload, Transport::Udp, src, dst, at, emit)
             }
-            Ok(seg @ packet::Segment::Tcp { src, dst, .. }) => {
-                let mut units = std::mem::take(&mut self.units);
-                self.streams.segment(&seg, &mut units);
-                for unit in units.drain(..) {
-                    match unit {
-                        tcp::Unit::Sip(m) => self.sip(&m, Transport::Tcp, src, dst, at, None, emit),
-                        tcp::Unit::Hep(p) => self.hep(&p, src, dst, at, emit),
-                    }
+            // SIP over SCTP is message-framed like UDP but reliable like TCP;
+            // the event contract names two transports, and a Via of `SCTP` is
+            // read as `tcp` too (sip/message.rs).
+            Ok(packet::Segment::Sctp { src, dst, messages }) => {
+                for m in messages {
+                    self.payload(&m, Transport::Tcp, src, dst, at, emit);
                 }
+            }
+            Ok(seg @ packet::Segment::Tcp { .. }) => {
+                let mut units = std::mem::take(&mut self.units);
+                self.streams.segment(&seg, at.millis(), &mut units);
+                self.released(&mut units, at, emit);
                 self.units = units;
+            }
+        }
+    }
+
+    /// Units TCP reassembly completed, each on the capture time of the segment
+    /// that completed it (earlier than `now` when it waited behind a gap).
+    fn released(
+        &mut self,
+        units: &mut Vec<tcp::Released>,
+        now: Timestamp,
+        emit: &mut impl FnMut(&Event),
+    ) {
+        for r in units.drain(..) {
+            let at = Timestamp(r.at_ms.min(now.millis()));
+            match r.unit {
+                tcp::Unit::Sip(m) => self.sip(&m, Transport::Tcp, r.src, r.dst, at, None, emit),
+                tcp::Unit::Hep(p) => self.hep(&p, r.src, r.dst, at, emit),
             }
         }
     }
@@ -378,10 +427,11 @@ impl<'o> Replayer<'o> {
         let mut held = Vec::new();
         self.streams.finish(&mut held);
         let at = self.last;
-        for ((src, dst), unit) in held {
-            match unit {
-                tcp::Unit::Sip(m) => self.sip(&m, Transport::Tcp, src, dst, at, None, emit),
-                tcp::Unit::Hep(p) => self.hep(&p, src, dst, at, emit),
+        self.released(&mut held, at, emit);
+        let (fragments, chunks) = self.decoder.finish();
+        for (why, n) in [(INCOMPLETE_FRAGMENTS, fragments), (INCOMPLETE_SCTP, chunks)] {
+            if n > 0 {
+                *self.summary.skipped.entry(why).or_default() += n;
             }
         }
         // What fell due by the last packet's time, as a live run would have seen.
@@ -404,9 +454,16 @@ impl<'o> Replayer<'o> {
         self.summary.tcp_retransmissions = self.streams.retransmissions;
         self.summary.tcp_framing_errors = self.streams.framing_errors;
         self.summary.tcp_gaps = self.streams.gaps;
+        self.summary.tcp_gap_bytes = self.streams.gap_bytes;
+        self.summary.tcp_skipped_bytes = self.streams.skipped_bytes;
         self.summary
     }
 }
+
+/// Summary label of IP fragments whose datagram never completed.
+pub const INCOMPLETE_FRAGMENTS: &str = "IP fragment whose datagram never completed";
+/// Summary label of SCTP chunks of a split message that never completed.
+pub const INCOMPLETE_SCTP: &str = "SCTP chunk of a message that never completed";
 
 /// A frame further ahead of the previous one than this is a corrupt timestamp.
 const MAX_FRAME_JUMP_MS: i64 = 24 * 3600 * 1000;

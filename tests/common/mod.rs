@@ -10,6 +10,7 @@ pub mod process;
 pub mod receiver;
 pub mod stage;
 pub mod timeline;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
