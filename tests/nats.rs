@@ -412,3 +412,69 @@ async fn an_active_active_pair_publishes_each_event_once_and_survives_losing_one
         }
     }
 }
+
+/// A token and an nkey seed, each read from a file, are what the server accepts;
+/// neither shows in `/v1/endpoints` or the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_and_an_nkey_seed_from_files_authenticate() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().unwrap();
+    let config = dir.path().join("nats.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n",
+            user.public_key()
+        ),
+    )
+    .unwrap();
+    let token = "s3cret-token-for-siphook";
+    let cases = [
+        (
+            "token",
+            vec!["--auth".to_owned(), token.to_owned()],
+            token.to_owned(),
+        ),
+        (
+            "nkey_seed",
+            vec!["-c".to_owned(), config.display().to_string()],
+            seed.clone(),
+        ),
+    ];
+    for (kind, args, secret) in cases {
+        let home = dir.path().join(kind);
+        std::fs::create_dir_all(&home).unwrap();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let Some(nats) = NatsServer::start(&home, &args).await else {
+            return;
+        };
+        let opts = match kind {
+            "token" => async_nats::ConnectOptions::with_token(token.into()),
+            _ => async_nats::ConnectOptions::with_nkey(seed.clone()),
+        };
+        let js = nats.jetstream_with(opts).await;
+        create_stream(&js, "CALLS", &["siphook.>"]).await;
+        let file = home.join("credential");
+        std::fs::write(&file, format!("{secret}\n")).unwrap();
+        let auth = format!("auth = {{ {kind}_file = \"{}\" }}", file.display());
+        let s = start(&nats_endpoint(&nats.url(), &auth), true).await;
+        send_calls(&s, &[&format!("{kind}-1")]).await;
+        let all: Vec<Seen> = wait_messages(&js, "CALLS", 4)
+            .await
+            .iter()
+            .map(seen)
+            .collect();
+        assert_eq!(
+            by_call(&all).into_values().collect::<Vec<_>>(),
+            vec![FOUR.to_vec()],
+            "{kind}"
+        );
+        let shown = endpoint_status(&s).await.to_string()
+            + &request(s.admin(), "GET", "/metrics", None, None)
+                .await
+                .text();
+        assert!(!shown.contains(&secret), "the {kind} leaked");
+        s.stop().await;
+    }
+}

@@ -96,6 +96,11 @@ impl NatsServer {
         if let Some((u, p)) = auth {
             opts = opts.user_and_password(u.into(), p.into());
         }
+        self.jetstream_with(opts).await
+    }
+
+    /// A JetStream context of a client with these options (its credentials).
+    pub async fn jetstream_with(&self, opts: async_nats::ConnectOptions) -> jetstream::Context {
         let started = tokio::time::Instant::now();
         loop {
             match opts.clone().connect(self.url()).await {
