@@ -200,11 +200,14 @@ async fn produce_errors_and_a_cluster_outage_lose_and_duplicate_nothing() {
     let bootstrap = mock.bootstrap_servers();
     let s = start(&kafka_endpoint(&bootstrap), true).await;
 
-    // Retriable produce errors: librdkafka's idempotent producer retries them
-    // without a duplicate or a reordering.
+    // Retriable produce errors: librdkafka retries them inside the attempt, and
+    // every event arrives once, in order. (The mock cluster refuses these
+    // without appending, so this shows the retry path, not the broker's
+    // deduplication of an appended retry, which the idempotent producer's
+    // sequence numbers give on a real cluster.)
     mock.request_errors(
         RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 6],
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND; 6],
     );
     send_calls(&s, &["flaky-1", "flaky-2"]).await;
     let delivered = [("endpoint", "bus"), ("outcome", "delivered")];

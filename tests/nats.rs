@@ -228,8 +228,15 @@ async fn a_missing_stream_is_reported_and_its_events_wait_for_it() {
         return;
     };
     let s = start(&nats_endpoint(&nats.url(), ""), true).await;
-    let ready = request(s.admin(), "GET", "/readyz", None, None).await;
-    assert_eq!(ready.status, 200, "{}", ready.text());
+    // Known before any event: the endpoint checks that a stream captures it.
+    let idle = wait_state(&s, "misconfigured", 0).await;
+    assert!(
+        idle["last_error"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no JetStream stream captures the subject \"siphook.call.initiated\""),
+        "{idle:#}"
+    );
     send_calls(&s, &["nostream-1"]).await;
 
     let ep = wait_state(&s, "misconfigured", 4).await;

@@ -327,7 +327,11 @@ pub(super) fn validate_endpoints(
         let mut headers = Vec::new();
         for (k, v) in r.headers {
             let bad_name = k.parse::<hyper::header::HeaderName>().is_err();
-            if bad_name || RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
+            // `Nats-*` headers steer JetStream (`Nats-Expected-Last-Sequence` would
+            // make every publish fail): siphook's own, on every transport.
+            let lower = k.to_ascii_lowercase();
+            if bad_name || RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("nats-")
+            {
                 c.problem(
                     format!("endpoints[{i}].headers.{k}"),
                     "invalid or reserved header name".into(),

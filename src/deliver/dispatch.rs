@@ -153,7 +153,10 @@ pub async fn run(
                 }
                 d.record_delivered();
             }
-            _ = tick.tick() => d.publish_counts(),
+            _ = tick.tick() => {
+                d.publish_counts();
+                d.check_standing();
+            }
             _ = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600))), if wake.is_some() => {}
         }
     }

@@ -30,6 +30,11 @@ impl Dispatcher {
                 .inc(),
         }
         self.gauges.attempt_duration.observe(elapsed.as_secs_f64());
+        if !matches!(outcome, Outcome::Unavailable { .. }) {
+            // The peer answered: whatever it refused before, it takes or judges
+            // events now.
+            self.misconfigured = None;
+        }
         let mut state = self.heads.remove(&offset).unwrap_or_default();
         state.attempts += 1;
         match outcome {
@@ -135,6 +140,26 @@ impl Dispatcher {
         self.ready.insert((state.next_at_ms, offset, call_key));
         self.parked.insert(offset, (state.next_at_ms, call_key));
         self.heads.insert(offset, state);
+    }
+
+    /// Between attempts, what the transport knows of its peer: refused
+    /// credentials or a missing stream show on an idle endpoint too, and clear
+    /// when the transport sees them fixed.
+    pub(super) fn check_standing(&mut self) {
+        match self.client.standing() {
+            Some(Some((reason, error))) if self.misconfigured != Some(reason) => {
+                tracing::error!(endpoint = %self.ep.name, reason = reason.as_str(), %error, "the broker refuses this endpoint's events until its configuration is fixed; they wait in the outbox");
+                self.misconfigured = Some(reason);
+                self.note_error(None, &error);
+            }
+            Some(None) if self.misconfigured.is_some() => {
+                tracing::info!(endpoint = %self.ep.name, "the broker takes this endpoint's events again");
+                self.misconfigured = None;
+                self.unpark();
+            }
+            _ => return,
+        }
+        self.publish_state();
     }
 
     /// The broker took an event again: what waited only for it is due now.

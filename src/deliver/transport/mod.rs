@@ -73,6 +73,17 @@ impl Transport {
         })
     }
 
+    /// What is known of the peer without an attempt: `Some(Some(problem))` when
+    /// only an operator can fix it (credentials refused, no stream), so an idle
+    /// endpoint shows as misconfigured too; `Some(None)` when it is known to be
+    /// fine; `None` when this transport cannot tell between attempts.
+    pub fn standing(&self) -> Option<Option<(Unavailable, String)>> {
+        match self {
+            Transport::Nats(p) => p.standing(),
+            Transport::Http(_) | Transport::Kafka(_) => None,
+        }
+    }
+
     /// Sends one signed attempt of `event_json` and classifies the answer.
     pub async fn attempt(
         &self,
@@ -101,6 +112,9 @@ pub enum Unavailable {
     NoStream,
     /// The publish was not acknowledged in time.
     Timeout,
+    /// The broker answers but takes nothing now: a stream full with
+    /// `discard = new`, no resources, no quorum, not enough in-sync replicas.
+    Refused,
 }
 
 impl Unavailable {
@@ -111,6 +125,7 @@ impl Unavailable {
             Unavailable::Auth => "auth",
             Unavailable::NoStream => "no_stream",
             Unavailable::Timeout => "timeout",
+            Unavailable::Refused => "refused",
         }
     }
 

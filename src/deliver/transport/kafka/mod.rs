@@ -5,6 +5,7 @@
 //! next event only after the report for the one before. siphook creates no
 //! topic: a missing one is reported like a missing JetStream stream.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,44 +22,88 @@ use crate::deliver::encode::{encode, routing, webhook_headers};
 /// One endpoint's producer, shared by its attempts.
 #[derive(Clone)]
 pub struct Producer {
-    producer: FutureProducer,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: String,
+    config: ClientConfig,
+    /// The producer in use, replaced after a fatal error (an idempotent
+    /// producer that lost its sequence state refuses everything after it).
+    current: Mutex<Arc<Slot>>,
+}
+
+/// A producer that is dropped off the async runtime: librdkafka's destroy
+/// flushes and joins its threads, which must not block a tokio worker.
+struct Slot(Option<FutureProducer>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let Some(p) = self.0.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(move || drop(p));
+            }
+            Err(_) => drop(p),
+        }
+    }
 }
 
 impl Producer {
     /// Builds the producer; librdkafka connects to the brokers in its own
     /// threads, so a cluster that is down never stops siphook from starting.
     pub fn new(ep: &EndpointConfig, target: &KafkaTarget) -> Result<Producer, TransportError> {
-        let ms = |d: Duration| d.as_millis().clamp(1, i32::MAX as u128).to_string();
-        // A request that times out is retried by librdkafka within the attempt
-        // (the idempotent producer makes that safe), so it gets half of it.
-        let (timeout_ms, request_ms) = (
-            ms(ep.timeout),
-            ms((ep.timeout / 2).max(Duration::from_millis(500))),
-        );
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", target.brokers.join(","))
-            .set("client.id", format!("siphook/{}", ep.name))
-            // Retries inside librdkafka never duplicate or reorder a record.
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            // The attempt's deadline: the dispatcher decides what happens after.
-            .set("message.timeout.ms", &timeout_ms)
-            .set("request.timeout.ms", &request_ms)
-            // An event goes out at once; batching is the outbox's job.
-            .set("linger.ms", "0")
-            // A missing topic is the operator's to create, and is told within a
-            // second rather than after librdkafka's 30 s default.
-            .set("allow.auto.create.topics", "false")
-            .set("topic.metadata.propagation.max.ms", "1000")
-            .set("log_level", "3")
-            .create::<FutureProducer>()
-            .map_err(|e| TransportError::Broker {
+        let config = producer_config(ep, target);
+        let producer = create(&ep.name, &config)?;
+        Ok(Producer {
+            inner: Arc::new(Inner {
                 endpoint: ep.name.clone(),
-                reason: format!("Kafka producer: {e}"),
-            })?;
-        Ok(Producer { producer })
+                config,
+                current: Mutex::new(Arc::new(Slot(Some(producer)))),
+            }),
+        })
     }
+}
 
+fn create(endpoint: &str, config: &ClientConfig) -> Result<FutureProducer, TransportError> {
+    config
+        .create::<FutureProducer>()
+        .map_err(|e| TransportError::Broker {
+            endpoint: endpoint.to_owned(),
+            reason: format!("Kafka producer: {e}"),
+        })
+}
+
+/// The producer's settings (no secret is among them: plaintext only for now).
+fn producer_config(ep: &EndpointConfig, target: &KafkaTarget) -> ClientConfig {
+    let ms = |d: Duration| d.as_millis().clamp(1, i32::MAX as u128).to_string();
+    // A request that times out is retried by librdkafka within the attempt
+    // (the idempotent producer makes that safe), so it gets half of it.
+    let (timeout_ms, request_ms) = (
+        ms(ep.timeout),
+        ms((ep.timeout / 2).max(Duration::from_millis(500))),
+    );
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", target.brokers.join(","))
+        .set("client.id", format!("siphook/{}", ep.name))
+        // Retries inside librdkafka never duplicate or reorder a record.
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        // The attempt's deadline: the dispatcher decides what happens after.
+        .set("message.timeout.ms", &timeout_ms)
+        .set("request.timeout.ms", &request_ms)
+        // An event goes out at once; batching is the outbox's job.
+        .set("linger.ms", "0")
+        // A missing topic is the operator's to create, and is told within a
+        // second rather than after librdkafka's 30 s default.
+        .set("allow.auto.create.topics", "false")
+        .set("topic.metadata.propagation.max.ms", "1000")
+        .set("log_level", "3");
+    config
+}
+
+impl Producer {
     /// Produces one event and waits for its delivery report.
     pub async fn attempt(
         &self,
@@ -105,13 +150,47 @@ impl Producer {
             .key(route.key.as_bytes())
             .payload(&e.body[..])
             .headers(headers);
-        // librdkafka's message.timeout.ms bounds the report; this bounds the wait
-        // for room in its queue and anything else.
-        let send = self.producer.send(record, Timeout::After(ep.timeout));
-        match tokio::time::timeout(ep.timeout + Duration::from_secs(1), send).await {
+        let slot = self
+            .inner
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(producer) = slot.0.as_ref() else {
+            return timed_out(ep.timeout);
+        };
+        // librdkafka bounds the wait for room in its queue (`timeout`) and then
+        // the report (message.timeout.ms); this outer bound only catches a hang.
+        let send = producer.send(record, Timeout::After(ep.timeout));
+        match tokio::time::timeout(ep.timeout * 2 + Duration::from_secs(1), send).await {
             Err(_) => timed_out(ep.timeout),
             Ok(Ok(_delivery)) => Outcome::Delivered { status: 200 },
-            Ok(Err((e, _))) => classify(&e, &target.topic, ep.timeout),
+            Ok(Err((e, _))) => {
+                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+                    self.replace(&slot);
+                }
+                classify(&e, &target.topic, ep.timeout)
+            }
+        }
+    }
+}
+
+impl Producer {
+    /// After a fatal error the producer refuses every record: a new one takes
+    /// its place (once, however many attempts saw the error).
+    fn replace(&self, failed: &Arc<Slot>) {
+        let mut current = self.inner.current.lock().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&current, failed) {
+            return;
+        }
+        match create(&self.inner.endpoint, &self.inner.config) {
+            Ok(p) => {
+                tracing::warn!(endpoint = %self.inner.endpoint, "Kafka producer hit a fatal error; a new producer takes its place");
+                *current = Arc::new(Slot(Some(p)));
+            }
+            Err(e) => {
+                tracing::error!(endpoint = %self.inner.endpoint, error = %e, "cannot replace the Kafka producer after a fatal error")
+            }
         }
     }
 }
@@ -146,6 +225,18 @@ fn classify(e: &KafkaError, topic: &str, timeout: Duration) -> Outcome {
         C::AllBrokersDown | C::BrokerTransportFailure | C::BrokerNotAvailable => unavailable(
             Unavailable::Disconnected,
             format!("cannot reach the Kafka cluster: {code}"),
+        ),
+        // The cluster answers but cannot take records now; the record is not at
+        // fault, and a fatal error is answered with a new producer.
+        C::NotEnoughReplicas
+        | C::NotEnoughReplicasAfterAppend
+        | C::LeaderNotAvailable
+        | C::NotLeaderForPartition
+        | C::KafkaStorageError
+        | C::NetworkException
+        | C::Fatal => unavailable(
+            Unavailable::Refused,
+            format!("the Kafka cluster cannot take records now: {code}"),
         ),
         C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidRecord => {
             rejected(format!("Kafka refused the record: {code}"))
@@ -208,8 +299,16 @@ mod tests {
             classify(&produce(RDKafkaErrorCode::MessageSizeTooLarge), "t", t),
             Outcome::Rejected { .. }
         ));
+        assert_eq!(
+            reason(classify(
+                &produce(RDKafkaErrorCode::NotEnoughReplicas),
+                "t",
+                t
+            )),
+            Some(Unavailable::Refused)
+        );
         assert!(matches!(
-            classify(&produce(RDKafkaErrorCode::NotEnoughReplicas), "t", t),
+            classify(&produce(RDKafkaErrorCode::InvalidRequiredAcks), "t", t),
             Outcome::Retry { .. }
         ));
     }
