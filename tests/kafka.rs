@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine;
-use common::admin::{Running, TOKEN, get, request, start, wait_metric};
-use common::{CallSpec, DEADLINE, FOUR, hmac_sha256};
+use common::admin::{request, start, wait_metric};
+use common::{DEADLINE, FOUR, hmac_sha256};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
@@ -118,43 +118,14 @@ fn assert_once_each(records: &[Record]) {
     assert_eq!(ids.len(), n, "a record is in the topic twice");
 }
 
-async fn send_calls(s: &Running, names: &[&str]) {
-    for n in names {
-        s.send(&CallSpec::new(n).answered_flow()).await;
-    }
-}
-
-async fn endpoint_status(s: &Running) -> Value {
-    let reply = get(s.admin(), "/v1/endpoints", TOKEN).await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    reply.json()["items"]
-        .as_array()
-        .and_then(|a| a.iter().find(|e| e["name"] == "bus").cloned())
-        .expect("the endpoint is listed")
-}
-
-async fn wait_state(s: &Running, state: &str, pending: u64) -> Value {
-    let started = tokio::time::Instant::now();
-    loop {
-        let ep = endpoint_status(s).await;
-        if ep["state"] == state && ep["pending"] == pending {
-            return ep;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "wanted {state} with {pending} pending: {ep:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_are_keyed_by_call_in_order_once_and_signed() {
     let mock = MockCluster::new(3).unwrap();
     mock.create_topic(TOPIC, 3, 3).unwrap();
     let bootstrap = mock.bootstrap_servers();
     let s = start(&kafka_endpoint(&bootstrap), true).await;
-    send_calls(&s, &["kafka-1", "kafka-2", "kafka-3", "kafka-4"]).await;
+    s.send_calls(&["kafka-1", "kafka-2", "kafka-3", "kafka-4"])
+        .await;
     let delivered = [("endpoint", "bus"), ("outcome", "delivered")];
     wait_metric(s.admin(), "siphook_deliveries_total", &delivered, 16.0).await;
     let b = bootstrap.clone();
@@ -209,7 +180,7 @@ async fn produce_errors_and_a_cluster_outage_lose_and_duplicate_nothing() {
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND; 6],
     );
-    send_calls(&s, &["flaky-1", "flaky-2"]).await;
+    s.send_calls(&["flaky-1", "flaky-2"]).await;
     let delivered = [("endpoint", "bus"), ("outcome", "delivered")];
     wait_metric(s.admin(), "siphook_deliveries_total", &delivered, 8.0).await;
 
@@ -217,7 +188,7 @@ async fn produce_errors_and_a_cluster_outage_lose_and_duplicate_nothing() {
     for b in 1..=3 {
         mock.broker_down(b).unwrap();
     }
-    send_calls(&s, &["outage-1"]).await;
+    s.send_calls(&["outage-1"]).await;
     wait_metric(
         s.admin(),
         "siphook_deliveries_total",
@@ -225,7 +196,7 @@ async fn produce_errors_and_a_cluster_outage_lose_and_duplicate_nothing() {
         1.0,
     )
     .await;
-    let ep = endpoint_status(&s).await;
+    let ep = s.endpoint("bus").await;
     assert_eq!(
         (ep["pending"].as_u64(), ep["dead_letters"].as_u64()),
         (Some(4), Some(0))
@@ -233,7 +204,7 @@ async fn produce_errors_and_a_cluster_outage_lose_and_duplicate_nothing() {
     for b in 1..=3 {
         mock.broker_up(b).unwrap();
     }
-    wait_state(&s, "healthy", 0).await;
+    s.wait_endpoint("bus", "healthy", 0).await;
 
     let b = bootstrap.clone();
     let records = tokio::task::spawn_blocking(move || consume(&b, 1, 12))
@@ -252,8 +223,8 @@ async fn a_missing_topic_is_reported_and_its_events_wait_for_it() {
     let mock = MockCluster::new(1).unwrap();
     let bootstrap = mock.bootstrap_servers();
     let s = start(&kafka_endpoint(&bootstrap), true).await;
-    send_calls(&s, &["notopic-1"]).await;
-    let ep = wait_state(&s, "misconfigured", 4).await;
+    s.send_calls(&["notopic-1"]).await;
+    let ep = s.wait_endpoint("bus", "misconfigured", 4).await;
     let error = ep["last_error"]["error"].as_str().unwrap_or_default();
     assert!(
         error.contains("Kafka topic \"siphook-calls\" does not exist"),
@@ -267,7 +238,7 @@ async fn a_missing_topic_is_reported_and_its_events_wait_for_it() {
     );
 
     mock.create_topic(TOPIC, 1, 1).unwrap();
-    wait_state(&s, "healthy", 0).await;
+    s.wait_endpoint("bus", "healthy", 0).await;
     let b = bootstrap.clone();
     let records = tokio::task::spawn_blocking(move || consume(&b, 1, 4))
         .await

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine;
-use common::admin::{Running, TOKEN, get, parse_metrics, request, start, sum, wait_metric};
+use common::admin::{parse_metrics, request, start, sum, wait_metric};
 use common::nats::{NatsServer, create_stream, messages, wait_messages};
 use common::{CallSpec, DEADLINE, FOUR, hmac_sha256};
 use serde_json::Value;
@@ -73,12 +73,6 @@ fn assert_once_each(all: &[Seen]) {
     assert_eq!(ids.len(), n, "an event is in the stream twice");
 }
 
-async fn send_calls(s: &Running, names: &[&str]) {
-    for n in names {
-        s.send(&CallSpec::new(n).answered_flow()).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_the_stream_once_signed_as_webhooks_in_call_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -89,7 +83,7 @@ async fn events_reach_the_stream_once_signed_as_webhooks_in_call_order() {
     create_stream(&js, "CALLS", &["siphook.>"]).await;
     let s = start(&nats_endpoint(&nats.url(), ""), true).await;
 
-    send_calls(&s, &["nats-1", "nats-2", "nats-3"]).await;
+    s.send_calls(&["nats-1", "nats-2", "nats-3"]).await;
     let all: Vec<Seen> = wait_messages(&js, "CALLS", 12)
         .await
         .iter()
@@ -138,37 +132,12 @@ async fn events_reach_the_stream_once_signed_as_webhooks_in_call_order() {
         ),
         12.0
     );
-    let ep = endpoint_status(&s).await;
+    let ep = s.endpoint("stream").await;
     assert_eq!(
         (ep["state"].as_str(), ep["pending"].as_u64()),
         (Some("healthy"), Some(0))
     );
     s.stop().await;
-}
-
-async fn endpoint_status(s: &Running) -> Value {
-    let reply = get(s.admin(), "/v1/endpoints", TOKEN).await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    reply.json()["items"]
-        .as_array()
-        .and_then(|a| a.iter().find(|e| e["name"] == "stream").cloned())
-        .expect("the endpoint is listed")
-}
-
-/// Polls `/v1/endpoints` until the endpoint is in `state` with `pending` events.
-async fn wait_state(s: &Running, state: &str, pending: u64) -> Value {
-    let started = tokio::time::Instant::now();
-    loop {
-        let ep = endpoint_status(s).await;
-        if ep["state"] == state && ep["pending"] == pending {
-            return ep;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "wanted {state} with {pending} pending: {ep:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,11 +149,11 @@ async fn a_broker_down_for_30_s_loses_nothing_and_duplicates_nothing() {
     let js = nats.jetstream(None).await;
     create_stream(&js, "CALLS", &["siphook.>"]).await;
     let s = start(&nats_endpoint(&nats.url(), ""), true).await;
-    send_calls(&s, &["before-1"]).await;
+    s.send_calls(&["before-1"]).await;
     wait_messages(&js, "CALLS", 4).await;
 
     nats.stop().await;
-    send_calls(&s, &["during-1", "during-2"]).await;
+    s.send_calls(&["during-1", "during-2"]).await;
     wait_metric(
         s.admin(),
         "siphook_deliveries_total",
@@ -192,23 +161,23 @@ async fn a_broker_down_for_30_s_loses_nothing_and_duplicates_nothing() {
         1.0,
     )
     .await;
-    let waiting = wait_state(&s, "circuit_open", 8).await;
+    let waiting = s.wait_endpoint("stream", "circuit_open", 8).await;
     let error = waiting["last_error"]["error"].as_str().unwrap_or_default();
     assert!(error.contains("NATS"), "{error}");
     // The outage the issue names: half a minute with events waiting.
     tokio::time::sleep(Duration::from_secs(30)).await;
-    assert_eq!(endpoint_status(&s).await["pending"], 8);
-    assert_eq!(endpoint_status(&s).await["dead_letters"], 0);
+    assert_eq!(s.endpoint("stream").await["pending"], 8);
+    assert_eq!(s.endpoint("stream").await["dead_letters"], 0);
 
     nats.restart().await;
-    send_calls(&s, &["after-1"]).await;
+    s.send_calls(&["after-1"]).await;
     let js = nats.jetstream(None).await;
     let all: Vec<Seen> = wait_messages(&js, "CALLS", 16)
         .await
         .iter()
         .map(seen)
         .collect();
-    wait_state(&s, "healthy", 0).await;
+    s.wait_endpoint("stream", "healthy", 0).await;
     // Nothing more trickles in: 16 is all there is.
     let again = messages(&js, "CALLS").await;
     assert_eq!((all.len(), again.len()), (16, 16));
@@ -229,7 +198,7 @@ async fn a_missing_stream_is_reported_and_its_events_wait_for_it() {
     };
     let s = start(&nats_endpoint(&nats.url(), ""), true).await;
     // Known before any event: the endpoint checks that a stream captures it.
-    let idle = wait_state(&s, "misconfigured", 0).await;
+    let idle = s.wait_endpoint("stream", "misconfigured", 0).await;
     assert!(
         idle["last_error"]["error"]
             .as_str()
@@ -237,9 +206,9 @@ async fn a_missing_stream_is_reported_and_its_events_wait_for_it() {
             .contains("no JetStream stream captures the subject \"siphook.call.initiated\""),
         "{idle:#}"
     );
-    send_calls(&s, &["nostream-1"]).await;
+    s.send_calls(&["nostream-1"]).await;
 
-    let ep = wait_state(&s, "misconfigured", 4).await;
+    let ep = s.wait_endpoint("stream", "misconfigured", 4).await;
     let error = ep["last_error"]["error"].as_str().unwrap_or_default();
     assert!(
         error.contains("no JetStream stream captures the subject \"siphook.call.initiated\""),
@@ -287,7 +256,7 @@ async fn a_missing_stream_is_reported_and_its_events_wait_for_it() {
         by_call(&all).into_values().collect::<Vec<_>>(),
         vec![FOUR.to_vec()]
     );
-    wait_state(&s, "healthy", 0).await;
+    s.wait_endpoint("stream", "healthy", 0).await;
     let ready = request(s.admin(), "GET", "/readyz", None, None).await;
     assert_eq!(ready.status, 200, "{}", ready.text());
     s.stop().await;
@@ -310,9 +279,9 @@ async fn refused_credentials_are_a_clear_error_and_lose_nothing() {
         password.display()
     );
     let s = start(&nats_endpoint(&nats.url(), &auth), true).await;
-    send_calls(&s, &["creds-1"]).await;
+    s.send_calls(&["creds-1"]).await;
 
-    let ep = wait_state(&s, "misconfigured", 4).await;
+    let ep = s.wait_endpoint("stream", "misconfigured", 4).await;
     let error = ep["last_error"]["error"].as_str().unwrap_or_default();
     assert_eq!(
         error,
@@ -338,7 +307,7 @@ async fn refused_credentials_are_a_clear_error_and_lose_nothing() {
         by_call(&all).into_values().collect::<Vec<_>>(),
         vec![FOUR.to_vec()]
     );
-    wait_state(&s, "healthy", 0).await;
+    s.wait_endpoint("stream", "healthy", 0).await;
     s.stop().await;
 }
 
@@ -466,7 +435,7 @@ async fn a_token_and_an_nkey_seed_from_files_authenticate() {
         std::fs::write(&file, format!("{secret}\n")).unwrap();
         let auth = format!("auth = {{ {kind}_file = \"{}\" }}", file.display());
         let s = start(&nats_endpoint(&nats.url(), &auth), true).await;
-        send_calls(&s, &[&format!("{kind}-1")]).await;
+        s.send_calls(&[&format!("{kind}-1")]).await;
         let all: Vec<Seen> = wait_messages(&js, "CALLS", 4)
             .await
             .iter()
@@ -477,7 +446,7 @@ async fn a_token_and_an_nkey_seed_from_files_authenticate() {
             vec![FOUR.to_vec()],
             "{kind}"
         );
-        let shown = endpoint_status(&s).await.to_string()
+        let shown = s.endpoint("stream").await.to_string()
             + &request(s.admin(), "GET", "/metrics", None, None)
                 .await
                 .text();

@@ -221,13 +221,13 @@ impl Receiver {
         })
     }
 
-    /// Distinct webhook ids of this run's calls received so far (whether they
-    /// verified or not).
     /// A handle that records into this receiver's tally.
     pub(crate) fn recorder(&self) -> Recorder {
         Recorder(self.state.clone())
     }
 
+    /// Distinct webhook ids of this run's calls received so far (whether they
+    /// verified or not).
     pub(crate) fn distinct_events(&self) -> usize {
         self.state.distinct.load(Ordering::Relaxed)
     }

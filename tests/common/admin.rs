@@ -255,6 +255,39 @@ impl Running {
         }
     }
 
+    /// One answered call (both sides, as a mirror sends it) per name.
+    pub async fn send_calls(&self, names: &[&str]) {
+        for n in names {
+            self.send(&super::CallSpec::new(n).answered_flow()).await;
+        }
+    }
+
+    /// `/v1/endpoints`' entry for endpoint `name` (with [`TOKEN`]).
+    pub async fn endpoint(&self, name: &str) -> serde_json::Value {
+        let reply = get(self.admin(), "/v1/endpoints", TOKEN).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reply.json()["items"]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("{name} is listed"))
+    }
+
+    /// Polls endpoint `name` until it is in `state` with `pending` events.
+    pub async fn wait_endpoint(&self, name: &str, state: &str, pending: u64) -> serde_json::Value {
+        let started = tokio::time::Instant::now();
+        loop {
+            let ep = self.endpoint(name).await;
+            if ep["state"] == state && ep["pending"] == pending {
+                return ep;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "wanted {state} with {pending} pending: {ep:#}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn stop(self) {
         self.signals.send(Signal::Stop).await.unwrap();
         tokio::time::timeout(DEADLINE, self.task)
