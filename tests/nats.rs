@@ -454,3 +454,28 @@ async fn a_token_and_an_nkey_seed_from_files_authenticate() {
         s.stop().await;
     }
 }
+
+/// A stream that captures only some of the endpoint's subjects is a missing
+/// stream for the rest, and says which, before any event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_misses_one_subject_is_named_while_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(nats) = NatsServer::start(dir.path(), &[]).await else {
+        return;
+    };
+    let js = nats.jetstream(None).await;
+    create_stream(&js, "SOME", &["siphook.call.initiated"]).await;
+    let s = start(&nats_endpoint(&nats.url(), ""), true).await;
+    let idle = s.wait_endpoint("stream", "misconfigured", 0).await;
+    let error = idle["last_error"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("captures the subject \"siphook.call.ringing\""),
+        "{error}"
+    );
+    js.delete_stream("SOME").await.unwrap();
+    create_stream(&js, "CALLS", &["siphook.>"]).await;
+    s.wait_endpoint("stream", "healthy", 0).await;
+    let ready = request(s.admin(), "GET", "/readyz", None, None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    s.stop().await;
+}

@@ -27,6 +27,8 @@
 #   DRAIN      longest wait, after the last call, for both systems' backlogs
 #              (default 180 seconds); what has not arrived by then is missing
 #   BASE_PORT  first of the loopback ports used (default 25060)
+#   REORDER_WINDOW  siphook's sip.reorder_window (default 200ms, its default; 0s
+#              turns the hold of early copies off, to see what it repairs)
 #   OUT        results directory (default target/kamailio-rig/<date>)
 #   NICE       run the rig's processes at this nice level, with best-effort I/O
 #              priority 0 (e.g. -5 on a machine shared with builds; default: as is)
@@ -47,6 +49,7 @@ CHILDREN="${CHILDREN:-8}"
 QUEUE_PROCS="${QUEUE_PROCS:-$CHILDREN}"
 DRAIN="${DRAIN:-180}"
 BASE_PORT="${BASE_PORT:-25060}"
+REORDER_WINDOW="${REORDER_WINDOW:-200ms}"
 RUNS="${RUNS:-none-fast none-slow none-down none-hang sync-fast sync-slow sync-down sync-hang queue-fast queue-slow queue-down queue-hang}"
 OUT="${OUT:-$ROOT/target/kamailio-rig/$(date -u +%Y%m%dT%H%M%SZ)}"
 SIPHOOK="${SIPHOOK:-$ROOT/target/release/siphook}"
@@ -155,6 +158,7 @@ one_run() {
 [sip]
 udp = []
 tcp = []
+reorder_window = "$REORDER_WINDOW"
 [hep]
 udp = ["127.0.0.1:$HEP_PORT"]
 [outbox]

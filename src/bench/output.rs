@@ -214,12 +214,28 @@ impl Report {
             }
         }
         // What the figures mean, said where they are read (BENCHMARKS.md has the method).
+        let arrival = match c.sink.as_str() {
+            "nats" => "the bench's JetStream consumer having the stored message",
+            "kafka" => {
+                "the bench's consumer having the record from librdkafka's in-process mock \
+                 cluster (the mock's figures, not a real cluster's)"
+            }
+            _ => "the bench's receiver having read the webhook's body",
+        };
         let _ = writeln!(
             out,
             "latency: from the bench sending the SIP message that causes an event (INVITE, \
-             180, the INVITE's 200, 486/487, NOTIFY, the BYE's 200) to the bench's receiver \
-             having read the webhook's body; events a siphook timer causes are not timed"
+             180, the INVITE's 200, 486/487, NOTIFY, the BYE's 200) to {arrival}; events a \
+             siphook timer causes are not timed"
         );
+        if c.sink != "webhook" {
+            let _ = writeln!(
+                out,
+                "broker: the load starts as soon as siphook listens; its first events may \
+                 wait for the broker connection, which shows in the first fraction of a \
+                 second of --plot and in the highest quantiles of a short run"
+            );
+        }
         if self.ratios.is_some() {
             let _ = writeln!(
                 out,
@@ -229,7 +245,7 @@ impl Report {
             );
         }
         let fsync = match (c.target.as_str(), c.no_fsync) {
-            ("spawn", false) => "on: each outbox commit is fdatasynced before its webhook goes",
+            ("spawn", false) => "on: each outbox commit is fdatasynced before its event goes out",
             ("spawn", true) => "OFF (--no-fsync): commits reach the page cache only",
             _ => "as the target siphook is configured (not spawned by the bench)",
         };

@@ -58,11 +58,17 @@ fn filter_for(spec: &str) -> Result<tracing_subscriber::EnvFilter, String> {
 /// call and would drown siphook's own). A level less verbose than `info` applies
 /// to all. Anything else (`hyper=debug,siphook=debug`, `warn,siphook::deliver=trace`)
 /// is a full tracing filter, used as written.
+///
+/// The NATS client's own lines are off under a bare level: it logs every failed
+/// reconnect (one a second while a server is down or refuses siphook), and
+/// siphook reports the connection's state itself, once per change. Ask for them
+/// with a filter (`info,async_nats=debug`).
 fn directives(spec: &str) -> String {
     let spec = spec.trim();
     let level = spec.to_ascii_lowercase();
     match level.as_str() {
-        "debug" | "trace" => format!("info,siphook={level}"),
+        "debug" | "trace" => format!("info,siphook={level},async_nats=off"),
+        "error" | "warn" | "info" => format!("{level},async_nats=off"),
         _ => spec.to_owned(),
     }
 }
@@ -73,10 +79,10 @@ mod tests {
 
     #[test]
     fn a_bare_level_is_siphooks_and_a_filter_is_used_as_written() {
-        assert_eq!(directives("debug"), "info,siphook=debug");
-        assert_eq!(directives(" TRACE "), "info,siphook=trace");
-        assert_eq!(directives("info"), "info");
-        assert_eq!(directives("warn"), "warn");
+        assert_eq!(directives("debug"), "info,siphook=debug,async_nats=off");
+        assert_eq!(directives(" TRACE "), "info,siphook=trace,async_nats=off");
+        assert_eq!(directives("info"), "info,async_nats=off");
+        assert_eq!(directives("warn"), "warn,async_nats=off");
         assert_eq!(
             directives("hyper=debug,siphook=debug"),
             "hyper=debug,siphook=debug"

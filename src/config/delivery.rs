@@ -227,19 +227,28 @@ pub(super) fn validate_endpoints(
                     c.problem(at("auth"), target::foreign_keys("nats").into());
                 }
                 if r.topic.is_some() {
-                    c.problem(at("topic"), target::foreign_keys("nats").into());
+                    c.problem(
+                        at("topic"),
+                        "is for Kafka endpoints (kafka://); a NATS endpoint publishes on subject"
+                            .into(),
+                    );
                 }
                 target::nats_target(c, &at, u, r.subject, nats_auth).map(Target::Nats)
             }
             Some(u) if u.starts_with("kafka://") => {
-                let tls = r.ca_file.is_some()
-                    || r.client_cert_file.is_some()
-                    || r.client_key_file.is_some()
-                    || r.tls_roots.is_some();
+                if r.subject.is_some() {
+                    c.problem(
+                        at("subject"),
+                        "is for NATS endpoints (nats://); a Kafka endpoint produces to topic"
+                            .into(),
+                    );
+                }
                 for (given, key) in [
                     (auth_raw.is_some() || !nats_auth.is_empty(), "auth"),
-                    (r.subject.is_some(), "subject"),
-                    (tls, "ca_file"),
+                    (r.tls_roots.is_some(), "tls_roots"),
+                    (r.ca_file.is_some(), "ca_file"),
+                    (r.client_cert_file.is_some(), "client_cert_file"),
+                    (r.client_key_file.is_some(), "client_key_file"),
                 ] {
                     if given {
                         c.problem(at(key), target::foreign_keys("kafka").into());

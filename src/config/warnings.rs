@@ -51,6 +51,19 @@ impl Config {
         // async-nats upgrades to TLS only when the server asks: an operator who set
         // no TLS of their own should know that events may cross the network in clear.
         for (i, e) in self.endpoints.iter().enumerate() {
+            if let super::Target::Kafka(k) = &e.target
+                && let Some(broker) = k
+                    .brokers
+                    .iter()
+                    .find(|b| !loopback_server(&format!("kafka://{b}")))
+            {
+                out.push(format!(
+                    "endpoints[{i}] ({}) produces to Kafka at {broker} in plaintext (this \
+                     release has no Kafka TLS or SASL): events cross the network in clear; \
+                     keep the brokers on a trusted network",
+                    e.name
+                ));
+            }
             let super::Target::Nats(t) = &e.target else {
                 continue;
             };
@@ -119,10 +132,11 @@ impl Config {
     }
 }
 
-/// Whether `nats://host:port` names this machine.
+/// Whether `nats://host:port` (or `kafka://`) names this machine.
 fn loopback_server(server: &str) -> bool {
     let host = server
         .trim_start_matches("nats://")
+        .trim_start_matches("kafka://")
         .rsplit_once(':')
         .map_or(server, |(h, _)| h)
         .trim_start_matches('[')
@@ -201,6 +215,17 @@ mod tests {
             "endpoints[0] (bus) publishes to nats://10.0.0.7:4222 without TLS settings of its \
              own: events go in clear unless that server requires TLS; set ca_file (or \
              tls_roots = \"native\") to insist on it"
+        );
+        let kafka = format!(
+            "[[endpoints]]\nname = \"bus\"\nurl = \"kafka://localhost:9092,10.0.0.8:9092\"\n\
+             secrets = [\"{SECRET}\"]\n"
+        );
+        let (_k, path) = file(&kafka, 0o600);
+        let w = Config::load(&path).unwrap().warnings(&path);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("endpoints[0] (bus) produces to Kafka at 10.0.0.8:9092 in plaintext"),
+            "{w:?}"
         );
         let local = text.replace(",10.0.0.7:4222", ",[::1]:4222");
         let (_d, path) = file(&local, 0o600);

@@ -214,6 +214,8 @@ pub struct Dispatcher {
     /// Heads waiting only because the broker was unavailable, with when they
     /// were due: the first delivery after it returns makes them due at once.
     parked: HashMap<u64, (i64, u64)>,
+    /// The unavailability last logged, and when (see `outcome.rs`).
+    unavailable_logged: Option<(Unavailable, Instant)>,
     rng: u64,
     /// Outcomes for the recent-history index.
     notes: EndpointNotes,
@@ -260,6 +262,7 @@ impl Dispatcher {
             paused: false,
             misconfigured: None,
             parked: HashMap::new(),
+            unavailable_logged: None,
             rng: seed | 1,
             notes,
         };

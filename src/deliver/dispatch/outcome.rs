@@ -6,6 +6,10 @@
 use std::time::Instant;
 
 use super::{Attempted, BREAKER_THRESHOLD, Dispatcher, MAX_RETRY_AFTER, now_ms};
+
+/// How often an endpoint whose broker stays unavailable for the same reason
+/// says so again.
+const UNAVAILABLE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 use crate::deliver::control::LastError;
 use crate::deliver::transport::{Outcome, Unavailable};
 use crate::outbox::DeliveryState;
@@ -125,10 +129,17 @@ impl Dispatcher {
         if self.consecutive_failures == BREAKER_THRESHOLD {
             self.next_probe = Some(Instant::now() + self.ep.circuit_probe_interval);
         }
+        // One line when the reason changes, then one a minute: an outage of an
+        // hour is a handful of lines, not one per event or per second.
+        let quiet = self
+            .unavailable_logged
+            .is_some_and(|(r, at)| r == reason && at.elapsed() < UNAVAILABLE_LOG_EVERY);
         if reason.needs_operator() && self.misconfigured != Some(reason) {
             tracing::error!(endpoint = %self.ep.name, reason = reason.as_str(), %error, "the broker refuses this endpoint's events until its configuration is fixed; they wait in the outbox");
-        } else if let Some(suppressed) = self.log_limit.allow() {
-            tracing::warn!(endpoint = %self.ep.name, reason = reason.as_str(), %error, suppressed, "broker unavailable; events wait in the outbox");
+            self.unavailable_logged = Some((reason, Instant::now()));
+        } else if !quiet {
+            tracing::warn!(endpoint = %self.ep.name, reason = reason.as_str(), %error, pending = self.pending.len(), "broker unavailable; events wait in the outbox");
+            self.unavailable_logged = Some((reason, Instant::now()));
         }
         self.misconfigured = reason.needs_operator().then_some(reason);
         self.note_error(None, &error);
@@ -163,7 +174,14 @@ impl Dispatcher {
     }
 
     /// The broker took an event again: what waited only for it is due now.
-    fn unpark(&mut self) {
+    pub(super) fn unpark(&mut self) {
+        if self.unavailable_logged.take().is_some() {
+            tracing::info!(endpoint = %self.ep.name, waiting = self.parked.len(), "the broker takes events again; what waited goes out in per-call order");
+        }
+        self.unpark_heads();
+    }
+
+    fn unpark_heads(&mut self) {
         let now = now_ms();
         for (offset, (at, call_key)) in self.parked.drain() {
             if at > now && self.ready.remove(&(at, offset, call_key)) {

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -28,6 +30,8 @@ pub struct Producer {
 struct Inner {
     endpoint: String,
     config: ClientConfig,
+    /// librdkafka's last error ("1/1 brokers are down"), for an attempt's error.
+    last_error: Arc<Mutex<Option<String>>>,
     /// The producer in use, replaced after a fatal error (an idempotent
     /// producer that lost its sequence state refuses everything after it).
     current: Mutex<Arc<Slot>>,
@@ -35,7 +39,45 @@ struct Inner {
 
 /// A producer that is dropped off the async runtime: librdkafka's destroy
 /// flushes and joins its threads, which must not block a tokio worker.
-struct Slot(Option<FutureProducer>);
+struct Slot(Option<FutureProducer<Context>>);
+
+/// What librdkafka says, said through siphook's log: its errors at warn, at
+/// most one line every [`LOG_EVERY`] (a cluster that is down makes it repeat
+/// itself several times a second), and the last one kept for the attempts.
+struct Context {
+    endpoint: String,
+    last_error: Arc<Mutex<Option<String>>>,
+    limit: Mutex<crate::metrics::RateLog>,
+}
+
+/// At most one librdkafka line per endpoint this often.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Context {
+    fn note(&self, text: String) {
+        let allowed = self.limit.lock().unwrap_or_else(|e| e.into_inner()).allow();
+        if let Some(suppressed) = allowed {
+            tracing::warn!(endpoint = %self.endpoint, suppressed, "Kafka: {text}");
+        }
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+    }
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => self.note(format!("{fac}: {message}")),
+            _ => tracing::debug!(endpoint = %self.endpoint, "librdkafka {fac}: {message}"),
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.note(format!("{error}: {reason}"));
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -54,20 +96,31 @@ impl Producer {
     /// threads, so a cluster that is down never stops siphook from starting.
     pub fn new(ep: &EndpointConfig, target: &KafkaTarget) -> Result<Producer, TransportError> {
         let config = producer_config(ep, target);
-        let producer = create(&ep.name, &config)?;
+        let last_error = Arc::default();
+        let producer = create(&ep.name, &config, &last_error)?;
         Ok(Producer {
             inner: Arc::new(Inner {
                 endpoint: ep.name.clone(),
                 config,
+                last_error,
                 current: Mutex::new(Arc::new(Slot(Some(producer)))),
             }),
         })
     }
 }
 
-fn create(endpoint: &str, config: &ClientConfig) -> Result<FutureProducer, TransportError> {
+fn create(
+    endpoint: &str,
+    config: &ClientConfig,
+    last_error: &Arc<Mutex<Option<String>>>,
+) -> Result<FutureProducer<Context>, TransportError> {
+    let context = Context {
+        endpoint: endpoint.to_owned(),
+        last_error: last_error.clone(),
+        limit: Mutex::new(crate::metrics::RateLog::new(LOG_EVERY)),
+    };
     config
-        .create::<FutureProducer>()
+        .create_with_context::<_, FutureProducer<Context>>(context)
         .map_err(|e| TransportError::Broker {
             endpoint: endpoint.to_owned(),
             reason: format!("Kafka producer: {e}"),
@@ -157,25 +210,56 @@ impl Producer {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let Some(producer) = slot.0.as_ref() else {
-            return timed_out(ep.timeout);
+            return self.timed_out(ep.timeout);
         };
         // librdkafka bounds the wait for room in its queue (`timeout`) and then
         // the report (message.timeout.ms); this outer bound only catches a hang.
         let send = producer.send(record, Timeout::After(ep.timeout));
         match tokio::time::timeout(ep.timeout * 2 + Duration::from_secs(1), send).await {
-            Err(_) => timed_out(ep.timeout),
-            Ok(Ok(_delivery)) => Outcome::Delivered { status: 200 },
+            Err(_) => self.timed_out(ep.timeout),
+            Ok(Ok(_delivery)) => {
+                // What librdkafka said before no longer explains anything.
+                *self
+                    .inner
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+                Outcome::Delivered { status: 200 }
+            }
             Ok(Err((e, _))) => {
                 if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
                     self.replace(&slot);
                 }
-                classify(&e, &target.topic, ep.timeout)
+                match classify(&e, &target.topic, ep.timeout) {
+                    Outcome::Unavailable {
+                        reason: Unavailable::Timeout,
+                        ..
+                    } => self.timed_out(ep.timeout),
+                    o => o,
+                }
             }
         }
     }
 }
 
 impl Producer {
+    /// No report in time, with what librdkafka last said about why.
+    fn timed_out(&self, timeout: Duration) -> Outcome {
+        let last = self
+            .inner
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match (timed_out(timeout), last) {
+            (Outcome::Unavailable { reason, error }, Some(why)) => Outcome::Unavailable {
+                reason,
+                error: format!("{error} (librdkafka: {why})"),
+            },
+            (o, _) => o,
+        }
+    }
+
     /// After a fatal error the producer refuses every record: a new one takes
     /// its place (once, however many attempts saw the error).
     fn replace(&self, failed: &Arc<Slot>) {
@@ -183,7 +267,11 @@ impl Producer {
         if !Arc::ptr_eq(&current, failed) {
             return;
         }
-        match create(&self.inner.endpoint, &self.inner.config) {
+        match create(
+            &self.inner.endpoint,
+            &self.inner.config,
+            &self.inner.last_error,
+        ) {
             Ok(p) => {
                 tracing::warn!(endpoint = %self.inner.endpoint, "Kafka producer hit a fatal error; a new producer takes its place");
                 *current = Arc::new(Slot(Some(p)));

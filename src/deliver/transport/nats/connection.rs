@@ -40,17 +40,21 @@ pub(super) type Restart =
 /// below (which hold it weakly).
 pub(super) struct Shared {
     pub(super) endpoint: String,
-    /// A subject the endpoint publishes on, for the stream check.
-    pub(super) probe_subject: String,
+    /// Every subject the endpoint publishes on (one per event type it wants),
+    /// for the stream check.
+    subjects: Vec<String>,
+    /// The servers, as configured, for error messages.
+    servers: String,
     client: Mutex<Option<(async_nats::Client, jetstream::Context)>>,
     problem: Mutex<Option<Problem>>,
 }
 
 impl Shared {
-    pub(super) fn new(endpoint: &str, probe_subject: String) -> Shared {
+    pub(super) fn new(endpoint: &str, subjects: Vec<String>, servers: &[String]) -> Shared {
         Shared {
             endpoint: endpoint.to_owned(),
-            probe_subject,
+            subjects,
+            servers: servers.join(","),
             client: Mutex::new(None),
             problem: Mutex::new(Some((
                 Unavailable::Disconnected,
@@ -81,7 +85,7 @@ impl Shared {
         if *slot != p {
             match &p {
                 None => {
-                    tracing::info!(endpoint = %self.endpoint, "NATS: connected, a stream captures the subject")
+                    tracing::info!(endpoint = %self.endpoint, "NATS: connected, and a stream captures every subject: events go out")
                 }
                 Some((_, why)) => tracing::warn!(endpoint = %self.endpoint, %why, "NATS"),
             }
@@ -156,16 +160,14 @@ pub(super) async fn run(
                     .build(client.clone());
                 let Some(s) = shared.upgrade() else { return };
                 *s.client.lock().unwrap_or_else(|e| e.into_inner()) = Some((client, js));
-                if s.problem().is_some_and(|(r, _)| r != Unavailable::NoStream) {
-                    s.set_problem(None);
-                }
                 drop(s);
+                // The watch's first check says whether events can go out.
                 watch(&shared).await;
                 return;
             }
             Err(e) => {
                 let Some(s) = shared.upgrade() else { return };
-                s.set_problem(Some(connect_problem(e.kind())));
+                s.set_problem(Some(connect_problem(&e, &s.servers)));
             }
         }
         tokio::time::sleep(reconnect_delay(attempt)).await;
@@ -183,30 +185,40 @@ async fn watch(shared: &Weak<Shared>) {
             return;
         };
         match client.connection_state() {
-            async_nats::connection::State::Connected => {
-                let found = tokio::time::timeout(
-                    STREAM_CHECK,
-                    js.stream_by_subject(s.probe_subject.clone()),
-                )
-                .await;
-                use async_nats::jetstream::context::GetStreamByNameErrorKind as K;
-                match found {
-                    Ok(Ok(_)) if s.problem().is_some_and(|(r, _)| r == Unavailable::NoStream) => {
-                        s.set_problem(None);
-                    }
-                    Ok(Err(e)) if matches!(e.kind(), K::NotFound) => {
-                        s.set_problem(Some(no_stream(&s.probe_subject)));
-                    }
-                    // Unknown this time: an attempt, or the next check, will say.
-                    _ => {}
+            async_nats::connection::State::Connected => match streams_cover(&s, &js).await {
+                // Connected, and every subject captured: a connection problem or
+                // a missing stream is over (a refused publish permission is
+                // cleared by the next acknowledgement).
+                Some(None) if s.problem().is_some_and(|(r, _)| r != Unavailable::Auth) => {
+                    s.set_problem(None);
                 }
-            }
+                Some(Some(subject)) => s.set_problem(Some(no_stream(&subject))),
+                // Fine already, or unknown this time: an attempt, or the next
+                // check, will say.
+                _ => {}
+            },
             async_nats::connection::State::Disconnected
             | async_nats::connection::State::Pending => {}
         }
         drop((s, client, js));
         tokio::time::sleep(STREAM_CHECK).await;
     }
+}
+
+/// Whether a stream captures each of the endpoint's subjects: `Some(None)` if
+/// all are, `Some(Some(subject))` for the first that is not, `None` when the
+/// server could not say.
+async fn streams_cover(s: &Shared, js: &jetstream::Context) -> Option<Option<String>> {
+    use async_nats::jetstream::context::GetStreamByNameErrorKind as K;
+    for subject in &s.subjects {
+        let found = tokio::time::timeout(STREAM_CHECK, js.stream_by_subject(subject.clone())).await;
+        match found {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if matches!(e.kind(), K::NotFound) => return Some(Some(subject.clone())),
+            _ => return None,
+        }
+    }
+    Some(None)
 }
 
 /// The error of a subject no stream captures.
@@ -219,14 +231,16 @@ pub(super) fn no_stream(subject: &str) -> Problem {
     )
 }
 
-/// Why a connection attempt failed, in siphook's terms.
-fn connect_problem(kind: async_nats::ConnectErrorKind) -> Problem {
+/// Why a connection attempt failed, in siphook's terms, with the servers tried
+/// and the client's reason ("Connection refused"); never a credential, which
+/// async-nats' connect errors do not carry.
+fn connect_problem(e: &async_nats::ConnectError, servers: &str) -> Problem {
     use async_nats::ConnectErrorKind as K;
-    match kind {
+    match e.kind() {
         K::AuthorizationViolation | K::Authentication => (Unavailable::Auth, REFUSED.into()),
-        other => (
+        _ => (
             Unavailable::Disconnected,
-            format!("cannot connect to NATS: {other}"),
+            format!("cannot connect to NATS at {servers}: {e}"),
         ),
     }
 }

@@ -57,12 +57,13 @@ impl Publisher {
         };
         let tls = super::tls::client_config(ep)?;
         let wants_tls = ep.ca_file.is_some() || ep.client_cert_file.is_some() || ep.native_roots;
-        let probe_type = crate::vocab::EVENT_TYPES
+        let mut subjects: Vec<String> = crate::vocab::EVENT_TYPES
             .iter()
-            .find(|t| ep.events.iter().any(|g| crate::config::glob_match(g, t)))
-            .copied()
-            .unwrap_or("call.initiated");
-        let shared = Arc::new(Shared::new(&ep.name, target.subject_for(probe_type)));
+            .filter(|t| ep.events.iter().any(|g| crate::config::glob_match(g, t)))
+            .map(|t| target.subject_for(t))
+            .collect();
+        subjects.dedup();
+        let shared = Arc::new(Shared::new(&ep.name, subjects, &target.servers));
         let servers: Vec<async_nats::ServerAddr> = target
             .servers
             .iter()
