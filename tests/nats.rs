@@ -65,6 +65,20 @@ fn by_call(all: &[Seen]) -> std::collections::BTreeMap<String, Vec<&str>> {
     calls
 }
 
+/// Waits until stream `CALLS` holds one answered call, and checks it is one:
+/// its four events, in order.
+async fn one_call_arrives(js: &async_nats::jetstream::Context) {
+    let all: Vec<Seen> = wait_messages(js, "CALLS", 4)
+        .await
+        .iter()
+        .map(seen)
+        .collect();
+    assert_eq!(
+        by_call(&all).into_values().collect::<Vec<_>>(),
+        vec![FOUR.to_vec()]
+    );
+}
+
 fn assert_once_each(all: &[Seen]) {
     let mut ids: Vec<&str> = all.iter().map(|s| s.msg_id.as_str()).collect();
     ids.sort();
@@ -247,15 +261,7 @@ async fn a_missing_stream_is_reported_and_its_events_wait_for_it() {
     // The operator adds the stream: what waited goes out, in order.
     let js = nats.jetstream(None).await;
     create_stream(&js, "CALLS", &["siphook.>"]).await;
-    let all: Vec<Seen> = wait_messages(&js, "CALLS", 4)
-        .await
-        .iter()
-        .map(seen)
-        .collect();
-    assert_eq!(
-        by_call(&all).into_values().collect::<Vec<_>>(),
-        vec![FOUR.to_vec()]
-    );
+    one_call_arrives(&js).await;
     s.wait_endpoint("stream", "healthy", 0).await;
     let ready = request(s.admin(), "GET", "/readyz", None, None).await;
     assert_eq!(ready.status, 200, "{}", ready.text());
@@ -298,15 +304,7 @@ async fn refused_credentials_are_a_clear_error_and_lose_nothing() {
         .send(Signal::Reload(Box::new(Ok(fixed))))
         .await
         .unwrap();
-    let all: Vec<Seen> = wait_messages(&js, "CALLS", 4)
-        .await
-        .iter()
-        .map(seen)
-        .collect();
-    assert_eq!(
-        by_call(&all).into_values().collect::<Vec<_>>(),
-        vec![FOUR.to_vec()]
-    );
+    one_call_arrives(&js).await;
     s.wait_endpoint("stream", "healthy", 0).await;
     s.stop().await;
 }
@@ -436,16 +434,7 @@ async fn a_token_and_an_nkey_seed_from_files_authenticate() {
         let auth = format!("auth = {{ {kind}_file = \"{}\" }}", file.display());
         let s = start(&nats_endpoint(&nats.url(), &auth), true).await;
         s.send_calls(&[&format!("{kind}-1")]).await;
-        let all: Vec<Seen> = wait_messages(&js, "CALLS", 4)
-            .await
-            .iter()
-            .map(seen)
-            .collect();
-        assert_eq!(
-            by_call(&all).into_values().collect::<Vec<_>>(),
-            vec![FOUR.to_vec()],
-            "{kind}"
-        );
+        one_call_arrives(&js).await;
         let shown = s.endpoint("stream").await.to_string()
             + &request(s.admin(), "GET", "/metrics", None, None)
                 .await

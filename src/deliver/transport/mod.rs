@@ -92,11 +92,13 @@ impl Transport {
         event_json: &Bytes,
         now_unix: i64,
     ) -> (Outcome, Duration) {
-        match self {
+        let started = std::time::Instant::now();
+        let outcome = match self {
             Transport::Http(c) => http::attempt(c, ep, event_id, event_json, now_unix).await,
             Transport::Nats(p) => p.attempt(ep, event_id, event_json, now_unix).await,
             Transport::Kafka(p) => p.attempt(ep, event_id, event_json, now_unix).await,
-        }
+        };
+        (outcome, started.elapsed())
     }
 }
 

@@ -2,7 +2,7 @@
 //! classify what came back. Redirects are never followed (hyper does not follow
 //! them, and a 3xx is treated as a failure).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -56,27 +56,20 @@ pub async fn attempt(
     event_id: &str,
     event_json: &Bytes,
     now_unix: i64,
-) -> (Outcome, Duration) {
-    let started = Instant::now();
+) -> Outcome {
     let (encoded, url) = match (encode(ep, event_id, event_json, now_unix), &ep.target) {
         (Ok(e), Target::Http(url)) => (e, url.clone()),
         (Err(e), _) => {
-            return (
-                Outcome::Rejected {
-                    status: 0,
-                    error: e,
-                },
-                started.elapsed(),
-            );
+            return Outcome::Rejected {
+                status: 0,
+                error: e,
+            };
         }
         (Ok(_), _) => {
-            return (
-                Outcome::Rejected {
-                    status: 0,
-                    error: "not a webhook endpoint".into(),
-                },
-                started.elapsed(),
-            );
+            return Outcome::Rejected {
+                status: 0,
+                error: "not a webhook endpoint".into(),
+            };
         }
     };
     let mut req = hyper::Request::post(url)
@@ -97,13 +90,10 @@ pub async fn attempt(
     let mut req = match req.body(Full::new(encoded.body)) {
         Ok(r) => r,
         Err(e) => {
-            return (
-                Outcome::Rejected {
-                    status: 0,
-                    error: format!("cannot build request: {e}"),
-                },
-                started.elapsed(),
-            );
+            return Outcome::Rejected {
+                status: 0,
+                error: format!("cannot build request: {e}"),
+            };
         }
     };
     for (k, v) in &ep.headers {
@@ -132,7 +122,7 @@ pub async fn attempt(
             .await;
         Ok::<_, String>((status, abort, retry_after))
     };
-    let outcome = match tokio::time::timeout(ep.timeout, exchange).await {
+    match tokio::time::timeout(ep.timeout, exchange).await {
         Err(_) => Outcome::Retry {
             status: None,
             error: format!("timed out after {}", humantime::format_duration(ep.timeout)),
@@ -144,8 +134,7 @@ pub async fn attempt(
             retry_after: None,
         },
         Ok(Ok((status, abort, retry_after))) => classify(status, abort, retry_after),
-    };
-    (outcome, started.elapsed())
+    }
 }
 
 fn classify(status: u16, abort: bool, retry_after: Option<Duration>) -> Outcome {

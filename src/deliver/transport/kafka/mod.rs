@@ -6,7 +6,7 @@
 //! topic: a missing one is reported like a missing JetStream stream.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::ClientConfig;
@@ -159,18 +159,6 @@ fn producer_config(ep: &EndpointConfig, target: &KafkaTarget) -> ClientConfig {
 impl Producer {
     /// Produces one event and waits for its delivery report.
     pub async fn attempt(
-        &self,
-        ep: &EndpointConfig,
-        event_id: &str,
-        event_json: &Bytes,
-        now_unix: i64,
-    ) -> (Outcome, Duration) {
-        let started = Instant::now();
-        let outcome = self.produce(ep, event_id, event_json, now_unix).await;
-        (outcome, started.elapsed())
-    }
-
-    async fn produce(
         &self,
         ep: &EndpointConfig,
         event_id: &str,

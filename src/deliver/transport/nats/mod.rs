@@ -8,7 +8,6 @@ mod connection;
 mod encoder;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use async_nats::ConnectOptions;
 use async_nats::connection::State;
@@ -118,18 +117,6 @@ impl Publisher {
 
     /// Publishes one event and waits for the stream's acknowledgement.
     pub async fn attempt(
-        &self,
-        ep: &EndpointConfig,
-        event_id: &str,
-        event_json: &Bytes,
-        now_unix: i64,
-    ) -> (Outcome, Duration) {
-        let started = Instant::now();
-        let outcome = self.publish(ep, event_id, event_json, now_unix).await;
-        (outcome, started.elapsed())
-    }
-
-    async fn publish(
         &self,
         ep: &EndpointConfig,
         event_id: &str,
