@@ -258,7 +258,10 @@ pub(super) fn validate_endpoints(
             }
             Some(u) => {
                 if !nats_auth.is_empty() {
-                    c.problem(at("auth"), target::foreign_keys("http").into());
+                    c.problem(
+                        at("auth"),
+                        "token_file, user, password_file, nkey_seed_file and creds_file are for NATS endpoints (nats://); a webhook takes auth = { bearer_token_file | basic_user + basic_password_file }".into(),
+                    );
                 }
                 if r.subject.is_some() {
                     c.problem(at("subject"), target::foreign_keys("http").into());

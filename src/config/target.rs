@@ -318,7 +318,7 @@ fn nats_auth(
 pub(super) fn foreign_keys(kind: &str) -> &'static str {
     match kind {
         "nats" => {
-            "is for webhooks (http/https); a NATS endpoint takes auth = { token_file | user + password_file | nkey_seed_file | creds_file }"
+            "bearer_token and basic_* are for webhooks (http/https); a NATS endpoint takes auth = { token_file | user + password_file | nkey_seed_file | creds_file }"
         }
         "kafka" => {
             "is not supported for Kafka endpoints yet (plaintext only: no TLS or SASL settings)"
@@ -478,7 +478,7 @@ mod tests {
             "endpoints[0].topic: \"bad topic\" is not a Kafka topic name",
             "endpoints[1].subject: is for NATS endpoints",
             "endpoints[1].topic: is for Kafka endpoints",
-            "endpoints[2].auth: is for webhooks",
+            "endpoints[2].auth: bearer_token and basic_* are for webhooks",
             "endpoints[2].subject: \"calls.>\" is not a NATS subject",
         ] {
             assert!(starts(k), "no {k:?} in {keys:#?}");
