@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{CallSpec, assert_valid};
+use common::CallSpec;
+use common::wire::{replay_file, write_pcap};
 use etherparse::{IpNumber, Ipv4Header, PacketBuilder};
 use pcap_file::DataLink;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
@@ -18,28 +19,13 @@ use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
 use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionBlock;
 use serde_json::Value;
 use siphook::config::Config;
-use siphook::replay::{ReplayOptions, Summary, replay};
+use siphook::replay::{ReplayOptions, replay};
 use siphook::sip::hep::HepBuilder;
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(name)
-}
-
-fn run(path: &Path, drain: bool) -> (Vec<Value>, Summary) {
-    let mut events = Vec::new();
-    let summary = replay(
-        path,
-        &ReplayOptions::from_config(&Config::default(), drain),
-        |e| {
-            let v: Value = serde_json::from_slice(&e.to_json()).unwrap();
-            assert_valid(&v);
-            events.push(v);
-        },
-    )
-    .unwrap();
-    (events, summary)
 }
 
 /// (Call-ID, type) of each event, in order.
@@ -83,7 +69,7 @@ fn assert_talk_from_capture(events: &[Value]) {
 
 #[test]
 fn a_sipp_capture_over_udp_replays_to_the_same_calls_with_capture_durations() {
-    let (events, summary) = run(&data("sipp-udp-3-calls.pcap"), false);
+    let (events, summary) = replay_file(&data("sipp-udp-3-calls.pcap"), false);
     assert_answered_calls(&events, 3);
     assert_talk_from_capture(&events);
     // SIPp held each call for 300 ms (-d 300): the capture says so, not the replay.
@@ -104,7 +90,7 @@ fn a_sipp_capture_over_udp_replays_to_the_same_calls_with_capture_durations() {
 
 #[test]
 fn a_sipp_capture_over_tcp_is_reassembled_per_flow() {
-    let (events, summary) = run(&data("sipp-tcp-2-calls.pcap"), false);
+    let (events, summary) = replay_file(&data("sipp-tcp-2-calls.pcap"), false);
     assert_answered_calls(&events, 2);
     assert_talk_from_capture(&events);
     assert!(
@@ -150,25 +136,8 @@ fn ether(ether_type: u16, l3: &[u8]) -> Vec<u8> {
     f
 }
 
-fn write_pcap(path: &Path, link: DataLink, frames: &[(u64, Vec<u8>)]) {
-    let file = std::fs::File::create(path).unwrap();
-    let header = PcapHeader {
-        datalink: link,
-        ..Default::default()
-    };
-    let mut w = PcapWriter::with_header(file, header).unwrap();
-    for (us, bytes) in frames {
-        w.write_packet(&PcapPacket::new(
-            Duration::from_micros(*us),
-            bytes.len() as u32,
-            bytes,
-        ))
-        .unwrap();
-    }
-}
-
 fn assert_one_exact_call(path: &Path, id: &str) -> Vec<Value> {
-    let (events, summary) = run(path, false);
+    let (events, summary) = replay_file(path, false);
     assert_eq!(
         flow(&events),
         ANSWERED.map(|t| (id.to_owned(), t.to_owned())),
@@ -350,7 +319,7 @@ fn fragmented_invites_and_ip_in_ip_tunnels_are_read() {
     let path = dir.path().join("frag.pcap");
     write_pcap(&path, DataLink::ETHERNET, &frames);
     assert_one_exact_call(&path, id);
-    let (_, summary) = run(&path, false);
+    let (_, summary) = replay_file(&path, false);
     // The fragments waited and were joined: nothing was skipped.
     assert!(summary.skipped.is_empty(), "{summary}");
 }
@@ -384,7 +353,7 @@ fn hep_inside_udp_gives_the_captured_addresses_and_times() {
         events[0]["call"]["signaling"]["destination"],
         uas.to_string()
     );
-    let (_, summary) = run(&path, false);
+    let (_, summary) = replay_file(&path, false);
     assert_eq!((summary.hep_packets, summary.hep_dropped), (7, 0));
 }
 
@@ -400,10 +369,10 @@ fn open_calls_are_listed_and_drain_completes_them_by_their_timers() {
         .collect();
     let path = dir.path().join("open.pcap");
     write_pcap(&path, DataLink::ETHERNET, &frames);
-    let (events, summary) = run(&path, false);
+    let (events, summary) = replay_file(&path, false);
     assert_eq!(events.len(), 3);
     assert_eq!(summary.open_calls, [id]);
-    let (events, summary) = run(&path, true);
+    let (events, summary) = replay_file(&path, true);
     assert!(summary.open_calls.is_empty());
     let done = &events[3];
     assert_eq!(done["type"], "call.completed");
@@ -462,7 +431,7 @@ fn damaged_and_foreign_files_never_panic() {
             .collect();
         let path = dir.path().join("noise.pcap");
         write_pcap(&path, link, &frames);
-        let (events, summary) = run(&path, true);
+        let (events, summary) = replay_file(&path, true);
         assert!(events.is_empty());
         assert_eq!(summary.packets, 200);
     }
@@ -527,7 +496,7 @@ async fn deliver_sends_every_event_signed_through_the_outbox() {
 /// (tests/kamailio/proxy.cfg), each message traced as received and as forwarded.
 #[test]
 fn a_kamailio_hep_capture_gives_each_event_once_with_the_callers_addresses() {
-    let (events, summary) = run(&data("kamailio-hep-2-calls.pcap"), false);
+    let (events, summary) = replay_file(&data("kamailio-hep-2-calls.pcap"), false);
     assert_answered_calls(&events, 2);
     assert_talk_from_capture(&events);
     for e in &events {
@@ -571,7 +540,7 @@ fn corrupt_times_and_snap_lengths_do_not_end_or_poison_the_replay() {
         .unwrap();
     }
     drop(w);
-    let (events, _) = run(&path, false);
+    let (events, _) = replay_file(&path, false);
     assert!(!events.is_empty(), "no panic, events printed");
 
     // pcap: a packet cut by the snap length, then a whole call.
@@ -616,7 +585,7 @@ fn corrupt_times_and_snap_lengths_do_not_end_or_poison_the_replay() {
     );
     let path = dir.path().join("jump.pcap");
     write_pcap(&path, DataLink::ETHERNET, &frames);
-    let (events, summary) = run(&path, false);
+    let (events, summary) = replay_file(&path, false);
     assert_eq!(summary.bad_times, 1);
     let done = events
         .iter()

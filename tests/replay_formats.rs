@@ -13,8 +13,7 @@ use common::CallSpec;
 use common::wire::{self, TcpConn};
 use pcap_file::DataLink;
 use serde_json::Value;
-use siphook::config::Config;
-use siphook::replay::{ReplayOptions, Summary, replay};
+use siphook::replay::Summary;
 
 const T0_US: u64 = 1_795_330_800_000_000;
 
@@ -36,21 +35,6 @@ fn uac6() -> Ipv6Addr {
 }
 fn uas6() -> Ipv6Addr {
     "2001:db8::20".parse().unwrap()
-}
-
-pub fn run(path: &Path) -> (Vec<Value>, Summary) {
-    let mut events = Vec::new();
-    let summary = replay(
-        path,
-        &ReplayOptions::from_config(&Config::default(), false),
-        |e| {
-            let v: Value = serde_json::from_slice(&e.to_json()).unwrap();
-            common::assert_valid(&v);
-            events.push(v);
-        },
-    )
-    .unwrap();
-    (events, summary)
 }
 
 /// The seven messages of an answered call, 100 ms apart, each with whether the
@@ -97,7 +81,7 @@ fn tcp_call(id: &str, a: IpAddr, b: IpAddr) -> Vec<(u64, Vec<u8>)> {
 
 /// Asserts the capture holds exactly the one answered call `id`, on capture time.
 fn assert_one_call(path: &Path, id: &str, what: &str) -> (Vec<Value>, Summary) {
-    let (events, summary) = run(path);
+    let (events, summary) = wire::replay_file(path, false);
     let got: Vec<(&str, &str)> = events
         .iter()
         .map(|e| {
@@ -469,7 +453,7 @@ fn sip_over_sctp_is_read_chunk_by_chunk() {
     }
     let path = dir.path().join("sctp.pcap");
     wire::write_pcap(&path, DataLink::ETHERNET, &frames);
-    let (events, summary) = run(&path);
+    let (events, summary) = wire::replay_file(&path, false);
     let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(types, ANSWERED, "{summary}");
     assert_eq!(summary.sip_messages, 7);

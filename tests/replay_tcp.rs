@@ -13,8 +13,6 @@ use common::CallSpec;
 use common::wire::{self, ACK, PSH};
 use pcap_file::DataLink;
 use serde_json::Value;
-use siphook::config::Config;
-use siphook::replay::{ReplayOptions, Summary, replay};
 
 const T0_US: u64 = 1_795_330_800_000_000;
 const T0_MS: i64 = (T0_US / 1000) as i64;
@@ -24,21 +22,6 @@ fn caller() -> (IpAddr, u16) {
 }
 fn pcscf() -> (IpAddr, u16) {
     (IpAddr::from([10, 45, 0, 1]), 5060)
-}
-
-fn run(path: &Path) -> (Vec<Value>, Summary) {
-    let mut events = Vec::new();
-    let summary = replay(
-        path,
-        &ReplayOptions::from_config(&Config::default(), false),
-        |e| {
-            let v: Value = serde_json::from_slice(&e.to_json()).unwrap();
-            common::assert_valid(&v);
-            events.push(v);
-        },
-    )
-    .unwrap();
-    (events, summary)
 }
 
 fn types(events: &[Value]) -> Vec<(String, String)> {
@@ -127,7 +110,7 @@ fn a_segment_the_capture_lost_costs_its_message_not_the_side_of_the_call() {
     }
     let path = dir.path().join("volte.pcap");
     cap.write(&path);
-    let (events, summary) = run(&path);
+    let (events, summary) = wire::replay_file(&path, false);
     let mut want = answered("volte-1");
     want.extend(answered("volte-2"));
     assert_eq!(types(&events), want, "{summary}");
@@ -177,7 +160,7 @@ fn after_a_gap_mid_message_the_stream_resumes_at_the_next_message_start() {
     }
     let path = dir.path().join("cut.pcap");
     cap.write(&path);
-    let (events, summary) = run(&path);
+    let (events, summary) = wire::replay_file(&path, false);
     let want: Vec<(String, String)> = ["call.initiated", "call.answered", "call.completed"]
         .iter()
         .map(|t| (id.to_owned(), (*t).to_owned()))
@@ -216,7 +199,7 @@ fn out_of_order_segments_are_put_back_in_stream_order() {
     }
     let path = dir.path().join("reorder.pcap");
     cap.write(&path);
-    let (events, summary) = run(&path);
+    let (events, summary) = wire::replay_file(&path, false);
     assert_eq!(types(&events), answered(id), "{summary}");
     assert_eq!(
         (
@@ -264,7 +247,7 @@ fn a_gap_nobody_acknowledges_is_given_up_after_the_wait_on_capture_time() {
     cap.frames.extend(frames);
     let path = dir.path().join("noack.pcap");
     cap.write(&path);
-    let (events, summary) = run(&path);
+    let (events, summary) = wire::replay_file(&path, false);
     assert_eq!(types(&events), answered(id), "{summary}");
     assert_eq!(common::ms(&events[1]["call"]["ringing_at"]), T0_MS + 200);
     assert_eq!(common::ms(&events[2]["call"]["answered_at"]), T0_MS + 300);
@@ -322,7 +305,7 @@ fn a_gap_the_receiver_also_waits_on_is_filled_by_the_retransmission() {
     }
     let path = dir.path().join("retransmitted.pcap");
     cap.write(&path);
-    let (events, summary) = run(&path);
+    let (events, summary) = wire::replay_file(&path, false);
     assert_eq!(types(&events), answered(id), "{summary}");
     assert_eq!(common::ms(&events[1]["call"]["ringing_at"]), T0_MS + 1_200);
     assert_eq!(common::ms(&events[2]["call"]["answered_at"]), T0_MS + 1_200);

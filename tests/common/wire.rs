@@ -433,3 +433,22 @@ impl TcpConn {
         packet
     }
 }
+
+/// Replays `path` on the default configuration (`drain`: end open calls by
+/// their timers), every event checked against the schema: its events as JSON
+/// and the summary.
+pub fn replay_file(path: &Path, drain: bool) -> (Vec<serde_json::Value>, siphook::replay::Summary) {
+    use siphook::replay::{ReplayOptions, replay};
+    let mut events = Vec::new();
+    let summary = replay(
+        path,
+        &ReplayOptions::from_config(&siphook::config::Config::default(), drain),
+        |e| {
+            let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+            super::assert_valid(&v);
+            events.push(v);
+        },
+    )
+    .unwrap();
+    (events, summary)
+}
