@@ -175,6 +175,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// A final refusal without a status: the event cannot be sent as it is (not
+    /// renderable, too large for the broker).
+    pub fn rejected(error: String) -> Outcome {
+        Outcome::Rejected { status: 0, error }
+    }
+
     /// Bounded metrics label.
     pub fn label(&self) -> &'static str {
         match self {

@@ -60,16 +60,10 @@ pub async fn attempt(
     let (encoded, url) = match (encode(ep, event_id, event_json, now_unix), &ep.target) {
         (Ok(e), Target::Http(url)) => (e, url.clone()),
         (Err(e), _) => {
-            return Outcome::Rejected {
-                status: 0,
-                error: e,
-            };
+            return Outcome::rejected(e);
         }
         (Ok(_), _) => {
-            return Outcome::Rejected {
-                status: 0,
-                error: "not a webhook endpoint".into(),
-            };
+            return Outcome::rejected("not a webhook endpoint".into());
         }
     };
     let mut req = hyper::Request::post(url)
@@ -90,10 +84,7 @@ pub async fn attempt(
     let mut req = match req.body(Full::new(encoded.body)) {
         Ok(r) => r,
         Err(e) => {
-            return Outcome::Rejected {
-                status: 0,
-                error: format!("cannot build request: {e}"),
-            };
+            return Outcome::rejected(format!("cannot build request: {e}"));
         }
     };
     for (k, v) in &ep.headers {

@@ -166,13 +166,13 @@ impl Producer {
         now_unix: i64,
     ) -> Outcome {
         let Target::Kafka(target) = &ep.target else {
-            return rejected("not a Kafka endpoint".into());
+            return Outcome::rejected("not a Kafka endpoint".into());
         };
         let prepared =
             routing(event_json).and_then(|r| Ok((r, encode(ep, event_id, event_json, now_unix)?)));
         let (route, e) = match prepared {
             Ok(p) => p,
-            Err(e) => return rejected(e),
+            Err(e) => return Outcome::rejected(e),
         };
         let mut headers = OwnedHeaders::new_with_capacity(5 + ep.headers.len());
         for (k, v) in &ep.headers {
@@ -315,7 +315,7 @@ fn classify(e: &KafkaError, topic: &str, timeout: Duration) -> Outcome {
             format!("the Kafka cluster cannot take records now: {code}"),
         ),
         C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidRecord => {
-            rejected(format!("Kafka refused the record: {code}"))
+            Outcome::rejected(format!("Kafka refused the record: {code}"))
         }
         _ => Outcome::Retry {
             status: None,
@@ -333,10 +333,6 @@ fn timed_out(timeout: Duration) -> Outcome {
             humantime::format_duration(timeout)
         ),
     }
-}
-
-fn rejected(error: String) -> Outcome {
-    Outcome::Rejected { status: 0, error }
 }
 
 #[cfg(test)]

@@ -124,7 +124,7 @@ impl Publisher {
         now_unix: i64,
     ) -> Outcome {
         let Target::Nats(target) = &ep.target else {
-            return rejected("not a NATS endpoint".into());
+            return Outcome::rejected("not a NATS endpoint".into());
         };
         let Some((client, js)) = self.shared.client() else {
             return unavailable(self.shared.problem());
@@ -136,7 +136,7 @@ impl Publisher {
         }
         let m = match encoder::message(ep, target, event_id, event_json, now_unix) {
             Ok(m) => m,
-            Err(e) => return rejected(e),
+            Err(e) => return Outcome::rejected(e),
         };
         let publish = PublishMessage::build()
             .payload(m.payload)
@@ -190,13 +190,13 @@ fn classify(e: &PublishError, subject: &str) -> Outcome {
         PublishErrorKind::BrokenPipe => {
             unavailable(Unavailable::Disconnected, format!("JetStream: {e}"))
         }
-        PublishErrorKind::MaxPayloadExceeded => rejected(format!("JetStream: {e}")),
+        PublishErrorKind::MaxPayloadExceeded => Outcome::rejected(format!("JetStream: {e}")),
         PublishErrorKind::WrongLastMessageId
         | PublishErrorKind::WrongLastSequence
         | PublishErrorKind::Other => match api_error(e) {
             // The stream refuses this one message: no retry can help.
             Some((code, text)) if code == MESSAGE_TOO_LARGE => {
-                rejected(format!("JetStream: {text}"))
+                Outcome::rejected(format!("JetStream: {text}"))
             }
             Some((code, text)) if NOT_ENABLED.contains(&code) => unavailable(
                 Unavailable::NoStream,
@@ -230,10 +230,6 @@ fn unavailable(problem: Option<Problem>) -> Outcome {
     let (reason, error) =
         problem.unwrap_or((Unavailable::Disconnected, "not connected to NATS".into()));
     Outcome::Unavailable { reason, error }
-}
-
-fn rejected(error: String) -> Outcome {
-    Outcome::Rejected { status: 0, error }
 }
 
 #[cfg(test)]
